@@ -1,0 +1,48 @@
+"""Zygote <-> orchestrator messages on the control link (SPEC.md §4.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .frames import ErrorInfo, Message, MessageType, message
+
+
+@message
+@dataclass(slots=True)
+class ZygoteReady(Message):
+    TYPE = MessageType.ZYGOTE_READY
+    pid: int
+    tasks: list[str]
+    import_ms: float
+
+
+@message
+@dataclass(slots=True)
+class ZygoteFailed(Message):
+    TYPE = MessageType.ZYGOTE_FAILED
+    error: ErrorInfo
+
+
+@message
+@dataclass(slots=True)
+class Fork(Message):
+    TYPE = MessageType.FORK
+    worker_ids: list[str]
+
+
+@message
+@dataclass(slots=True)
+class Forked(Message):
+    TYPE = MessageType.FORKED
+    worker_id: str
+    pid: int
+
+
+@message
+@dataclass(slots=True)
+class WorkerExited(Message):
+    TYPE = MessageType.WORKER_EXITED
+    worker_id: str
+    pid: int
+    exit_code: int | None = None
+    signal: int | None = None

@@ -1,0 +1,31 @@
+"""Error kinds, rejection reasons and exit codes (SPEC.md §4.2, §5, §7)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.StrEnum):
+    TASK_ERROR = "task_error"
+    UNKNOWN_TASK = "unknown_task"
+    BAD_ARGUMENTS = "bad_arguments"
+    RESULT_NOT_SERIALIZABLE = "result_not_serializable"
+    WORKER_DIED = "worker_died"
+    CANCELLED = "cancelled"
+    SHUTTING_DOWN = "shutting_down"
+    APP_IMPORT_ERROR = "app_import_error"
+
+
+class RejectReason(enum.StrEnum):
+    BUSY = "busy"
+    DRAINING = "draining"
+    INVALID = "invalid"
+    TOO_LARGE = "too_large"
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    APP_IMPORT = 3
+    PROTOCOL = 4

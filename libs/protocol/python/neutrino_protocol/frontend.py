@@ -1,0 +1,73 @@
+"""Client <-> orchestrator messages (SPEC.md §4.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .frames import ErrorInfo, Message, MessageType, message
+
+
+@message
+@dataclass(slots=True)
+class SubmitTask(Message):
+    TYPE = MessageType.SUBMIT_TASK
+    PAYLOAD = "always"
+    id: int
+    task: str
+    timeout_s: float | None = None
+    retries: int | None = None
+    ack: bool | None = None
+    payload: bytes | None = None
+
+
+@message
+@dataclass(slots=True)
+class TaskAccepted(Message):
+    TYPE = MessageType.TASK_ACCEPTED
+    id: int
+
+
+@message
+@dataclass(slots=True)
+class TaskRejected(Message):
+    TYPE = MessageType.TASK_REJECTED
+    id: int
+    reason: str
+    message: str
+
+
+@message
+@dataclass(slots=True)
+class TaskReply(Message):
+    TYPE = MessageType.TASK_REPLY
+    PAYLOAD = "when_ok"
+    id: int
+    status: str
+    attempts: int
+    error: ErrorInfo | None = None
+    payload: bytes | None = None
+
+
+@message
+@dataclass(slots=True)
+class CancelTask(Message):
+    TYPE = MessageType.CANCEL_TASK
+    id: int
+
+
+@message
+@dataclass(slots=True)
+class Ping(Message):
+    TYPE = MessageType.PING
+    nonce: int
+
+
+@message
+@dataclass(slots=True)
+class Pong(Message):
+    TYPE = MessageType.PONG
+    nonce: int
+    queue_depth: int
+    workers: int
+    idle_workers: int
+    draining: bool

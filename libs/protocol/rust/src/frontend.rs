@@ -1,0 +1,79 @@
+//! Client ↔ orchestrator messages (SPEC.md §4.2).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorInfo;
+use crate::frame::{validate_status, Message, MessageType, PayloadRule, ProtocolError};
+use crate::impl_message;
+
+/// Payload: args `[args, kwargs]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitTask {
+    pub id: u64,
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<bool>,
+}
+impl_message!(SubmitTask, Always);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAccepted {
+    pub id: u64,
+}
+impl_message!(TaskAccepted, Never);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRejected {
+    pub id: u64,
+    pub reason: String,
+    pub message: String,
+}
+impl_message!(TaskRejected, Never);
+
+/// Payload: the result, only when `status` is `ok`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskReply {
+    pub id: u64,
+    pub status: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+impl Message for TaskReply {
+    const TYPE: MessageType = MessageType::TaskReply;
+    const PAYLOAD: PayloadRule = PayloadRule::WhenOk;
+    const NAME: &'static str = "TaskReply";
+    fn status(&self) -> Option<&str> {
+        Some(&self.status)
+    }
+    fn validate(&self) -> Result<(), ProtocolError> {
+        validate_status(Self::NAME, &self.status, self.error.is_some())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelTask {
+    pub id: u64,
+}
+impl_message!(CancelTask, Never);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    pub nonce: u64,
+}
+impl_message!(Ping, Never);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub nonce: u64,
+    pub queue_depth: u64,
+    pub workers: u32,
+    pub idle_workers: u32,
+    pub draining: bool,
+}
+impl_message!(Pong, Never);

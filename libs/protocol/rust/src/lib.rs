@@ -1,0 +1,28 @@
+//! Neutrino wire protocol: message types, frames and canonical encoding.
+//!
+//! `libs/protocol/SPEC.md` is the authority; `libs/protocol/vectors/*.json` pin the bytes and
+//! are checked by this crate's tests and by the Python package's.
+//!
+//! # Layout
+//!
+//! - [`frame`]: the header frame, message type codes, meta encode/decode, frame-count rules.
+//! - [`error`]: the shared `Error` structure, error kinds, rejection reasons, exit codes.
+//! - [`frontend`]: client ↔ orchestrator messages.
+//! - [`backend`]: worker ↔ orchestrator messages.
+//! - [`control`]: zygote ↔ orchestrator messages (length-prefixed stream).
+
+pub mod backend;
+pub mod control;
+pub mod error;
+pub mod frame;
+pub mod frontend;
+
+pub use backend::{Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady};
+pub use control::{Fork, Forked, WorkerExited, ZygoteFailed, ZygoteReady};
+pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
+pub use frame::{
+    decode_control, decode_frames, decode_meta, encode_control, encode_meta, header, parse_header,
+    Message, MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES, PROTOCOL_VERSION,
+    SIGNATURE, STATUS_ERROR, STATUS_OK,
+};
+pub use frontend::{CancelTask, Ping, Pong, SubmitTask, TaskAccepted, TaskRejected, TaskReply};

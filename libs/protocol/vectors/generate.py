@@ -1,0 +1,130 @@
+"""Write the golden vectors from the case list below (run when adding cases; never edit ids).
+
+    uv run python libs/protocol/vectors/generate.py
+
+Valid cases are encoded with the Python implementation, then checked byte for byte by both
+`cargo test` and `pytest`; invalid cases are hand-written frames. Review the diff of the JSON
+files like code: a changed byte in an existing case is a protocol change (SPEC.md §8).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import msgpack
+
+import neutrino_protocol as p
+
+HERE = pathlib.Path(__file__).parent
+ARGS_ADD = msgpack.packb([[1, 2], {}])  # add(1, 2)
+RESULT_3 = msgpack.packb(3)
+TB = 'Traceback (most recent call last):\n  File "app.py", line 9, in fail\nValueError: boom\n'
+ERR = {"kind": "task_error", "ename": "ValueError", "evalue": "boom", "traceback": TB}
+
+VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
+    "frontend": [
+        (1, "submit minimal", "SubmitTask", {"id": 7, "task": "add", "payload_hex": ARGS_ADD.hex()}, ""),
+        (2, "submit with every option", "SubmitTask",
+         {"id": 4294967296, "task": "sleep", "timeout_s": 2.5, "retries": 3, "ack": True,
+          "payload_hex": msgpack.packb([[], {"seconds": 0.1}]).hex()}, "id needs uint64"),
+        (3, "accepted", "TaskAccepted", {"id": 7}, ""),
+        (4, "rejected busy", "TaskRejected",
+         {"id": 8, "reason": "busy", "message": "queue is full (10000 tasks); retry later"}, ""),
+        (5, "reply ok", "TaskReply", {"id": 7, "status": "ok", "attempts": 1, "payload_hex": RESULT_3.hex()}, ""),
+        (6, "reply error with traceback", "TaskReply", {"id": 9, "status": "error", "attempts": 1, "error": ERR}, ""),
+        (7, "reply error without traceback", "TaskReply",
+         {"id": 10, "status": "error", "attempts": 2,
+          "error": {"kind": "unknown_task", "ename": "unknown_task", "evalue": "no task named 'nope'"}}, ""),
+        (8, "cancel", "CancelTask", {"id": 11}, ""),
+        (9, "ping", "Ping", {"nonce": 1}, ""),
+        (10, "pong", "Pong", {"nonce": 1, "queue_depth": 300, "workers": 2, "idle_workers": 0, "draining": False}, ""),
+    ],
+    "backend": [
+        (1, "worker ready", "WorkerReady",
+         {"worker_id": "worker-001", "pid": 12345, "credits": 8, "tasks": ["add", "noop"]}, ""),
+        (2, "assignment", "TaskAssignment", {"task_id": 1, "task": "add", "attempt": 1, "payload_hex": ARGS_ADD.hex()}, ""),
+        (3, "assignment with timeout", "TaskAssignment",
+         {"task_id": 70000, "task": "sleep", "attempt": 2, "timeout_s": 30.0,
+          "payload_hex": msgpack.packb([[0.5], {}]).hex()}, ""),
+        (4, "result ok", "TaskResult", {"task_id": 1, "status": "ok", "run_us": 12, "payload_hex": RESULT_3.hex()}, ""),
+        (5, "result error", "TaskResult", {"task_id": 2, "status": "error", "error": ERR, "run_us": 250}, ""),
+        (6, "heartbeat", "Heartbeat", {"worker_id": "worker-001", "rss_kb": 40960}, ""),
+        (7, "heartbeat minimal", "Heartbeat", {"worker_id": "worker-002"}, ""),
+        (8, "shutdown", "Shutdown", {"graceful": True}, ""),
+    ],
+    "control": [
+        (1, "zygote ready", "ZygoteReady", {"pid": 4242, "tasks": ["add"], "import_ms": 12.5}, ""),
+        (2, "zygote failed", "ZygoteFailed",
+         {"error": {"kind": "app_import_error", "ename": "ModuleNotFoundError", "evalue": "No module named 'nope'",
+                    "traceback": "Traceback (most recent call last):\nModuleNotFoundError: No module named 'nope'\n"}},
+         ""),
+        (3, "fork", "Fork", {"worker_ids": ["worker-001", "worker-002"]}, ""),
+        (4, "forked", "Forked", {"worker_id": "worker-001", "pid": 4243}, ""),
+        (5, "worker exited by signal", "WorkerExited", {"worker_id": "worker-001", "pid": 4243, "signal": 9}, ""),
+        (6, "worker exited with code", "WorkerExited", {"worker_id": "worker-002", "pid": 4244, "exit_code": 1}, ""),
+        (7, "shutdown", "Shutdown", {"graceful": False}, ""),
+    ],
+}
+
+H = lambda t: p.header(t).hex()  # noqa: E731
+INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
+    "frontend": [
+        (101, "one frame only", [H(1)], "frame_count", ""),
+        (102, "four frames", [H(1), "80", "90", "90"], "frame_count", ""),
+        (103, "submit without payload", [H(1), msgpack.packb({"id": 1, "task": "add"}).hex()], "frame_count", ""),
+        (104, "reply ok without payload", [H(4), msgpack.packb({"id": 1, "status": "ok", "attempts": 1}).hex()],
+         "frame_count", ""),
+        (105, "reply error with payload",
+         [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1, "error": ERR}).hex(), "c0"],
+         "frame_count", ""),
+        (106, "meta is an array", [H(6), msgpack.packb([1]).hex()], "meta", "rmp_serde would accept this"),
+        (107, "meta is not msgpack", [H(6), "c1"], "meta", "0xc1 is never used"),
+        (108, "missing required field", [H(1), msgpack.packb({"task": "add"}).hex(), ARGS_ADD.hex()], "meta", ""),
+        (109, "negative id", [H(1), msgpack.packb({"id": -1, "task": "add"}).hex(), ARGS_ADD.hex()], "meta", ""),
+        (110, "task is not a string", [H(1), msgpack.packb({"id": 1, "task": 5}).hex(), ARGS_ADD.hex()], "meta", ""),
+        (111, "bad status", [H(4), msgpack.packb({"id": 1, "status": "maybe", "attempts": 1}).hex()], "meta", ""),
+        (112, "error status without error", [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1}).hex()],
+         "meta", ""),
+        (113, "unknown message type", ["4e5401ff", "80"], "type", "receivers ignore these"),
+    ],
+    "header": [
+        (201, "header too short", ["4e5401", "80"], "header", ""),
+        (202, "header too long", ["4e54010600", "80"], "header", ""),
+        (203, "wrong signature", ["4d440106", msgpack.packb({"nonce": 1}).hex()], "header", ""),
+        (204, "wrong version", ["4e540206", msgpack.packb({"nonce": 1}).hex()], "version", ""),
+    ],
+}
+
+
+def valid_case(family: str, cid: int, name: str, message: str, fields: dict, comment: str) -> dict:
+    cls = getattr(p, message)
+    kwargs = {k: v for k, v in fields.items() if k != "payload_hex"}
+    if "error" in kwargs:
+        kwargs["error"] = p.ErrorInfo(**kwargs["error"])
+    if "payload_hex" in fields:
+        kwargs["payload"] = bytes.fromhex(fields["payload_hex"])
+    frames = cls(**kwargs).encode()
+    case = {"id": cid, "name": name, "message": message, "result": "valid", "fields": fields,
+            "frames": [f.hex() for f in frames]}
+    if family == "control":  # the same message as the control link's length-prefixed bytes
+        case["stream"] = p.encode_control(cls(**kwargs)).hex()
+    if comment:
+        case["comment"] = comment
+    return case
+
+
+def main() -> None:
+    for family in ("frontend", "backend", "control", "header"):
+        cases = [valid_case(family, *c) for c in VALID.get(family, [])]
+        cases += [
+            {"id": cid, "name": name, "result": "invalid", "frames": frames, "error": err, **({"comment": c} if c else {})}
+            for cid, name, frames, err, c in INVALID.get(family, [])
+        ]
+        doc = {"protocol_version": p.PROTOCOL_VERSION, "family": family, "spec": "libs/protocol/SPEC.md", "cases": cases}
+        (HERE / f"{family}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"{family}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+//! Neutrino's task pod orchestrator: pre-forks Python workers through a zygote and schedules
+//! tasks from clients onto them, push-on-idle / pull-on-busy, over ZeroMQ.
+//!
+//! # Layout
+//!
+//! - [`config`]: command-line flags and environment, read once.
+//! - [`supervisor`]: `run(config, shutdown)`: start-up, the worker pool, and the drain order.
+//! - [`broker`]: the ZeroMQ thread (the only code touching `zmq`): sockets and message handling.
+//! - [`scheduler`]: queue, workers and in-flight tasks as plain data (SPEC.md §6).
+//! - [`zygote`]: the zygote process and its control link.
+//! - [`rundir`]: the private directory for ipc sockets.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`logging`]: the `[LEVEL] message` log format.
+//!
+//! The wire format is `libs/protocol/SPEC.md`.
+
+pub mod broker;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod rundir;
+pub mod scheduler;
+pub mod supervisor;
+pub mod zygote;
+
+pub use config::Config;
+pub use supervisor::run;

@@ -1,0 +1,44 @@
+//! `neutrino-orchestrator`: parse flags, run until SIGTERM/SIGINT, exit with a SPEC.md §7 code.
+
+use clap::Parser;
+use neutrino_orchestrator::{logging, run, Config};
+use neutrino_protocol::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    logging::init();
+    if let Err(e) = config.validate() {
+        tracing::error!("{e}");
+        return code(ExitCode::Usage);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return code(ExitCode::Failure);
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        run(config, shutdown).await
+    });
+    match result {
+        Ok(exit) => code(exit),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            code(ExitCode::Failure)
+        }
+    }
+}
+
+fn code(exit: ExitCode) -> std::process::ExitCode {
+    std::process::ExitCode::from(exit as u8)
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics: the registry, the handles the broker updates, and the `/metrics` server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Cheap to clone: every field is a shared handle.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    queue_depth: Gauge,
+    idle_workers: Gauge,
+    busy_workers: Gauge,
+    tasks: Family<Labels, Counter>,
+    /// The hot outcome, resolved once instead of per task.
+    tasks_ok: Counter,
+    rejected: Family<Labels, Counter>,
+    /// Seconds from acceptance to assignment to a worker.
+    pub dispatch_latency: Histogram,
+    pub replies_undelivered: Counter,
+    pub worker_exits: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("neutrino_orchestrator");
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Tasks accepted and waiting for a worker", queue_depth.clone());
+        let workers = Family::<Labels, Gauge>::default();
+        registry.register("workers", "Ready workers by state (idle, busy)", workers.clone());
+        let tasks = Family::<Labels, Counter>::default();
+        registry.register("tasks", "Tasks answered, by outcome (ok or the error kind)", tasks.clone());
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register("tasks_rejected", "Submissions rejected, by reason", rejected.clone());
+        // 10 µs .. ~5 s
+        let dispatch_latency = Histogram::new(exponential_buckets(1e-5, 2.5, 15));
+        registry.register(
+            "dispatch_latency_seconds",
+            "Time from accepting a task to pushing it to a worker",
+            dispatch_latency.clone(),
+        );
+        let replies_undelivered = Counter::default();
+        registry.register(
+            "replies_undelivered",
+            "Replies that could not be delivered (client gone or not reading)",
+            replies_undelivered.clone(),
+        );
+        let worker_exits = Counter::default();
+        registry.register("worker_exits", "Worker processes that exited", worker_exits.clone());
+        let label = |k: &'static str, v: &str| vec![(k, v.to_owned())];
+        let idle_workers = workers.get_or_create(&label("state", "idle")).clone();
+        let busy_workers = workers.get_or_create(&label("state", "busy")).clone();
+        let tasks_ok = tasks.get_or_create(&label("outcome", "ok")).clone();
+        Metrics {
+            registry: Arc::new(registry),
+            queue_depth,
+            idle_workers,
+            busy_workers,
+            tasks,
+            tasks_ok,
+            rejected,
+            dispatch_latency,
+            replies_undelivered,
+            worker_exits,
+        }
+    }
+
+    pub fn task_finished(&self, outcome: &str) {
+        if outcome == neutrino_protocol::STATUS_OK {
+            self.tasks_ok.inc();
+            return;
+        }
+        self.tasks.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
+
+    pub fn tasks_rejected(&self, reason: &str) {
+        self.rejected.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn set_gauges(&self, queue_depth: usize, idle: u32, busy: u32) {
+        self.queue_depth.set(queue_depth as i64);
+        self.idle_workers.set(idle.into());
+        self.busy_workers.set(busy.into());
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
+    use axum::{http::header, routing::get, Router};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = metrics.render();
+            async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
+        }),
+    );
+    let listener = TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The zygote process and its control link: start it, read its length-prefixed messages,
+//! ask it to fork workers, stop it (SPEC.md §4.4).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use neutrino_protocol::{
+    decode_control, decode_meta, encode_control, ErrorInfo, Message, MessageType, Shutdown, ZygoteFailed, ZygoteReady,
+    CONTROL_MAX_BYTES,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tracing::warn;
+
+use crate::config::Config;
+use crate::rundir::RunDir;
+
+/// How long the zygote gets to stop its workers after `Shutdown` before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the zygote did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the app failed to import: {}: {}", .0.ename, .0.evalue)]
+    AppImport(ErrorInfo),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct Zygote {
+    child: Child,
+    pub pid: u32,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+}
+
+impl Zygote {
+    /// Spawns the zygote and waits until it imported the app (`ZygoteReady`).
+    pub async fn start(config: &Config, run_dir: &RunDir) -> Result<(Zygote, ZygoteReady), StartError> {
+        let control_path = run_dir.socket("control.sock");
+        let _ = std::fs::remove_file(&control_path);
+        let listener = UnixListener::bind(&control_path).context("cannot bind the control socket")?;
+        let mut child = Command::new(&config.python)
+            .args(["-m", "neutrino_worker.zygote", "--app", &config.app])
+            .arg("--app-dir")
+            .arg(&config.app_dir)
+            .arg("--control")
+            .arg(&control_path)
+            .args(["--backend", &run_dir.backend_endpoint(), "--credits", &config.window.to_string()])
+            .stdin(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C reaches only the orchestrator, which
+            // then stops workers in order; and killpg() can sweep up every worker at the end.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} (set --python)", config.python.display()))?;
+        let pid = child.id().ok_or_else(|| anyhow!("zygote exited at once"))?;
+
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted.context("control socket accept failed")?.0,
+            status = child.wait() => {
+                let status = status.context("waiting for the zygote")?;
+                let hint = format!("is neutrino-worker installed for {}?", config.python.display());
+                return Err(anyhow!("the zygote exited before connecting ({status}); {hint}").into());
+            }
+        };
+        let (reader, writer) = stream.into_split();
+        let mut zygote = Zygote { child, pid, reader, writer };
+        let (code, meta) =
+            zygote.recv().await?.ok_or_else(|| anyhow!("the zygote closed the control link at start"))?;
+        match MessageType::from_code(code) {
+            Some(MessageType::ZygoteReady) => {
+                Ok((zygote, decode_meta::<ZygoteReady>(&meta).map_err(anyhow::Error::from)?))
+            }
+            Some(MessageType::ZygoteFailed) => {
+                let failed: ZygoteFailed = decode_meta(&meta).map_err(anyhow::Error::from)?;
+                let _ = zygote.child.wait().await;
+                Err(StartError::AppImport(failed.error))
+            }
+            _ => Err(anyhow!("unexpected first control message 0x{code:02x}").into()),
+        }
+    }
+
+    pub async fn send<M: Message>(&mut self, msg: &M) -> anyhow::Result<()> {
+        self.writer.write_all(&encode_control(msg)).await.context("control link write")
+    }
+
+    /// Next message as (type code, meta bytes); `None` when the zygote closed the link.
+    /// Cancel-safe only between messages, so callers keep one pending `recv` at a time.
+    pub async fn recv(&mut self) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
+        let len = match self.reader.read_u32().await {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if len > CONTROL_MAX_BYTES {
+            bail!("control message of {len} bytes exceeds {CONTROL_MAX_BYTES}");
+        }
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body).await?;
+        let (code, meta) = decode_control(&body)?;
+        Ok(Some((code, meta.to_vec())))
+    }
+
+    /// Asks the zygote to stop its workers and exit; kills the whole process group if it does
+    /// not within [`STOP_TIMEOUT`]. Returns the zygote's exit code, if it exited by itself.
+    pub async fn stop(mut self) -> Option<i32> {
+        if let Err(e) = self.send(&Shutdown { graceful: true }).await {
+            warn!("could not ask the zygote to stop: {e}");
+        }
+        let status = match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                warn!("the zygote did not stop in time; killing it and its workers");
+                None
+            }
+        };
+        kill_group(self.pid);
+        let _ = self.child.wait().await;
+        status
+    }
+}
+
+/// SIGKILLs the zygote's process group, which its workers inherit: nothing outlives us.
+pub fn kill_group(pgid: u32) {
+    // SAFETY: killpg has no memory-safety preconditions; ESRCH (already gone) is fine.
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+    }
+}

@@ -1,0 +1,116 @@
+"""End-to-end fixtures: the real orchestrator binary, real zygote and workers, real sockets.
+
+Every orchestrator a test starts is stopped (SIGTERM, then SIGKILL) by PID at teardown.
+Readiness is the orchestrator's own "Orchestrator ready" log line, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = ROOT / "target" / "release" / "neutrino-orchestrator"
+QUICKSTART = "examples.quickstart.app:app"
+
+
+@dataclass
+class Orchestrator:
+    proc: subprocess.Popen[str]
+    address: str
+    run_dir: Path
+    lines: list[str] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _reading: bool = True
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Block until a log line matches `pattern` (or the process exits)."""
+        rx = re.compile(pattern)
+        with self._cond:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if m := rx.search(line):
+                        return m
+                seen = len(self.lines)
+                if self.proc.poll() is not None and not self._reading:
+                    raise AssertionError(f"orchestrator exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}")
+                if not self._cond.wait(timeout):
+                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._reading = False
+            self._cond.notify_all()
+
+    def pids(self) -> list[int]:
+        """Zygote and worker pids, as the orchestrator logged them."""
+        return [int(p) for p in re.findall(r"pid=(\d+)", self.log)]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def start_orchestrator(*args: str, workers: int = 2, app: str = QUICKSTART, wait_ready: bool = True,
+                       env: dict[str, str] | None = None) -> Orchestrator:
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run `make setup` (cargo build --release) first")
+    # Short paths: ipc socket paths must stay under 107 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="nt-", dir="/tmp"))
+    address = f"ipc://{run_dir}/frontend.sock"
+    cmd = [str(BINARY), "--app", app, "--workers", str(workers), "--frontend", address,
+           "--run-dir", str(run_dir / "run"), "--python", sys.executable, "--grace-period", "10", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **(env or {})})
+    orch = Orchestrator(proc=proc, address=address, run_dir=run_dir)
+    threading.Thread(target=orch._read, daemon=True).start()
+    if wait_ready:
+        orch.wait_for(r"Orchestrator ready with \d+ worker")
+    return orch
+
+
+@pytest.fixture
+def orchestrators() -> Iterator[list[Orchestrator]]:
+    started: list[Orchestrator] = []
+    yield started
+    for orch in started:
+        orch.stop()
+        shutil.rmtree(orch.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def start(orchestrators: list[Orchestrator]):  # type: ignore[no-untyped-def]
+    """`start(*flags, workers=2, app=...)` -> a ready Orchestrator, stopped at teardown."""
+
+    def _start(*args: str, **kwargs) -> Orchestrator:  # type: ignore[no-untyped-def]
+        orch = start_orchestrator(*args, **kwargs)
+        orchestrators.append(orch)
+        return orch
+
+    return _start

@@ -1,0 +1,226 @@
+"""Client -> real orchestrator binary -> real zygote and workers -> result, over real sockets."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+import neutrino_protocol as p
+from neutrino import (
+    BadArgumentsError,
+    BusyError,
+    Client,
+    PayloadTooLargeError,
+    TaskError,
+    UnknownTaskError,
+    WorkerDiedError,
+)
+
+from .conftest import start_orchestrator
+
+
+def test_sync_and_async_tasks_return_their_values(start) -> None:
+    orch = start()
+    with Client(orch.address) as client:
+        assert client.call("add", 2, 3) == 5
+        assert client.call("add", x=1, y=-1) == 0
+        assert client.call("greet", "Ada") == "Hello, Ada!"
+        assert client.call("noop") is None
+        assert client.call("echo", b"\x00\xff" * 10) == b"\x00\xff" * 10
+
+
+def test_errors_keep_type_message_and_traceback(start) -> None:
+    orch = start()
+    with Client(orch.address) as client, pytest.raises(TaskError) as err:
+        client.call("fail", "kaput")
+    assert err.value.type == "ValueError"
+    assert err.value.message == "kaput"
+    assert err.value.traceback is not None and "raise ValueError" in err.value.traceback
+    assert err.value.kind == "task_error"
+
+
+def test_unknown_task_and_bad_arguments_are_typed(start) -> None:
+    orch = start(workers=1)
+    with Client(orch.address) as client:
+        with pytest.raises(UnknownTaskError, match="nope"):
+            client.call("nope")
+        with pytest.raises(BadArgumentsError, match="y"):
+            client.call("add", 1)
+        with pytest.raises(BadArgumentsError):
+            client.call("add", 1, 2, z=3)
+        assert client.call("add", 1, 2) == 3, "the worker survives bad calls"
+
+
+def test_ten_thousand_concurrent_submits_each_come_back_once(start) -> None:
+    orch = start()
+    n = 10_000
+    with Client(orch.address) as client:
+        futures = {client.submit("add", i, i): i for i in range(n)}
+        seen = 0
+        for fut in cf.as_completed(futures, timeout=120):
+            assert fut.result() == 2 * futures[fut]
+            seen += 1
+        assert seen == n
+        stats = client.ping()
+        assert stats["queue_depth"] == 0 and stats["idle_workers"] == 2
+
+
+def test_a_full_queue_rejects_busy_at_once(start) -> None:
+    orch = start("--queue-limit", "3", workers=1)
+    with Client(orch.address) as client:
+        running = client.submit("sleep", 1.0)
+        # Readiness: the only worker has taken the sleep task.
+        deadline = time.monotonic() + 10
+        while client.ping()["idle_workers"] != 0:
+            assert time.monotonic() < deadline
+        queued = [client.submit("add", i, 1) for i in range(3)]
+        with pytest.raises(BusyError) as err:
+            client.call("add", 0, 0)
+        assert err.value.reason == "busy"
+        assert running.result(timeout=30) == 1.0
+        assert [f.result(timeout=30) for f in queued] == [1, 2, 3]
+
+
+def test_a_killed_worker_is_answered_and_replaced(start) -> None:
+    orch = start(workers=1, app="tests.apps.lifecycle_app:app")
+    with Client(orch.address) as client:
+        victim = client.call("pid")
+        hanging = client.submit("hang", 60.0)
+        while client.ping()["idle_workers"] != 0:
+            pass
+        os.kill(victim, 9)
+        with pytest.raises(WorkerDiedError):
+            hanging.result(timeout=30)
+        orch.wait_for(r"Worker worker-002 ready")
+        assert client.call("pid") != victim
+
+
+def test_sigterm_leaves_no_process_and_no_socket_file(start) -> None:
+    orch = start()
+    with Client(orch.address) as client:
+        assert client.call("add", 1, 1) == 2
+    pids = orch.pids()
+    assert len(pids) == 3, orch.log  # zygote + 2 workers
+    run_dir = orch.run_dir / "run"
+    assert (run_dir / "backend.sock").exists()
+    assert orch.stop() == 0
+    for pid in pids:
+        assert not _alive(pid), f"pid {pid} outlived the orchestrator"
+    assert not run_dir.exists()
+    assert not (orch.run_dir / "frontend.sock").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_broken_app_exits_with_its_traceback_and_is_not_restarted() -> None:
+    orch = start_orchestrator(app="tests.apps.broken_app:app", wait_ready=False)
+    try:
+        assert orch.proc.wait(timeout=30) == 3
+        orch.wait_for("broken on purpose")
+        assert "Traceback" in orch.log
+        assert orch.log.count("Zygote") == 0
+    finally:
+        orch.stop()
+
+
+def test_malformed_frames_get_a_clear_rejection_and_lose_nothing(start) -> None:
+    orch = start(workers=1)
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(orch.address)
+    try:
+        cases = [
+            [b"garbage"],
+            [b"XX\x01\x01", b"\x80"],
+            [p.header(p.MessageType.SUBMIT_TASK), msgpack.packb({"id": 5})],
+            [p.header(p.MessageType.SUBMIT_TASK), b"\xc1", b"\x90"],
+        ]
+        for frames in cases:
+            raw.send_multipart(frames)
+            assert raw.poll(10_000), f"no answer to {frames!r}"
+            reply = p.decode(raw.recv_multipart())
+            assert isinstance(reply, p.TaskRejected) and reply.reason == "invalid", reply
+            assert reply.message
+        with Client(orch.address) as client:
+            assert client.call("add", 1, 2) == 3
+    finally:
+        raw.close()
+
+
+def test_an_oversized_payload_is_rejected(start) -> None:
+    orch = start("--max-message-bytes", "10000", workers=1)
+    with Client(orch.address) as client:
+        with pytest.raises(PayloadTooLargeError):
+            client.call("echo", b"x" * 20_000)
+        assert client.call("echo", b"x" * 100) == b"x" * 100
+
+
+def test_a_message_of_the_wrong_kind_is_invalid(start) -> None:
+    orch = start(workers=1)
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(orch.address)
+    try:
+        raw.send_multipart(p.Ping(nonce=1).encode()[:1] + [b"\x80"])
+        assert raw.poll(10_000)
+        assert isinstance(p.decode(raw.recv_multipart()), p.TaskRejected)
+        raw.send_multipart(p.WorkerReady(worker_id="x", pid=1, credits=1, tasks=[]).encode())
+        assert raw.poll(10_000)
+        assert p.decode(raw.recv_multipart()).reason == "invalid"
+    finally:
+        raw.close()
+
+
+def test_cancel_drops_a_queued_task(start) -> None:
+    orch = start(workers=1)
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(orch.address)
+    try:
+        raw.send_multipart(p.SubmitTask(id=1, task="sleep", payload=msgpack.packb([[0.5], {}])).encode())
+        raw.send_multipart(p.SubmitTask(id=2, task="add", payload=msgpack.packb([[1, 2], {}])).encode())
+        raw.send_multipart(p.CancelTask(id=2).encode())
+        replies = {}
+        while len(replies) < 2:
+            assert raw.poll(10_000)
+            r = p.decode(raw.recv_multipart())
+            replies[r.id] = r
+        assert replies[2].status == "error" and replies[2].error.kind == "cancelled"
+        assert replies[1].status == "ok"
+    finally:
+        raw.close()
+
+
+def test_metrics_endpoint_reports_queue_outcomes_latency_and_workers(start) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    orch = start("--metrics", f"127.0.0.1:{port}")
+    with Client(orch.address) as client:
+        assert client.call("add", 1, 1) == 2
+        with pytest.raises(TaskError):
+            client.call("fail")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "neutrino_orchestrator_queue_depth 0" in body
+    assert 'neutrino_orchestrator_tasks_total{outcome="ok"} 1' in body
+    assert 'neutrino_orchestrator_tasks_total{outcome="task_error"} 1' in body
+    assert "neutrino_orchestrator_dispatch_latency_seconds_count 2" in body
+    assert 'neutrino_orchestrator_workers{state="idle"} 2' in body

@@ -1,0 +1,12 @@
+"""Neutrino worker runtime: the zygote (pre-fork template) and the worker loop that runs task functions.
+
+# Layout
+
+- `zygote.py`   entry point (`python -m neutrino_worker.zygote`): import the app, serve the control link, fork
+- `config.py`   the command line and NEUTRINO_LOG, read once
+- `loader.py`   "module:attr" -> `neutrino.App`, every failure as a reportable `ErrorInfo`
+- `control.py`  length-prefixed control messages over the Unix socket
+- `children.py` live workers by pid: reaping and stopping them
+- `worker.py`   the forked child: shed the zygote's state, DEALER to the backend, the receive loop
+- `runner.py`   one assignment in, one `TaskResult` out (the per-task hot path)
+"""

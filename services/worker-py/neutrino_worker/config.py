@@ -1,0 +1,70 @@
+"""The zygote's command line and environment, read once here and passed down (CONVENTIONS §9)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_CREDITS = 8
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class ZygoteConfig:
+    app: str  # "module:attr"
+    app_dir: str  # absolute; becomes sys.path[0]
+    control_path: str  # Unix stream socket the orchestrator listens on
+    backend: str  # ZeroMQ endpoint of the orchestrator's ROUTER
+    credits: int  # assignments a worker accepts in flight (WorkerReady.credits)
+    log_level: int
+
+
+def _credits(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--credits must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ZygoteConfig:
+    """Parse the command line; argparse exits with code 2 (EXIT_USAGE) on bad usage."""
+    parser = argparse.ArgumentParser(
+        prog="python -m neutrino_worker.zygote",
+        description="Neutrino zygote: import the user app once, then fork workers on request.",
+    )
+    parser.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the neutrino.App to serve")
+    parser.add_argument("--app-dir", default=".", metavar="DIR", help="directory put first on sys.path")
+    parser.add_argument("--control", required=True, metavar="PATH", help="the orchestrator's control socket")
+    parser.add_argument("--backend", required=True, metavar="ENDPOINT", help="the orchestrator's worker ROUTER")
+    parser.add_argument("--credits", type=_credits, default=DEFAULT_CREDITS, metavar="N", help="worker window")
+    ns = parser.parse_args(argv)
+    return ZygoteConfig(
+        app=ns.app,
+        app_dir=os.path.abspath(ns.app_dir),
+        control_path=ns.control,
+        backend=ns.backend,
+        credits=ns.credits,
+        log_level=log_level_from_env(),
+    )
+
+
+def log_level_from_env() -> int:
+    """NEUTRINO_LOG names the level (debug, info, warning, error); default warning.
+
+    An unknown value falls back to warning rather than failing: the variable is shared by every
+    Neutrino service, and a typo in it should not stop workers from starting."""
+    name = os.environ.get("NEUTRINO_LOG", "warning").strip().lower()
+    return _LOG_LEVELS.get(name, logging.WARNING)
+
+
+def setup_logging(level: int) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    name = os.environ.get("NEUTRINO_LOG", "warning").strip().lower()
+    if name not in _LOG_LEVELS:
+        logging.getLogger("neutrino.zygote").warning(
+            "NEUTRINO_LOG=%r is not a log level; using warning (choose one of %s)", name, ", ".join(_LOG_LEVELS)
+        )

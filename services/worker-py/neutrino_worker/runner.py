@@ -1,0 +1,186 @@
+"""Running one task assignment: decode the arguments, call the function, encode the result or a typed error.
+
+This is the per-task hot path of the whole product, so the success path does only what it must:
+one dict lookup, one unpack, one `Signature.bind`, the call, one pack. Error paths may be slow.
+No sockets here; the worker loop feeds assignments in and sends the results out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
+from time import perf_counter_ns
+from types import TracebackType
+from typing import Any, Protocol
+
+import msgpack  # type: ignore[import-untyped]
+from neutrino_protocol import ErrorInfo, ErrorKind, TaskAssignment, TaskResult
+
+_unpackb = msgpack.unpackb
+_TASK_ERROR = ErrorKind.TASK_ERROR.value
+_BAD_ARGUMENTS = ErrorKind.BAD_ARGUMENTS.value
+_UNKNOWN_TASK = ErrorKind.UNKNOWN_TASK.value
+_NOT_SERIALIZABLE = ErrorKind.RESULT_NOT_SERIALIZABLE.value
+
+
+class TaskSpec(Protocol):
+    """What the runner needs of a registered task (the SDK's `neutrino.Task` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fn(self) -> Callable[..., Any]: ...
+    @property
+    def is_async(self) -> bool: ...
+    @property
+    def signature(self) -> inspect.Signature: ...
+
+
+class Runner:
+    """Runs assignments one at a time; async tasks share one event loop kept for the process's life."""
+
+    def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
+        self._tasks: dict[str, tuple[TaskSpec, int]] = {
+            name: (task, _plain_arity(task)) for name, task in tasks.items()
+        }
+        # One packer reused for every result: it resets itself after each pack, even a failed one.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, msg: TaskAssignment) -> TaskResult:
+        entry = self._tasks.get(msg.task)
+        if entry is None:
+            return _error(
+                msg, _UNKNOWN_TASK, _UNKNOWN_TASK, f"no task named {msg.task!r}; this app has: {self._names()}"
+            )
+        try:
+            call = _unpackb(msg.payload, raw=False)
+        except Exception as exc:
+            return _error(msg, _BAD_ARGUMENTS, _BAD_ARGUMENTS, f"payload is not valid msgpack ({exc})")
+        if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not dict:
+            return _error(
+                msg, _BAD_ARGUMENTS, _BAD_ARGUMENTS, f"payload must be [args: array, kwargs: map], got {_shape(call)}"
+            )
+        args, kwargs = call
+        task, arity = entry
+        # Signature.bind costs more than the rest of a no-op task; skip it for the common call that
+        # provably fits: every parameter given positionally, nothing else.
+        if kwargs or len(args) != arity:
+            try:
+                task.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                return _error(msg, _BAD_ARGUMENTS, "TypeError", _call_error_message(task, args, kwargs, exc))
+        fn = task.fn
+        started = perf_counter_ns()
+        try:
+            value = self._run_async(fn(*args, **kwargs)) if task.is_async else fn(*args, **kwargs)
+        except SystemExit:
+            raise  # sys.exit() in a task ends the worker, as it would any Python program
+        except BaseException as exc:
+            run_us = (perf_counter_ns() - started) // 1000
+            return _error(msg, _TASK_ERROR, type(exc).__name__, str(exc), _format_traceback(exc, fn), run_us)
+        run_us = (perf_counter_ns() - started) // 1000
+        try:
+            payload = self._pack(value)
+        except Exception as exc:
+            return _error(
+                msg,
+                _NOT_SERIALIZABLE,
+                type(exc).__name__,
+                f"{task.name}() returned a {type(value).__name__} that msgpack cannot encode ({exc}); "
+                "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and str-keyed dicts of those",
+                run_us=run_us,
+            )
+        return TaskResult(msg.task_id, "ok", None, run_us, payload)
+
+    def _run_async(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        loop = self._loop
+        if loop is None:
+            # Created on first use, in the worker (never in the zygote: a loop's selector and
+            # self-pipe must not be shared across fork), and kept so tasks can share clients.
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+
+    def _names(self) -> str:
+        return ", ".join(sorted(self._tasks)) or "(no tasks)"
+
+
+def _plain_arity(task: TaskSpec) -> int:
+    """The parameter count when every parameter may be passed positionally (no *args/**kwargs/keyword-only), else -1."""
+    params = task.signature.parameters.values()
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return len(params) if all(p.kind in plain for p in params) else -1
+
+
+def _error(
+    msg: TaskAssignment, kind: str, ename: str, evalue: str, tb: str | None = None, run_us: int | None = None
+) -> TaskResult:
+    return TaskResult(msg.task_id, "error", ErrorInfo(kind, ename, evalue, tb), run_us)
+
+
+def _shape(value: Any) -> str:
+    if type(value) is list:
+        if len(value) > 4:
+            return f"an array of {len(value)} items"
+        return "[" + ", ".join(type(v).__name__ for v in value) + "]"
+    return f"a {type(value).__name__}"
+
+
+def _call_error_message(task: TaskSpec, args: list[Any], kwargs: dict[Any, Any], exc: TypeError) -> str:
+    """Python's own message for this bad call, e.g. "add() missing 1 required positional argument: 'y'".
+
+    `Signature.bind` words its errors differently ("missing a required argument: 'y'"), so call a
+    body-less stub with the same parameters to get the interpreter's wording. The stub is built from
+    the parameters' names and kinds only (names are identifiers, checked by inspect.Parameter)."""
+    qualname = getattr(task.fn, "__qualname__", task.name)
+    try:
+        stub = _stub(task.signature, qualname)
+        stub(*args, **kwargs)
+    except TypeError as real:
+        return str(real)
+    except Exception:
+        pass
+    return f"{qualname}() {exc}"
+
+
+def _stub(signature: inspect.Signature, qualname: str) -> Callable[..., None]:
+    parts: list[str] = []
+    kinds = inspect.Parameter
+    seen_star = False
+    previous = None
+    for p in signature.parameters.values():
+        if previous is kinds.POSITIONAL_ONLY and p.kind is not kinds.POSITIONAL_ONLY:
+            parts.append("/")
+        if p.kind is kinds.KEYWORD_ONLY and not seen_star:
+            parts.append("*")
+            seen_star = True
+        if p.kind is kinds.VAR_POSITIONAL:
+            parts.append(f"*{p.name}")
+            seen_star = True
+        elif p.kind is kinds.VAR_KEYWORD:
+            parts.append(f"**{p.name}")
+        else:
+            parts.append(p.name if p.default is p.empty else f"{p.name}=None")
+        previous = p.kind
+    if previous is kinds.POSITIONAL_ONLY:
+        parts.append("/")
+    namespace: dict[str, Any] = {}
+    exec(f"def stub({', '.join(parts)}): pass", namespace)
+    stub: Callable[..., None] = namespace["stub"]
+    stub.__qualname__ = qualname
+    return stub
+
+
+def _format_traceback(exc: BaseException, fn: Callable[..., Any]) -> str:
+    """The traceback from the task function's frame down: the runner's and asyncio's frames are noise."""
+    tb: TracebackType | None = exc.__traceback__
+    code = getattr(fn, "__code__", None)
+    start = tb
+    while start is not None and start.tb_frame.f_code is not code:
+        start = start.tb_next
+    if start is None and tb is not None:
+        start = tb.tb_next  # fn has no code object of its own (a builtin, a callable object): drop our frame
+    return "".join(traceback.format_exception(type(exc), exc, start))

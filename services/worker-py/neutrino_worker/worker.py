@@ -1,0 +1,116 @@
+"""A forked worker: shed the zygote's resources, connect a DEALER to the backend, and run assignments.
+
+`worker_main` is entered in the child right after fork and never returns: every way out is
+`os._exit`, so a worker can never fall back into the zygote's loop with a copy of its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+# Imported in the zygote on purpose: every worker then shares these modules copy-on-write
+# instead of importing them again. The zygote itself never creates a zmq.Context.
+import zmq
+from neutrino_protocol import ExitCode, ProtocolError, Shutdown, TaskAssignment, WorkerReady, decode
+
+from .runner import Runner, TaskSpec
+
+log = logging.getLogger("neutrino.worker")
+
+# How long a clean exit waits for zmq to hand queued results to the kernel. The socket otherwise
+# lingers 0 ms, so a worker never hangs on an orchestrator that is gone.
+FLUSH_ON_EXIT_MS = 1000
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    worker_id: str
+    backend: str
+    credits: int
+    tasks: Mapping[str, TaskSpec]
+    zygote_pid: int
+
+
+def worker_main(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int]) -> NoReturn:
+    """Child entry point. `inherited_fds` are the zygote's descriptors to close; `sigmask` the mask to restore."""
+    code: int = ExitCode.FAILURE
+    try:
+        _shed_zygote(spec, inherited_fds, sigmask)
+        gc.enable()
+        code = _serve(spec)
+    except SystemExit as exc:  # sys.exit() inside a task: exit as the interpreter would
+        code = ExitCode.OK if exc.code is None else exc.code if isinstance(exc.code, int) else ExitCode.FAILURE
+    except BaseException:
+        log.exception("worker %s crashed", spec.worker_id)
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _shed_zygote(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int]) -> None:
+    signal.set_wakeup_fd(-1)
+    for fd in inherited_fds:
+        os.close(fd)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator coordinates shutdown, not Ctrl-C
+    # The zygote blocked signals across fork so none could reach its handlers in this process;
+    # pending ones are delivered now, with the default actions.
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+    if _LIBC is not None:
+        # If the zygote is killed outright it cannot reap us; die with it rather than linger as an orphan.
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != spec.zygote_pid:
+            raise SystemExit(ExitCode.FAILURE)
+
+
+def _serve(spec: WorkerSpec) -> int:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, spec.worker_id.encode())
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(spec.backend)
+    runner = Runner(spec.tasks)
+    sock.send_multipart(WorkerReady(spec.worker_id, os.getpid(), spec.credits, list(spec.tasks)).encode())
+    log.debug("worker %s ready on %s", spec.worker_id, spec.backend)
+
+    recv = sock.recv_multipart
+    send = sock.send_multipart
+    run = runner.run
+    while True:
+        frames = recv()
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            if exc.kind == "type":
+                log.debug("ignoring backend message: %s", exc)
+            else:
+                log.warning("ignoring malformed backend message: %s", exc)
+            continue
+        if type(msg) is TaskAssignment:
+            send(run(msg).encode())
+        elif type(msg) is Shutdown:
+            log.debug("worker %s shutting down", spec.worker_id)
+            sock.close(linger=FLUSH_ON_EXIT_MS)
+            ctx.term()
+            return ExitCode.OK
+        else:
+            log.debug("ignoring %s on the backend", type(msg).__name__)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()

@@ -1,0 +1,204 @@
+"""The zygote: import the user app once, then fork workers that share it copy-on-write.
+
+Run by the orchestrator as
+`python -m neutrino_worker.zygote --app MODULE:ATTR --app-dir DIR --control PATH --backend ENDPOINT`.
+It speaks the control link (SPEC §4.4): ZygoteReady or ZygoteFailed once, then Fork → Forked,
+WorkerExited whenever a worker dies, and Shutdown. It never creates a ZeroMQ context; workers do,
+after fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import NoReturn
+
+from neutrino_protocol import ExitCode, Fork, Forked, Shutdown, WorkerExited, ZygoteFailed, ZygoteReady
+
+from .children import Children
+from .config import ZygoteConfig, parse_args, setup_logging
+from .control import ControlLink, LinkClosed
+from .loader import AppLoadError, load_app
+from .runner import TaskSpec
+from .worker import WorkerSpec, worker_main
+
+log = logging.getLogger("neutrino.zygote")
+
+# How long workers get to exit after SIGTERM before they are killed. Long enough for the
+# interpreter to unwind, short enough that the orchestrator's own shutdown grace is not eaten.
+SHUTDOWN_GRACE_S = 3.0
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # First thing: a collection during the app import would touch (and later un-share) objects that
+    # gc.freeze() is about to move out of the collector's sight in every worker.
+    gc.disable()
+    config = parse_args(argv)
+    setup_logging(config.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator, in its own process group, decides
+    try:
+        link = ControlLink.connect(config.control_path)
+    except OSError as exc:
+        log.error("cannot connect to the orchestrator's control socket %s: %s", config.control_path, exc)
+        sys.exit(ExitCode.PROTOCOL)
+    sys.path.insert(0, config.app_dir)
+    try:
+        loaded = load_app(config.app)
+    except AppLoadError as exc:
+        error = exc.error
+        print(error.traceback or f"{error.ename}: {error.evalue}", file=sys.stderr, flush=True)
+        with contextlib.suppress(LinkClosed):
+            link.send(ZygoteFailed(error))
+        sys.exit(ExitCode.APP_IMPORT)
+    tasks = loaded.app.tasks
+    gc.freeze()
+    zygote = Zygote(link, config, tasks)
+    try:
+        link.send(ZygoteReady(os.getpid(), list(tasks), loaded.import_ms))
+    except LinkClosed as exc:
+        log.error("%s", exc)
+        sys.exit(ExitCode.PROTOCOL)
+    log.info("app %s imported in %.1f ms: %d tasks", config.app, loaded.import_ms, len(tasks))
+    sys.exit(zygote.serve())
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """Signals are handled from the wake-up pipe in the main loop; this handler only has to exist."""
+
+
+class Zygote:
+    def __init__(self, link: ControlLink, config: ZygoteConfig, tasks: Mapping[str, TaskSpec]) -> None:
+        self._link = link
+        self._config = config
+        self._tasks = tasks
+        self._children = Children()
+        self._pid = os.getpid()  # taken here, not in the child, so a child can tell if we died during fork
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def serve(self) -> int:
+        """Answer the control link until Shutdown (exit 0), SIGTERM (exit 0) or a lost link (exit 4)."""
+        # SIGCHLD and SIGTERM become bytes on the wake-up pipe, so one poll() waits for both the
+        # control link and the signals, and nothing runs inside a signal handler.
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+        signal.signal(signal.SIGTERM, _ignore_signal)
+        poller = select.poll()
+        poller.register(self._link.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while True:
+                for fd, _ in poller.poll():
+                    if fd == self._wake_r:
+                        signals = self._drain_signals()
+                        if signal.SIGCHLD in signals:
+                            self._report(self._children.reap())
+                        if signal.SIGTERM in signals:
+                            log.info("SIGTERM: stopping workers")
+                            return self._shutdown(graceful=True)
+                        continue
+                    for msg in self._link.receive():
+                        if type(msg) is Fork:
+                            for worker_id in msg.worker_ids:
+                                self._fork(worker_id)
+                        elif type(msg) is Shutdown:
+                            return self._shutdown(msg.graceful)
+                        else:
+                            log.debug("ignoring %s on the control link", type(msg).__name__)
+        except LinkClosed as exc:
+            log.warning("%s; killing %d workers", exc, len(self._children))
+            self._stop(signal.SIGKILL, report=False)
+            return ExitCode.PROTOCOL
+
+    def _fork(self, worker_id: str) -> None:
+        # Buffered output would otherwise be written once by the zygote and again by every worker.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()  # whatever the zygote allocated since the last fork joins the shared, never-scanned set
+        # Keep SIGCHLD/SIGTERM away from the zygote's handlers while the child still has them;
+        # the child unblocks after installing its own.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            log.error("fork of worker %s failed: %s", worker_id, exc)
+            # The protocol has no "fork failed" message; an immediate exit lets the orchestrator retry.
+            self._link.send(WorkerExited(worker_id, 0, exit_code=ExitCode.FAILURE))
+            return
+        if pid == 0:
+            try:
+                spec = WorkerSpec(worker_id, self._config.backend, self._config.credits, self._tasks, self._pid)
+                worker_main(spec, (self._link.fileno(), self._wake_r, self._wake_w), mask)
+            finally:
+                os._exit(ExitCode.FAILURE)  # only if worker_main could not even start: never back into the zygote
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._children.add(pid, worker_id)
+        log.debug("forked worker %s as pid %d", worker_id, pid)
+        self._link.send(Forked(worker_id, pid))
+
+    def _shutdown(self, graceful: bool) -> int:
+        self._stop(signal.SIGTERM if graceful else signal.SIGKILL, report=True)
+        return ExitCode.OK
+
+    def _stop(self, sig: int, report: bool) -> None:
+        """Signal every worker, reap them as they exit, and SIGKILL whoever outlasts the grace period."""
+        self._children.signal_all(sig)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while True:
+            exits = self._children.reap()
+            if report:
+                report = self._report_quietly(exits)
+            remaining = deadline - time.monotonic()
+            if not self._children or remaining <= 0:
+                break
+            ready, _, _ = select.select([self._wake_r], [], [], remaining)
+            if ready:
+                self._drain_signals()
+        if self._children:
+            log.warning(
+                "killing %d workers that outlasted the %.0f s grace period", len(self._children), SHUTDOWN_GRACE_S
+            )
+            self._children.signal_all(signal.SIGKILL)
+            exits = self._children.reap_all()
+            if report:
+                self._report_quietly(exits)
+
+    def _report(self, exits: list[WorkerExited]) -> None:
+        for exited in exits:
+            log.info("worker %s (pid %d) exited: code %s signal %s", *_describe(exited))
+            self._link.send(exited)
+
+    def _report_quietly(self, exits: list[WorkerExited]) -> bool:
+        """Report exits during shutdown; a link that broke meanwhile just ends the reporting."""
+        try:
+            self._report(exits)
+        except LinkClosed:
+            return False
+        return True
+
+    def _drain_signals(self) -> set[int]:
+        signals: set[int] = set()
+        while True:
+            try:
+                data = os.read(self._wake_r, 512)
+            except BlockingIOError:
+                return signals
+            if not data:
+                return signals
+            signals.update(data)
+
+
+def _describe(exited: WorkerExited) -> tuple[str, int, int | None, int | None]:
+    return exited.worker_id, exited.pid, exited.exit_code, exited.signal
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Test module whose `app` is not a neutrino.App."""
+
+app = {"tasks": []}

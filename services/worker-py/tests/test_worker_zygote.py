@@ -1,0 +1,236 @@
+"""Component tests: the real zygote subprocess against a fake orchestrator (control listener + ROUTER)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import msgpack
+import pytest
+from neutrino_protocol import (
+    Fork,
+    Forked,
+    Shutdown,
+    TaskAssignment,
+    TaskResult,
+    WorkerExited,
+    WorkerReady,
+    ZygoteFailed,
+    ZygoteReady,
+)
+from worker_harness import APPS_DIR, REPO_ROOT, FakeOrchestrator, pid_alive, pid_gone
+
+GOOD_TASKS = {"add", "greet", "fail", "die", "unserializable", "sleep", "gc_enabled", "noop"}
+
+
+def result_of(orch: FakeOrchestrator, worker_id: str, task_id: int) -> TaskResult:
+    identity, msg = orch.recv_backend()
+    assert identity == worker_id
+    assert isinstance(msg, TaskResult), msg
+    assert msg.task_id == task_id
+    return msg
+
+
+def value(result: TaskResult) -> Any:
+    assert result.status == "ok", result.error
+    assert result.payload is not None
+    return msgpack.unpackb(result.payload, raw=False)
+
+
+def test_ready_lists_the_tasks(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start()
+    ready = orchestrator.expect(ZygoteReady)
+    assert orchestrator.proc is not None and ready.pid == orchestrator.proc.pid
+    assert set(ready.tasks) == GOOD_TASKS
+    assert ready.import_ms >= 0
+
+
+def test_fork_two_workers(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready("good_app:app", APPS_DIR, "--credits", "3")
+    pids = orchestrator.fork("w-1", "w-2")
+    assert len(set(pids.values())) == 2
+    assert orchestrator.proc is not None and orchestrator.proc.pid not in pids.values()
+    # fork() checked ids and pids; check credits and tasks on a third worker
+    orchestrator.send_control(Fork(["w-3"]))
+    assert orchestrator.expect(Forked).worker_id == "w-3"
+    identity, ready = orchestrator.recv_backend()
+    assert isinstance(ready, WorkerReady) and identity == "w-3"
+    assert ready.credits == 3 and set(ready.tasks) == GOOD_TASKS
+
+
+def test_sync_and_async_results(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.fork("w-1", "w-2")
+    orchestrator.assign("w-1", 1, "add", 1, y=2)
+    assert value(result_of(orchestrator, "w-1", 1)) == 3
+    orchestrator.assign("w-2", 2, "greet", "Ada")
+    result = result_of(orchestrator, "w-2", 2)
+    assert value(result) == "Hello, Ada!"
+    assert result.run_us is not None
+    orchestrator.assign("w-1", 3, "gc_enabled")
+    assert value(result_of(orchestrator, "w-1", 3)) is True
+
+
+def test_window_runs_in_arrival_order(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.fork("w-1")
+    for task_id in range(1, 9):
+        orchestrator.assign("w-1", task_id, "add", task_id, 100)
+    for task_id in range(1, 9):
+        assert value(result_of(orchestrator, "w-1", task_id)) == task_id + 100
+
+
+def test_typed_errors(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.fork("w-1")
+    cases = [
+        ("nope", (), "unknown_task"),
+        ("add", (1,), "bad_arguments"),
+        ("fail", ("kaput",), "task_error"),
+        ("unserializable", (), "result_not_serializable"),
+    ]
+    for task_id, (task, args, kind) in enumerate(cases, start=1):
+        orchestrator.assign("w-1", task_id, task, *args)
+        result = result_of(orchestrator, "w-1", task_id)
+        assert result.status == "error" and result.error is not None
+        assert result.error.kind == kind
+    # and the worker is still serving
+    orchestrator.assign("w-1", 99, "add", 2, 2)
+    assert value(result_of(orchestrator, "w-1", 99)) == 4
+
+
+def test_malformed_and_unknown_backend_messages_are_skipped(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.fork("w-1")
+    router = orchestrator.router
+    router.send_multipart([b"w-1", b"garbage"])
+    router.send_multipart([b"w-1", b"NT\x01\x11", b"\xc1", b""])  # bad meta
+    router.send_multipart([b"w-1", b"NT\x01\x7f", b"\x80"])  # unknown type
+    router.send_multipart([b"w-1", *TaskAssignment(5, "add", 1, payload=msgpack.packb([[1, 1], {}])).encode()])
+    assert value(result_of(orchestrator, "w-1", 5)) == 2
+
+
+def test_sigkill_is_reported_as_signal_9(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1", "w-2")
+    os.kill(pids["w-2"], signal.SIGKILL)
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.worker_id, exited.pid, exited.signal, exited.exit_code) == ("w-2", pids["w-2"], 9, None)
+    # the other worker is unaffected
+    orchestrator.assign("w-1", 1, "add", 1, 1)
+    assert value(result_of(orchestrator, "w-1", 1)) == 2
+
+
+def test_exit_code_is_reported(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.assign("w-1", 1, "die", 1)
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 1, None)
+
+
+def test_backend_shutdown_exits_worker_cleanly(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.send_backend("w-1", Shutdown(graceful=True))
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.pid, exited.exit_code) == (pids["w-1"], 0)
+
+
+@pytest.mark.parametrize(("graceful", "sig"), [(True, signal.SIGTERM), (False, signal.SIGKILL)])
+def test_shutdown_stops_workers_and_exits_0(orchestrator: FakeOrchestrator, graceful: bool, sig: int) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1", "w-2")
+    orchestrator.send_control(Shutdown(graceful=graceful))
+    exits = {orchestrator.expect(WorkerExited).worker_id: None for _ in pids}
+    assert set(exits) == set(pids)
+    assert orchestrator.wait_exit() == 0
+    assert not any(pid_alive(pid) for pid in pids.values())
+
+
+def test_shutdown_reports_each_worker_signal(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.send_control(Shutdown(graceful=True))
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.pid, exited.signal) == (pids["w-1"], signal.SIGTERM)
+
+
+def test_sigterm_to_zygote_is_a_graceful_shutdown(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    assert orchestrator.proc is not None
+    orchestrator.proc.send_signal(signal.SIGINT)  # ignored: the orchestrator coordinates shutdown
+    orchestrator.proc.send_signal(signal.SIGTERM)
+    assert orchestrator.expect(WorkerExited).pid == pids["w-1"]
+    assert orchestrator.wait_exit() == 0
+
+
+def test_lost_control_link_kills_workers_and_exits_4(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1", "w-2")
+    orchestrator.close_control()
+    assert orchestrator.wait_exit() == 4
+    assert not any(pid_alive(pid) for pid in pids.values())
+
+
+def test_workers_die_with_a_killed_zygote(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1", "w-2")
+    assert orchestrator.proc is not None
+    orchestrator.proc.kill()  # SIGKILL: the zygote cannot reap or signal anyone
+    orchestrator.wait_exit()
+    assert all(pid_gone(pid) for pid in pids.values())
+
+
+def test_broken_app_reports_zygote_failed_and_exits_3(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start("broken_app:app")
+    failed = orchestrator.expect(ZygoteFailed)
+    assert failed.error.kind == "app_import_error"
+    assert failed.error.ename == "RuntimeError"
+    assert failed.error.evalue == "this app is broken on purpose"
+    assert failed.error.traceback is not None and "broken_app.py" in failed.error.traceback
+    assert orchestrator.wait_exit() == 3
+    assert "RuntimeError: this app is broken on purpose" in orchestrator.log()
+
+
+@pytest.mark.parametrize(
+    ("app", "ename"),
+    [
+        ("no_such_module:app", "ModuleNotFoundError"),
+        ("good_app:missing", "AttributeError"),
+        ("not_an_app:app", "TypeError"),
+        ("good_app", "ValueError"),
+    ],
+)
+def test_unloadable_app_reports_zygote_failed(orchestrator: FakeOrchestrator, app: str, ename: str) -> None:
+    orchestrator.start(app)
+    failed = orchestrator.expect(ZygoteFailed)
+    assert (failed.error.kind, failed.error.ename) == ("app_import_error", ename)
+    assert orchestrator.wait_exit() == 3
+
+
+@pytest.mark.parametrize(
+    ("app", "app_dir"),
+    [("examples.quickstart.app:app", REPO_ROOT), ("app:app", REPO_ROOT / "examples" / "quickstart")],
+)
+def test_quickstart_app_serves(orchestrator: FakeOrchestrator, app: str, app_dir: Any) -> None:
+    orchestrator.start(app, app_dir)
+    ready = orchestrator.expect(ZygoteReady)
+    assert set(ready.tasks) == {"add", "noop", "sleep", "cpu", "fail", "greet", "echo"}
+    orchestrator.fork("w-1")
+    calls: list[tuple[str, tuple[Any, ...], Any]] = [
+        ("add", (2, 3), 5),
+        ("noop", (), None),
+        ("cpu", (4,), 14),
+        ("greet", ("Neutrino",), "Hello, Neutrino!"),
+        ("echo", (b"\x01\x02",), b"\x01\x02"),
+        ("sleep", (0.0,), 0.0),
+    ]
+    for task_id, (task, args, expected) in enumerate(calls, start=1):
+        orchestrator.assign("w-1", task_id, task, *args)
+        assert value(result_of(orchestrator, "w-1", task_id)) == expected
+    orchestrator.assign("w-1", 100, "fail")
+    error = result_of(orchestrator, "w-1", 100).error
+    assert error is not None and (error.kind, error.ename, error.evalue) == ("task_error", "ValueError", "boom")

@@ -27,8 +27,17 @@ def main() -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the orchestrator up until Ctrl-C")
     args = parser.parse_args()
 
-    cmd = [str(BINARY), "--app", "examples.quickstart.app:app", "--workers", str(args.workers),
-           "--frontend", args.frontend, "--python", sys.executable]
+    cmd = [
+        str(BINARY),
+        "--app",
+        "examples.quickstart.app:app",
+        "--workers",
+        str(args.workers),
+        "--frontend",
+        args.frontend,
+        "--python",
+        sys.executable,
+    ]
     print("$", " ".join(cmd), flush=True)
     started = time.perf_counter()
     orchestrator = subprocess.Popen(cmd, cwd=ROOT)

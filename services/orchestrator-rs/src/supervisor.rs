@@ -88,6 +88,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         other => warn!("zygote stopped with {other:?}"),
     }
     broker.stop();
+    // libzmq leaves bound ipc files behind when the context ends without an explicit unbind.
+    for path in config.frontends.iter().filter_map(|f| f.strip_prefix("ipc://")) {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(server) = metrics_server {
         server.abort();
     }

@@ -21,8 +21,7 @@ pub use backend::{Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady};
 pub use control::{Fork, Forked, WorkerExited, ZygoteFailed, ZygoteReady};
 pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
 pub use frame::{
-    decode_control, decode_frames, decode_meta, encode_control, encode_meta, header, parse_header,
-    Message, MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES, PROTOCOL_VERSION,
-    SIGNATURE, STATUS_ERROR, STATUS_OK,
+    decode_control, decode_frames, decode_meta, encode_control, encode_meta, header, parse_header, Message,
+    MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES, PROTOCOL_VERSION, SIGNATURE, STATUS_ERROR, STATUS_OK,
 };
 pub use frontend::{CancelTask, Ping, Pong, SubmitTask, TaskAccepted, TaskRejected, TaskReply};

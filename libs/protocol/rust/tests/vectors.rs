@@ -67,8 +67,25 @@ fn decode_any(frames: &[&[u8]]) -> Result<(), ProtocolError> {
             match ty { $(MessageType::$t => decode_frames::<$t>(frames).map(|_| ()),)* }
         };
     }
-    go!(SubmitTask, TaskAccepted, TaskRejected, TaskReply, CancelTask, Ping, Pong, WorkerReady, TaskAssignment,
-        TaskResult, Heartbeat, Shutdown, ZygoteReady, ZygoteFailed, Fork, Forked, WorkerExited)
+    go!(
+        SubmitTask,
+        TaskAccepted,
+        TaskRejected,
+        TaskReply,
+        CancelTask,
+        Ping,
+        Pong,
+        WorkerReady,
+        TaskAssignment,
+        TaskResult,
+        Heartbeat,
+        Shutdown,
+        ZygoteReady,
+        ZygoteFailed,
+        Fork,
+        Forked,
+        WorkerExited
+    )
 }
 
 #[test]
@@ -83,8 +100,25 @@ fn valid_cases_encode_and_decode_byte_for_byte() {
                 }
             };
         }
-        go!(SubmitTask, TaskAccepted, TaskRejected, TaskReply, CancelTask, Ping, Pong, WorkerReady, TaskAssignment,
-            TaskResult, Heartbeat, Shutdown, ZygoteReady, ZygoteFailed, Fork, Forked, WorkerExited);
+        go!(
+            SubmitTask,
+            TaskAccepted,
+            TaskRejected,
+            TaskReply,
+            CancelTask,
+            Ping,
+            Pong,
+            WorkerReady,
+            TaskAssignment,
+            TaskResult,
+            Heartbeat,
+            Shutdown,
+            ZygoteReady,
+            ZygoteFailed,
+            Fork,
+            Forked,
+            WorkerExited
+        );
         seen += 1;
     }
     assert!(seen >= 25);

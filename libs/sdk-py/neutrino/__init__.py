@@ -1,0 +1,55 @@
+"""Neutrino SDK: declare tasks with `App`, run them through an orchestrator with `Client`/`AsyncClient`.
+
+The public surface is `__all__` below; everything else (modules starting with `_`) may change.
+"""
+
+from .aio import AsyncClient, AsyncTaskFuture
+from .app import App, Task
+from .client import Client, TaskFuture
+from .errors import (
+    AddressError,
+    BadArgumentsError,
+    BusyError,
+    ClientClosedError,
+    DrainingError,
+    InvalidRequestError,
+    NeutrinoError,
+    NeutrinoTimeoutError,
+    NotSupportedError,
+    PayloadTooLargeError,
+    ProtocolError,
+    RejectedError,
+    ResultEncodingError,
+    ShuttingDownError,
+    TaskCancelledError,
+    TaskError,
+    UnknownTaskError,
+    WorkerDiedError,
+)
+
+__all__ = [
+    "AddressError",
+    "App",
+    "AsyncClient",
+    "AsyncTaskFuture",
+    "BadArgumentsError",
+    "BusyError",
+    "Client",
+    "ClientClosedError",
+    "DrainingError",
+    "InvalidRequestError",
+    "NeutrinoError",
+    "NeutrinoTimeoutError",
+    "NotSupportedError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "RejectedError",
+    "ResultEncodingError",
+    "ShuttingDownError",
+    "Task",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFuture",
+    "UnknownTaskError",
+    "WorkerDiedError",
+]

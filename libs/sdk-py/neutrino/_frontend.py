@@ -1,0 +1,126 @@
+"""The client side of the frontend link (SPEC.md §4.2), shared by `Client` and `AsyncClient`.
+
+Socket-free: address checks, socket options, request frames, and the mapping of a decoded reply
+to a value or an exception. The two clients differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import zmq
+from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
+
+from .codec import pack_args, unpack_result
+from .errors import AddressError, NotSupportedError, ProtocolError, error_from_reply, rejected_error
+
+# SPEC.md §2: ipc socket paths must stay under 107 bytes (sun_path is 108 with the NUL).
+_MAX_IPC_PATH = 107
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5})$")
+
+
+def check_address(address: str) -> str:
+    """Return `address` if a client can connect to it, else raise an error that says what to pass."""
+    if not isinstance(address, str):
+        raise AddressError(f"address must be a str like 'tcp://host:5555', got {type(address).__name__}")
+    scheme, sep, rest = address.partition("://")
+    if scheme in ("http", "https") and sep:
+        raise NotSupportedError(
+            f"{address!r} is an HTTP gateway address; this SDK version talks to orchestrators only. "
+            "Connect to an orchestrator frontend instead, e.g. Client('tcp://127.0.0.1:5555')"
+        )
+    if scheme == "tcp" and sep:
+        match = _TCP.match(address)
+        if match is None or not 0 < int(match["port"]) < 65536:
+            raise AddressError(f"{address!r} is not a tcp address; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+        return address
+    if scheme == "ipc" and sep:
+        if not rest:
+            raise AddressError(f"{address!r} has no socket path; write ipc:///path/to/frontend.sock")
+        if len(rest.encode()) > _MAX_IPC_PATH:
+            raise AddressError(f"ipc socket path is {len(rest.encode())} bytes, over the {_MAX_IPC_PATH}-byte limit")
+        return address
+    raise AddressError(
+        f"unsupported orchestrator address {address!r}; use tcp://HOST:PORT or ipc:///path/to/frontend.sock"
+    )
+
+
+def configure(sock: zmq.Socket[Any]) -> None:
+    """Socket options for a client DEALER; why each one is set is next to it."""
+    # close() must not hang on unsent requests to an orchestrator that is gone.
+    sock.setsockopt(zmq.LINGER, 0)
+    # 0 = no limit. A full pipe would block (or drop, with NOBLOCK) sends, and the client keeps
+    # tens of thousands of submits in flight; backpressure is the orchestrator's TaskRejected{busy}.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    # IMMEDIATE stays off: requests sent before the TCP connection is up wait in the pipe instead
+    # of failing, so a client can be created and used before the orchestrator has started.
+    sock.setsockopt(zmq.IMMEDIATE, 0)
+
+
+def check_options(timeout_s: float | None, retries: int | None) -> None:
+    """Validate per-call overrides before anything is sent."""
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not (timeout_s > 0 and math.isfinite(timeout_s))
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise ValueError(f"retries must be an int >= 0 or None, got {retries!r}")
+
+
+def submit_frames(
+    task_id: int,
+    name: str,
+    args: Iterable[Any],
+    kwargs: Mapping[str, Any],
+    timeout_s: float | None = None,
+    retries: int | None = None,
+) -> list[bytes]:
+    """The frames of one SubmitTask. Raises TypeError (unencodable argument) before anything is sent."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"task name must be a non-empty str, got {name!r}")
+    payload = pack_args(args, kwargs)
+    timeout = None if timeout_s is None else float(timeout_s)
+    return SubmitTask(id=task_id, task=name, timeout_s=timeout, retries=retries, payload=payload).encode()
+
+
+def cancel_frames(task_id: int) -> list[bytes]:
+    return CancelTask(id=task_id).encode()
+
+
+def ping_frames(nonce: int) -> list[bytes]:
+    return Ping(nonce=nonce).encode()
+
+
+def outcome(msg: TaskReply | TaskRejected) -> tuple[Any, BaseException | None]:
+    """(value, None) for a successful reply, (None, exception) otherwise.
+
+    Returned rather than raised so the reply loops settle thousands of futures without paying
+    for a raise/except per task.
+    """
+    if isinstance(msg, TaskRejected):
+        return None, rejected_error(msg.reason, msg.message, msg.id)
+    if msg.status == "ok":
+        try:
+            return unpack_result(msg.payload or b""), None
+        except ProtocolError as exc:
+            return None, exc
+    err = msg.error
+    if err is None:  # decode() guarantees it for status "error"; kept total for the type checker
+        return None, ProtocolError(f"TaskReply {msg.id} has status {msg.status!r} and no error", kind="meta")
+    return None, error_from_reply(err.kind, err.ename, err.evalue, err.traceback, msg.attempts, msg.id)
+
+
+def pong_info(msg: Pong) -> dict[str, Any]:
+    """What `ping()` returns: the orchestrator's load (SPEC.md Pong)."""
+    return {
+        "queue_depth": msg.queue_depth,
+        "workers": msg.workers,
+        "idle_workers": msg.idle_workers,
+        "draining": msg.draining,
+    }

@@ -1,0 +1,246 @@
+"""`AsyncClient`: the asyncio twin of `Client`, driven by the event loop's reader on the socket's FD.
+
+Everything runs on the loop's thread, so no locks. The socket keeps the `Client` invariant (see
+client.py): whoever touches it drains it until `zmq.EVENTS` shows no POLLIN, so every send is
+followed by a drain, and the loop's reader callback on the edge-triggered `zmq.FD` drains too.
+
+Why not zmq.asyncio with a reader task: with a receive pending, zmq.asyncio schedules an event
+check after every send (a timer and an EVENTS round per submit); measured on 20,000 submits it
+settled ~19k replies/s against ~30k/s for the threaded Client. Reading the FD directly costs one
+callback per wake-up and no Future per message. Needs a loop with `add_reader` (the default
+selector loop on Unix, uvloop). The client binds to the loop that first uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import neutrino_protocol
+import zmq
+from neutrino_protocol import Pong, TaskRejected, TaskReply
+
+from . import _frontend
+from .app import Task
+from .errors import AddressError, ClientClosedError, NeutrinoTimeoutError
+
+__all__ = ["AsyncClient", "AsyncTaskFuture"]
+
+_log = logging.getLogger("neutrino.client")
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+
+class AsyncTaskFuture(asyncio.Future[Any]):
+    """An asyncio Future for one submitted task; `task_id` is its id on the wire.
+
+    Cancelling it (directly, or by cancelling or timing out a coroutine awaiting it) also asks the
+    orchestrator to drop the task if it is still queued.
+    """
+
+    def __init__(
+        self, task_id: int, task: str, on_cancel: Callable[[int], None], *, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(loop=loop)
+        self.task_id = task_id
+        self.task = task
+        self._on_cancel = on_cancel
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._on_cancel(self.task_id)
+        return True
+
+
+class AsyncClient:
+    """A connection to one orchestrator frontend for asyncio code; see `Client` for the semantics."""
+
+    def __init__(self, address: str, *, timeout_s: float | None = None) -> None:
+        self.address = _frontend.check_address(address)
+        _frontend.check_options(timeout_s, None)
+        self.timeout_s = timeout_s
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        _frontend.configure(self._sock)
+        if address.startswith("tcp://["):
+            self._sock.setsockopt(zmq.IPV6, 1)
+        try:
+            self._sock.connect(address)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            raise AddressError(f"cannot connect to {address!r}: {exc}") from None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pings: dict[int, asyncio.Future[Any]] = {}
+        self._fd: int = self._sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def call(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a task and return its value; raise its TaskError/RejectedError, or NeutrinoTimeoutError."""
+        fut = self.submit_with(name, args, kwargs)
+        try:
+            return await _wait(fut, self.timeout_s)
+        except NeutrinoTimeoutError:
+            raise NeutrinoTimeoutError(
+                f"no reply to task {fut.task!r} (id {fut.task_id}) from {self.address} within {self.timeout_s}s; "
+                "it was asked to cancel if still queued. Raise AsyncClient(timeout_s=...) or use submit()"
+            ) from None
+
+    def submit(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> AsyncTaskFuture:
+        """Send a task now and return a future for its value (call from a coroutine)."""
+        return self.submit_with(name, args, kwargs)
+
+    def submit_with(
+        self,
+        name: str | Task[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> AsyncTaskFuture:
+        """`submit()` with per-call overrides of the task's `timeout` (seconds per attempt) and `retries`."""
+        _frontend.check_options(timeout_s, retries)
+        task = name.name if isinstance(name, Task) else name
+        task_id = next(self._ids)
+        frames = _frontend.submit_frames(task_id, task, args, kwargs or {}, timeout_s, retries)
+        fut = AsyncTaskFuture(task_id, task, self._cancel, loop=self._bind_loop())
+        self._send(self._pending, task_id, fut, frames)
+        return fut
+
+    async def ping(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The orchestrator's load: queue_depth, workers, idle_workers, draining."""
+        _frontend.check_options(timeout_s, None)
+        nonce = next(self._ids)
+        fut: asyncio.Future[Any] = self._bind_loop().create_future()
+        self._send(self._pings, nonce, fut, _frontend.ping_frames(nonce))
+        try:
+            result: dict[str, Any] = await _wait(fut, timeout_s)
+        except NeutrinoTimeoutError:
+            self._pings.pop(nonce, None)
+            raise NeutrinoTimeoutError(
+                f"orchestrator at {self.address} did not answer a ping within {timeout_s}s; "
+                "check that it is running and listening on that address"
+            ) from None
+        return result
+
+    async def aclose(self) -> None:
+        """Disconnect; tasks still waiting fail with ClientClosedError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._sock.close(linger=0)
+        self._ctx.term()
+        waiting = [*self._pending.values(), *self._pings.values()]
+        self._pending.clear()
+        self._pings.clear()
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(ClientClosedError(f"the client for {self.address} was closed before a reply came"))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise ClientClosedError(f"the client for {self.address} is closed; create a new AsyncClient")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            loop.add_reader(self._fd, self._drain)
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("this AsyncClient belongs to another event loop; create one client per loop")
+        return loop
+
+    def _send(
+        self, table: dict[int, asyncio.Future[Any]], key: int, fut: asyncio.Future[Any], frames: list[bytes]
+    ) -> None:
+        table[key] = fut
+        try:
+            self._send_frames(frames)
+        except BaseException:
+            del table[key]
+            raise
+        self._drain()
+
+    def _send_frames(self, frames: list[bytes]) -> None:
+        # No high-water mark (see _frontend.configure), so a send never blocks the loop.
+        send = self._sock.send
+        for frame in frames[:-1]:
+            send(frame, _SNDMORE)
+        send(frames[-1])
+
+    def _cancel(self, task_id: int) -> None:
+        if self._pending.pop(task_id, None) is not None and not self._closed:
+            self._send_frames(_frontend.cancel_frames(task_id))
+            self._drain()
+
+    def _drain(self) -> None:
+        """Settle every queued reply (the loop's reader callback, and the tail of every send)."""
+        if self._closed:
+            return
+        sock = self._sock
+        try:
+            while sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                self._handle(sock.recv_multipart(_NOBLOCK))
+        except Exception:  # pragma: no cover - a bug; keep serving the other futures
+            _log.exception("neutrino client reader error (continuing)")
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = neutrino_protocol.decode(frames)
+        except neutrino_protocol.ProtocolError as exc:
+            level = logging.DEBUG if exc.kind == "type" else logging.WARNING
+            _log.log(level, "ignoring malformed message from %s: %s", self.address, exc)
+            return
+        if isinstance(msg, (TaskReply, TaskRejected)):
+            fut = self._pending.pop(msg.id, None)
+            value, error = _frontend.outcome(msg) if fut is not None else (None, None)
+        elif isinstance(msg, Pong):
+            fut = self._pings.pop(msg.nonce, None)
+            value, error = _frontend.pong_info(msg), None
+        else:
+            _log.debug("ignoring %s from %s", type(msg).__name__, self.address)
+            return
+        if fut is None:
+            _log.debug("dropping %s for unknown id from %s", type(msg).__name__, self.address)
+        elif not fut.done():
+            if error is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(error)
+
+
+async def _wait(fut: asyncio.Future[Any], timeout_s: float | None) -> Any:
+    if timeout_s is None:
+        return await fut
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await fut
+    except TimeoutError:
+        raise NeutrinoTimeoutError("timed out") from None

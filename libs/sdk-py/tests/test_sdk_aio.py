@@ -1,0 +1,109 @@
+"""neutrino.aio: AsyncClient against the stand-in orchestrator (each test runs its own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from neutrino import (
+    AsyncClient,
+    AsyncTaskFuture,
+    BusyError,
+    ClientClosedError,
+    NeutrinoTimeoutError,
+    TaskError,
+    UnknownTaskError,
+)
+from sdk_peer import Peer
+
+
+def run(peer: Peer, body: Callable[[AsyncClient], Awaitable[Any]], **options: Any) -> Any:
+    async def main() -> Any:
+        async with AsyncClient(peer.address, **options) as client:
+            return await body(client)
+
+    return asyncio.run(main())
+
+
+def test_call_and_ping(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        assert await client.call("add", 1, 2) == 3
+        assert await client.call("echo", k=b"v") == {"k": b"v"}
+        assert await client.ping() == {"queue_depth": 3, "workers": 2, "idle_workers": 1, "draining": False}
+
+    run(peer, body)
+
+
+def test_errors_and_rejections(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        with pytest.raises(TaskError) as info:
+            await client.call("fail", "nope")
+        assert (info.value.type, info.value.message, info.value.attempts) == ("ValueError", "nope", 2)
+        assert info.value.traceback is not None and "ValueError: nope" in info.value.traceback
+        with pytest.raises(UnknownTaskError):
+            await client.call("error:unknown_task")
+        with pytest.raises(BusyError):
+            await client.call("reject:busy")
+        assert await client.call("garbage", "survived") == "survived"
+
+    run(peer, body)
+
+
+def test_many_submits_resolve(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> list[Any]:
+        futures = [client.submit("add", i, 1) for i in range(2000)]
+        assert all(isinstance(f, AsyncTaskFuture) for f in futures)
+        assert len({f.task_id for f in futures}) == 2000
+        return await asyncio.gather(*futures)
+
+    assert run(peer, body) == [i + 1 for i in range(2000)]
+
+
+def test_submit_with_options(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        assert await client.submit_with("add", [2, 3], timeout_s=1.5, retries=1) == 5
+        assert (peer.submits[-1].timeout_s, peer.submits[-1].retries) == (1.5, 1)
+
+    run(peer, body)
+
+
+def test_timeout_cancels_the_task(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        with pytest.raises(NeutrinoTimeoutError, match="no reply to task 'hold'"):
+            await client.call("hold", 1)
+        task_id = peer.submits[-1].id
+        await asyncio.to_thread(peer.wait_for, lambda p: task_id in p.cancels)
+        peer.release_held()
+        assert await client.call("add", 1, 1) == 2
+
+    run(peer, body, timeout_s=0.2)
+
+
+def test_aclose_fails_pending_futures(peer: Peer) -> None:
+    async def main() -> None:
+        client = AsyncClient(peer.address)
+        futures = [client.submit("hold", i) for i in range(5)]
+        await asyncio.to_thread(peer.wait_for, lambda p: len(p.submits) == 5)
+        await client.aclose()
+        for fut in futures:
+            with pytest.raises(ClientClosedError):
+                await fut
+        with pytest.raises(ClientClosedError):
+            client.submit("add", 1)
+        await client.aclose()  # idempotent
+
+    asyncio.run(main())
+
+
+def test_a_client_belongs_to_one_event_loop(peer: Peer) -> None:
+    client = AsyncClient(peer.address)
+
+    async def use() -> Any:
+        return await client.call("add", 1, 2)
+
+    assert asyncio.run(use()) == 3
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(use())
+    asyncio.run(client.aclose())

@@ -1,0 +1,168 @@
+"""neutrino.app: registering tasks, their options, and calling them locally."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+
+import pytest
+from neutrino import App, Task
+
+
+def test_bare_and_called_decorators_register_tasks() -> None:
+    app = App("demo")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        """Add two numbers."""
+        return x + y
+
+    @app.task()
+    def sub(x: int, y: int) -> int:
+        return x - y
+
+    @app.task("times", timeout=2, retries=3)
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    @app.task(name="div")
+    def div(x: float, y: float) -> float:
+        return x / y
+
+    assert list(app.tasks) == ["add", "sub", "times", "div"]
+    assert app.tasks["add"] is add
+    assert isinstance(add, Task)
+    assert add.name == "add" and add.timeout is None and add.retries == 0 and not add.is_async
+    assert mul.name == "times" and mul.timeout == 2.0 and isinstance(mul.timeout, float) and mul.retries == 3
+    # functools.update_wrapper: the task still looks like the function it wraps.
+    assert add.__name__ == "add" and add.__doc__ == "Add two numbers." and add.__wrapped__ is add.fn  # type: ignore[attr-defined]
+    assert add.signature == inspect.signature(add.fn)
+    assert list(add.signature.parameters) == ["x", "y"]
+
+
+def test_tasks_stay_callable_locally() -> None:
+    app = App("demo")
+
+    @app.task
+    def add(x: int, y: int = 10) -> int:
+        return x + y
+
+    @app.task(retries=1)
+    async def greet(name: str) -> str:
+        await asyncio.sleep(0)
+        return f"hi {name}"
+
+    assert add(1, 2) == 3
+    assert add(x=1) == 11
+    assert greet.is_async
+    coro = greet("ann")
+    assert inspect.iscoroutine(coro)
+    assert asyncio.run(coro) == "hi ann"
+
+
+def test_add_task_is_the_explicit_form_and_lambdas_are_fine() -> None:
+    app = App("demo")
+    double = app.add_task(lambda x: 2 * x, name="double", timeout=0.5)
+    anonymous = app.add_task(lambda: None)
+    assert double(4) == 8 and double.timeout == 0.5
+    assert anonymous.name == "<lambda>"
+    assert set(app.tasks) == {"double", "<lambda>"}
+
+
+def test_apps_are_independent() -> None:
+    a, b = App("a"), App("b")
+
+    def job() -> None: ...
+
+    a.add_task(job)
+    b.add_task(job)
+    assert list(a.tasks) == ["job"] and list(b.tasks) == ["job"]
+    assert a.tasks["job"] is not b.tasks["job"]
+
+
+def test_tasks_mapping_is_read_only() -> None:
+    app = App("demo")
+    app.add_task(print, name="p")
+    with pytest.raises(TypeError):
+        app.tasks["x"] = app.tasks["p"]  # type: ignore[index]
+    assert "App 'demo'" in repr(app) and "p" in repr(app)
+
+
+def test_unknown_options_are_listed_with_suggestions() -> None:
+    app = App("demo")
+    with pytest.raises(TypeError) as info:
+        app.task(retry=3, timout=1)  # type: ignore[call-overload]
+    msg = str(info.value)
+    assert "undefined: retry (did you mean 'retries'?), timout (did you mean 'timeout'?)" in msg
+    assert "Valid options: name, timeout, retries" in msg
+    with pytest.raises(TypeError, match="undefined: colour"):
+        app.add_task(print, colour="red")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "words"),
+    [
+        (0, ValueError, "positive"),
+        (-1.5, ValueError, "positive"),
+        (math.inf, ValueError, "finite"),
+        (math.nan, ValueError, "positive"),
+        ("5", TypeError, "number of seconds"),
+        (True, TypeError, "number of seconds"),
+    ],
+)
+def test_bad_timeout_fails_at_decoration(timeout: object, error: type[Exception], words: str) -> None:
+    app = App("demo")
+    with pytest.raises(error, match=words):
+        app.task(timeout=timeout)  # type: ignore[call-overload]
+    assert not app.tasks
+
+
+@pytest.mark.parametrize(
+    ("retries", "error", "words"),
+    [(-1, ValueError, "0 or more"), (1.5, TypeError, "must be an int"), (True, TypeError, "must be an int")],
+)
+def test_bad_retries_fails_at_decoration(retries: object, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        App("demo").task(retries=retries)  # type: ignore[call-overload]
+
+
+def test_bad_names() -> None:
+    app = App("demo")
+    with pytest.raises(ValueError, match="non-empty string"):
+        app.task(name="")(print)
+    with pytest.raises(ValueError, match="non-empty string"):
+        app.add_task(print, name=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="given twice"):
+        app.task("a", name="b")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="App name"):
+        App("")
+
+
+def test_duplicate_task_name_is_an_error() -> None:
+    app = App("demo")
+
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"already has a task named 'job'.*name="):
+
+        @app.task
+        def job() -> None: ...
+
+
+def test_only_functions_can_be_tasks() -> None:
+    app = App("demo")
+    with pytest.raises(TypeError, match=r"got class .*Thing.*@app\.model"):
+
+        @app.task
+        class Thing: ...
+
+    with pytest.raises(TypeError, match="needs a function"):
+        app.add_task(42)  # type: ignore[arg-type]
+
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(TypeError, match=r"already a task.*task\.fn"):
+        App("other").add_task(job)

@@ -1,0 +1,63 @@
+"""neutrino._frontend: address checks, per-call options and reply mapping, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from neutrino import AddressError, BusyError, Client, NotSupportedError, TaskError
+from neutrino._frontend import check_address, check_options, outcome, submit_frames
+from neutrino.codec import pack_result
+from neutrino.errors import ProtocolError
+from neutrino_protocol import ErrorInfo, SubmitTask, TaskRejected, TaskReply, decode
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://127.0.0.1:5555", "tcp://orchestrator.svc:1", "tcp://[::1]:5555", "ipc:///run/n/frontend.sock"]
+)
+def test_good_addresses(address: str) -> None:
+    assert check_address(address) == address
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("localhost:5555", "use tcp://HOST:PORT or ipc://"),
+        ("udp://x:1", "use tcp://HOST:PORT"),
+        ("tcp://localhost", "write tcp://HOST:PORT"),
+        ("tcp://localhost:70000", "write tcp://HOST:PORT"),
+        ("ipc://", "no socket path"),
+        ("ipc:///" + "x" * 120, "107-byte limit"),
+    ],
+)
+def test_bad_addresses_say_what_to_write(address: str, words: str) -> None:
+    with pytest.raises(AddressError, match=words):
+        check_address(address)
+
+
+def test_http_gateway_addresses_are_not_supported_yet() -> None:
+    for address in ("http://gateway:8000", "https://gateway"):
+        with pytest.raises(NotSupportedError, match=r"HTTP gateway.*Client\('tcp://"):
+            Client(address)
+
+
+def test_per_call_options_are_checked() -> None:
+    check_options(1.5, 0)
+    check_options(None, None)
+    with pytest.raises(ValueError, match="timeout_s"):
+        check_options(0, None)
+    with pytest.raises(ValueError, match="retries"):
+        check_options(None, -1)
+
+
+def test_submit_frames_carry_the_overrides() -> None:
+    msg = decode(submit_frames(7, "add", (1, 2), {}, timeout_s=3, retries=2))
+    assert msg == SubmitTask(id=7, task="add", timeout_s=3.0, retries=2, payload=bytes.fromhex("9292010280"))
+
+
+def test_outcome_maps_replies() -> None:
+    assert outcome(TaskReply(id=1, status="ok", attempts=1, payload=pack_result([1, "a"]))) == ([1, "a"], None)
+    _, err = outcome(TaskReply(id=2, status="error", attempts=2, error=ErrorInfo("task_error", "KeyError", "'k'")))
+    assert isinstance(err, TaskError) and err.task_id == 2 and err.attempts == 2
+    _, err = outcome(TaskRejected(id=3, reason="busy", message="full"))
+    assert isinstance(err, BusyError)
+    _, err = outcome(TaskReply(id=4, status="ok", attempts=1, payload=b"\xc1"))
+    assert isinstance(err, ProtocolError)

@@ -45,7 +45,9 @@ class Orchestrator:
                         return m
                 seen = len(self.lines)
                 if self.proc.poll() is not None and not self._reading:
-                    raise AssertionError(f"orchestrator exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}")
+                    raise AssertionError(
+                        f"orchestrator exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}"
+                    )
                 if not self._cond.wait(timeout):
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s:\n{self.log}")
 
@@ -77,17 +79,33 @@ class Orchestrator:
             return self.proc.wait()
 
 
-def start_orchestrator(*args: str, workers: int = 2, app: str = QUICKSTART, wait_ready: bool = True,
-                       env: dict[str, str] | None = None) -> Orchestrator:
+def start_orchestrator(
+    *args: str, workers: int = 2, app: str = QUICKSTART, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> Orchestrator:
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `make setup` (cargo build --release) first")
     # Short paths: ipc socket paths must stay under 107 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="nt-", dir="/tmp"))
     address = f"ipc://{run_dir}/frontend.sock"
-    cmd = [str(BINARY), "--app", app, "--workers", str(workers), "--frontend", address,
-           "--run-dir", str(run_dir / "run"), "--python", sys.executable, "--grace-period", "10", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **(env or {})})
+    cmd = [
+        str(BINARY),
+        "--app",
+        app,
+        "--workers",
+        str(workers),
+        "--frontend",
+        address,
+        "--run-dir",
+        str(run_dir / "run"),
+        "--python",
+        sys.executable,
+        "--grace-period",
+        "10",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
+    )
     orch = Orchestrator(proc=proc, address=address, run_dir=run_dir)
     threading.Thread(target=orch._read, daemon=True).start()
     if wait_ready:

@@ -9,10 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import msgpack
+import neutrino_protocol as p
 import pytest
 import zmq
-
-import neutrino_protocol as p
 from neutrino import (
     BadArgumentsError,
     BusyError,
@@ -176,7 +175,7 @@ def test_a_message_of_the_wrong_kind_is_invalid(start) -> None:
     raw.linger = 0
     raw.connect(orch.address)
     try:
-        raw.send_multipart(p.Ping(nonce=1).encode()[:1] + [b"\x80"])
+        raw.send_multipart([*p.Ping(nonce=1).encode()[:1], b"\x80"])
         assert raw.poll(10_000)
         assert isinstance(p.decode(raw.recv_multipart()), p.TaskRejected)
         raw.send_multipart(p.WorkerReady(worker_id="x", pid=1, credits=1, tasks=[]).encode())

@@ -13,7 +13,6 @@ import json
 import pathlib
 
 import msgpack
-
 import neutrino_protocol as p
 
 HERE = pathlib.Path(__file__).parent
@@ -25,28 +24,74 @@ ERR = {"kind": "task_error", "ename": "ValueError", "evalue": "boom", "traceback
 VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
     "frontend": [
         (1, "submit minimal", "SubmitTask", {"id": 7, "task": "add", "payload_hex": ARGS_ADD.hex()}, ""),
-        (2, "submit with every option", "SubmitTask",
-         {"id": 4294967296, "task": "sleep", "timeout_s": 2.5, "retries": 3, "ack": True,
-          "payload_hex": msgpack.packb([[], {"seconds": 0.1}]).hex()}, "id needs uint64"),
+        (
+            2,
+            "submit with every option",
+            "SubmitTask",
+            {
+                "id": 4294967296,
+                "task": "sleep",
+                "timeout_s": 2.5,
+                "retries": 3,
+                "ack": True,
+                "payload_hex": msgpack.packb([[], {"seconds": 0.1}]).hex(),
+            },
+            "id needs uint64",
+        ),
         (3, "accepted", "TaskAccepted", {"id": 7}, ""),
-        (4, "rejected busy", "TaskRejected",
-         {"id": 8, "reason": "busy", "message": "queue is full (10000 tasks); retry later"}, ""),
+        (
+            4,
+            "rejected busy",
+            "TaskRejected",
+            {"id": 8, "reason": "busy", "message": "queue is full (10000 tasks); retry later"},
+            "",
+        ),
         (5, "reply ok", "TaskReply", {"id": 7, "status": "ok", "attempts": 1, "payload_hex": RESULT_3.hex()}, ""),
         (6, "reply error with traceback", "TaskReply", {"id": 9, "status": "error", "attempts": 1, "error": ERR}, ""),
-        (7, "reply error without traceback", "TaskReply",
-         {"id": 10, "status": "error", "attempts": 2,
-          "error": {"kind": "unknown_task", "ename": "unknown_task", "evalue": "no task named 'nope'"}}, ""),
+        (
+            7,
+            "reply error without traceback",
+            "TaskReply",
+            {
+                "id": 10,
+                "status": "error",
+                "attempts": 2,
+                "error": {"kind": "unknown_task", "ename": "unknown_task", "evalue": "no task named 'nope'"},
+            },
+            "",
+        ),
         (8, "cancel", "CancelTask", {"id": 11}, ""),
         (9, "ping", "Ping", {"nonce": 1}, ""),
         (10, "pong", "Pong", {"nonce": 1, "queue_depth": 300, "workers": 2, "idle_workers": 0, "draining": False}, ""),
     ],
     "backend": [
-        (1, "worker ready", "WorkerReady",
-         {"worker_id": "worker-001", "pid": 12345, "credits": 8, "tasks": ["add", "noop"]}, ""),
-        (2, "assignment", "TaskAssignment", {"task_id": 1, "task": "add", "attempt": 1, "payload_hex": ARGS_ADD.hex()}, ""),
-        (3, "assignment with timeout", "TaskAssignment",
-         {"task_id": 70000, "task": "sleep", "attempt": 2, "timeout_s": 30.0,
-          "payload_hex": msgpack.packb([[0.5], {}]).hex()}, ""),
+        (
+            1,
+            "worker ready",
+            "WorkerReady",
+            {"worker_id": "worker-001", "pid": 12345, "credits": 8, "tasks": ["add", "noop"]},
+            "",
+        ),
+        (
+            2,
+            "assignment",
+            "TaskAssignment",
+            {"task_id": 1, "task": "add", "attempt": 1, "payload_hex": ARGS_ADD.hex()},
+            "",
+        ),
+        (
+            3,
+            "assignment with timeout",
+            "TaskAssignment",
+            {
+                "task_id": 70000,
+                "task": "sleep",
+                "attempt": 2,
+                "timeout_s": 30.0,
+                "payload_hex": msgpack.packb([[0.5], {}]).hex(),
+            },
+            "",
+        ),
         (4, "result ok", "TaskResult", {"task_id": 1, "status": "ok", "run_us": 12, "payload_hex": RESULT_3.hex()}, ""),
         (5, "result error", "TaskResult", {"task_id": 2, "status": "error", "error": ERR, "run_us": 250}, ""),
         (6, "heartbeat", "Heartbeat", {"worker_id": "worker-001", "rss_kb": 40960}, ""),
@@ -55,10 +100,20 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
     ],
     "control": [
         (1, "zygote ready", "ZygoteReady", {"pid": 4242, "tasks": ["add"], "import_ms": 12.5}, ""),
-        (2, "zygote failed", "ZygoteFailed",
-         {"error": {"kind": "app_import_error", "ename": "ModuleNotFoundError", "evalue": "No module named 'nope'",
-                    "traceback": "Traceback (most recent call last):\nModuleNotFoundError: No module named 'nope'\n"}},
-         ""),
+        (
+            2,
+            "zygote failed",
+            "ZygoteFailed",
+            {
+                "error": {
+                    "kind": "app_import_error",
+                    "ename": "ModuleNotFoundError",
+                    "evalue": "No module named 'nope'",
+                    "traceback": "Traceback (most recent call last):\nModuleNotFoundError: No module named 'nope'\n",
+                }
+            },
+            "",
+        ),
         (3, "fork", "Fork", {"worker_ids": ["worker-001", "worker-002"]}, ""),
         (4, "forked", "Forked", {"worker_id": "worker-001", "pid": 4243}, ""),
         (5, "worker exited by signal", "WorkerExited", {"worker_id": "worker-001", "pid": 4243, "signal": 9}, ""),
@@ -73,19 +128,33 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
         (101, "one frame only", [H(1)], "frame_count", ""),
         (102, "four frames", [H(1), "80", "90", "90"], "frame_count", ""),
         (103, "submit without payload", [H(1), msgpack.packb({"id": 1, "task": "add"}).hex()], "frame_count", ""),
-        (104, "reply ok without payload", [H(4), msgpack.packb({"id": 1, "status": "ok", "attempts": 1}).hex()],
-         "frame_count", ""),
-        (105, "reply error with payload",
-         [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1, "error": ERR}).hex(), "c0"],
-         "frame_count", ""),
+        (
+            104,
+            "reply ok without payload",
+            [H(4), msgpack.packb({"id": 1, "status": "ok", "attempts": 1}).hex()],
+            "frame_count",
+            "",
+        ),
+        (
+            105,
+            "reply error with payload",
+            [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1, "error": ERR}).hex(), "c0"],
+            "frame_count",
+            "",
+        ),
         (106, "meta is an array", [H(6), msgpack.packb([1]).hex()], "meta", "rmp_serde would accept this"),
         (107, "meta is not msgpack", [H(6), "c1"], "meta", "0xc1 is never used"),
         (108, "missing required field", [H(1), msgpack.packb({"task": "add"}).hex(), ARGS_ADD.hex()], "meta", ""),
         (109, "negative id", [H(1), msgpack.packb({"id": -1, "task": "add"}).hex(), ARGS_ADD.hex()], "meta", ""),
         (110, "task is not a string", [H(1), msgpack.packb({"id": 1, "task": 5}).hex(), ARGS_ADD.hex()], "meta", ""),
         (111, "bad status", [H(4), msgpack.packb({"id": 1, "status": "maybe", "attempts": 1}).hex()], "meta", ""),
-        (112, "error status without error", [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1}).hex()],
-         "meta", ""),
+        (
+            112,
+            "error status without error",
+            [H(4), msgpack.packb({"id": 1, "status": "error", "attempts": 1}).hex()],
+            "meta",
+            "",
+        ),
         (113, "unknown message type", ["4e5401ff", "80"], "type", "receivers ignore these"),
     ],
     "header": [
@@ -105,8 +174,14 @@ def valid_case(family: str, cid: int, name: str, message: str, fields: dict, com
     if "payload_hex" in fields:
         kwargs["payload"] = bytes.fromhex(fields["payload_hex"])
     frames = cls(**kwargs).encode()
-    case = {"id": cid, "name": name, "message": message, "result": "valid", "fields": fields,
-            "frames": [f.hex() for f in frames]}
+    case = {
+        "id": cid,
+        "name": name,
+        "message": message,
+        "result": "valid",
+        "fields": fields,
+        "frames": [f.hex() for f in frames],
+    }
     if family == "control":  # the same message as the control link's length-prefixed bytes
         case["stream"] = p.encode_control(cls(**kwargs)).hex()
     if comment:
@@ -118,10 +193,22 @@ def main() -> None:
     for family in ("frontend", "backend", "control", "header"):
         cases = [valid_case(family, *c) for c in VALID.get(family, [])]
         cases += [
-            {"id": cid, "name": name, "result": "invalid", "frames": frames, "error": err, **({"comment": c} if c else {})}
+            {
+                "id": cid,
+                "name": name,
+                "result": "invalid",
+                "frames": frames,
+                "error": err,
+                **({"comment": c} if c else {}),
+            }
             for cid, name, frames, err, c in INVALID.get(family, [])
         ]
-        doc = {"protocol_version": p.PROTOCOL_VERSION, "family": family, "spec": "libs/protocol/SPEC.md", "cases": cases}
+        doc = {
+            "protocol_version": p.PROTOCOL_VERSION,
+            "family": family,
+            "spec": "libs/protocol/SPEC.md",
+            "cases": cases,
+        }
         (HERE / f"{family}.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"{family}: {len(cases)} cases")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from .errors import ProtocolError
 

@@ -15,7 +15,7 @@ from time import perf_counter_ns
 from types import TracebackType
 from typing import Any, Protocol
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from neutrino_protocol import ErrorInfo, ErrorKind, TaskAssignment, TaskResult
 
 _unpackb = msgpack.unpackb
@@ -56,7 +56,7 @@ class Runner:
                 msg, _UNKNOWN_TASK, _UNKNOWN_TASK, f"no task named {msg.task!r}; this app has: {self._names()}"
             )
         try:
-            call = _unpackb(msg.payload, raw=False)
+            call = _unpackb(msg.payload, raw=False, strict_map_key=False)
         except Exception as exc:
             return _error(msg, _BAD_ARGUMENTS, _BAD_ARGUMENTS, f"payload is not valid msgpack ({exc})")
         if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not dict:

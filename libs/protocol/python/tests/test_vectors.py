@@ -6,9 +6,8 @@ import json
 import pathlib
 from typing import Any
 
-import pytest
-
 import neutrino_protocol as p
+import pytest
 
 VECTORS = pathlib.Path(__file__).parents[2] / "vectors"
 FAMILIES = ("frontend", "backend", "control", "header")

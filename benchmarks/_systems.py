@@ -1,0 +1,73 @@
+"""The two systems under measurement, behind one shape: `call(task, *args)` and `burst(count)`.
+
+Each `*_system` context manager starts the servers, waits for their readiness signal (never a
+fixed sleep), yields a `System`, and on exit stops every process it started, recording how the
+stop went in `System.info`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _floor import FloorClient
+from _neutrino import Orchestrator, burst, log_problems, wait_ready
+from _procs import Processes, free_tcp_port, log
+
+FLOOR_READY_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 10.0  # a lost reply fails the measurement instead of hanging it
+FLOOR_SHAPE = "client DEALER -> zmq.proxy ROUTER/DEALER (C, own process) -> worker ROUTER x N; HWM 0 (unbounded)"
+
+
+@dataclass
+class System:
+    name: str
+    call: Callable[..., Any]
+    burst: Callable[[int], dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@contextlib.contextmanager
+def floor_system(procs: Processes, workdir: Path, workers: int) -> Iterator[System]:
+    log("floor: starting zmq.proxy and workers")
+    frontend = f"tcp://127.0.0.1:{free_tcp_port()}"
+    backend = f"ipc://{workdir}/floor-backend.sock"
+    script = [sys.executable, str(Path(__file__).with_name("_floor.py"))]
+    servers = [procs.spawn([*script, "proxy", frontend, backend])]
+    servers += [procs.spawn([*script, "worker", backend]) for _ in range(workers)]
+    client = FloorClient(frontend)
+    system = System("floor", client.call, client.burst, {"setup": FLOOR_SHAPE, "workers": workers})
+    try:
+        client.wait_for_workers(workers, FLOOR_READY_TIMEOUT_S)
+        yield system
+    finally:
+        client.close()
+        stops = [procs.stop(proc) for proc in servers]
+        system.info["orphans"] = [pid for stop in stops for pid in stop["orphans"]]
+
+
+@contextlib.contextmanager
+def neutrino_system(procs: Processes, orch_args: dict[str, Any]) -> Iterator[System]:
+    from neutrino import Client
+
+    orch = Orchestrator(procs, **orch_args)
+    log(f"neutrino: started {' '.join(orch.argv)}")
+    client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S)
+    system = System("neutrino", client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
+    try:
+        ready_s = wait_ready(client, orch, orch_args["workers"])
+        system.info["ready_ms"] = round(ready_s * 1000, 1)
+        log(f"neutrino: {orch_args['workers']} workers ready after {ready_s * 1000:.0f} ms")
+        yield system
+        system.info["pong_after"] = client.ping()
+    finally:
+        client.close()
+        system.info["stop"] = orch.stop()
+        log_text = orch.log_path.read_text(errors="replace") if orch.log_path.exists() else ""
+        system.info["ready_line_logged"] = "Orchestrator ready with" in log_text
+        system.info["log_problems"] = log_problems(orch.log_path)

@@ -1,0 +1,378 @@
+"""Dispatch benchmark: Neutrino side by side with a pure-ZeroMQ floor, in one run, on this machine.
+
+Both systems run a client (this process) against servers started as subprocesses, over the same
+transports: tcp://127.0.0.1 from client to broker, ipc:// from broker to 2 worker processes. The
+floor (see _floor.py) is a pyzmq DEALER client, a C `zmq.proxy` (ROUTER/DEALER) and pyzmq worker
+processes exchanging the same SubmitTask / TaskReply frames Neutrino uses; Neutrino is the real
+orchestrator (target/release/neutrino-orchestrator) with its forked workers and `neutrino.Client`.
+
+Both systems are up at once (idle while the other is measured) and every measurement alternates
+between them in `--rounds` rounds (A B B A ...), so load from elsewhere on the machine falls on
+both alike. Measured for each system:
+- noop round trip: p50/p95/p99 µs of `--calls` sequential calls (split over the rounds) after
+  `--warmup` warm-up calls;
+- throughput: one burst of `--throughput-tasks` noop tasks per round, sent without waiting;
+  tasks/s from first send to last reply (median round), every reply checked to arrive exactly once;
+- echo round trip: a 100 KiB bytes argument echoed back, p50/p99 µs over `--echo-calls` calls;
+- Neutrino only, after the above with everything stopped: ms from orchestrator Popen to the first
+  `noop` result of a client that submits at once (queued until workers are ready), 3 cold starts.
+
+Run from the repository root (build the orchestrator first: `cargo build --release`):
+
+    uv run python benchmarks/dispatch.py --json            # one JSON document on stdout
+    uv run python benchmarks/dispatch.py --only floor      # one half, readable summary
+
+Progress goes to stderr. Every process started is stopped by pid on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+from _neutrino import first_result_ms
+from _procs import Processes, log
+from _systems import System, floor_system, neutrino_system
+
+REPO = Path(__file__).resolve().parent.parent
+ECHO_BYTES = 100 * 1024
+ECHO_WARMUP = 50
+FIRST_RESULT_RUNS = 3
+TRANSPORT = {"client": "tcp://127.0.0.1", "backend": "ipc://"}
+
+# ---------------------------------------------------------------- measurements
+
+
+def summarize_us(samples_ns: list[int]) -> dict[str, float]:
+    """Nearest-rank percentiles of round-trip samples, in microseconds."""
+    ordered = sorted(samples_ns)
+
+    def pct(p: float) -> float:
+        return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] / 1000, 1)
+
+    return {
+        "n": len(ordered),
+        "p50": pct(50),
+        "p95": pct(95),
+        "p99": pct(99),
+        "mean": round(statistics.fmean(ordered) / 1000, 1),
+        "min": round(ordered[0] / 1000, 1),
+        "max": round(ordered[-1] / 1000, 1),
+    }
+
+
+def alternate(systems: list[System], rounds: int, once: Callable[[System, int], Any]) -> dict[str, list[Any]]:
+    """`once(system, round_no)` for each system, `rounds` times, alternating systems (ABBA...) so that
+    load from elsewhere on the machine falls on both alike. A system that raises is dropped, its error kept."""
+    results: dict[str, list[Any]] = {system.name: [] for system in systems}
+    for round_no in range(rounds):
+        for system in systems if round_no % 2 == 0 else systems[::-1]:
+            if system.error:
+                continue
+            gc.collect()
+            try:
+                results[system.name].append(once(system, round_no))
+            except Exception as exc:
+                log(f"{system.name} failed:")
+                traceback.print_exc(file=sys.stderr)
+                system.error = f"{type(exc).__name__}: {exc}"
+    return results
+
+
+def timed_calls(call: Callable[..., Any], task: str, args: tuple[Any, ...], count: int) -> list[int]:
+    """Round-trip times (ns) of `count` sequential calls; each result must equal the argument (or None)."""
+    expected = args[0] if args else None
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        started = clock()
+        result = call(task, *args)
+        samples.append(clock() - started)
+        if result != expected:
+            raise AssertionError(f"{task} returned {type(result).__name__} {str(result)[:60]}, expected the argument")
+    return samples
+
+
+def latency(systems: list[System], task: str, args: tuple[Any, ...], count: int, warmup: int, rounds: int) -> dict:
+    alternate(systems, 1, lambda system, _: timed_calls(system.call, task, args, warmup))
+    sizes = [count // rounds + (round_no < count % rounds) for round_no in range(rounds)]
+    chunks = alternate(systems, rounds, lambda system, round_no: timed_calls(system.call, task, args, sizes[round_no]))
+    return {name: summarize_us([ns for chunk in runs for ns in chunk]) for name, runs in chunks.items() if runs}
+
+
+def measured_burst(system: System, count: int) -> dict[str, Any]:
+    """One burst, plus the CPU time the client process spent on it (all its threads): when that
+    is close to the elapsed time, the client, not the dispatcher, is the bottleneck."""
+    cpu = time.process_time()
+    result = system.burst(count)
+    result["client_cpu_s"] = round(time.process_time() - cpu, 3)
+    return result
+
+
+def throughput(systems: list[System], count: int, warmup: int, rounds: int) -> dict:
+    """`rounds` bursts of `count` tasks per system; tasks/s is the median round."""
+    if warmup:
+        alternate(systems, 1, lambda system, _: system.burst(warmup))
+    bursts = alternate(systems, rounds, lambda system, _: measured_burst(system, count))
+    out = {}
+    for name, runs in bursts.items():
+        if not runs:
+            continue
+        for run in runs:
+            run["elapsed_s"] = round(run["elapsed_s"], 4)
+        rates = [round(count / run["elapsed_s"]) for run in runs]
+        out[name] = {
+            "tasks": count,
+            "tasks_per_s": round(statistics.median(rates)),
+            "rounds_tasks_per_s": rates,
+            "all_replied_once": all(run["all_replied_once"] for run in runs),
+            "per_round": runs,
+        }
+    return out
+
+
+def measure(systems: list[System], opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every measurement for every system, each one alternating between the systems."""
+    results: dict[str, dict[str, Any]] = {system.name: {} for system in systems}
+
+    def collect(key: str, per_system: dict[str, Any]) -> None:
+        for name, value in per_system.items():
+            results[name][key] = value
+        log(f"{key}: " + "; ".join(f"{name} {brief(value)}" for name, value in per_system.items()))
+
+    log(f"noop round trips: {opts.calls} calls in {opts.rounds} alternating rounds")
+    collect("noop_us", latency(systems, "noop", (), opts.calls, opts.warmup, opts.rounds))
+    log(f"throughput: {opts.rounds} alternating bursts of {opts.throughput_tasks} tasks")
+    collect("throughput", throughput(systems, opts.throughput_tasks, opts.warmup, opts.rounds))
+    log(f"echo of {ECHO_BYTES} bytes: {opts.echo_calls} calls")
+    payload = (os.urandom(ECHO_BYTES),)
+    collect("echo_100k_us", latency(systems, "echo", payload, opts.echo_calls, ECHO_WARMUP, opts.rounds))
+    return results
+
+
+def brief(value: dict[str, Any]) -> str:
+    if "tasks_per_s" in value:
+        return f"{value['tasks_per_s']} tasks/s {value['rounds_tasks_per_s']}"
+    return f"p50 {value['p50']} µs p99 {value['p99']} µs"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def neutrino_missing(binary: Path) -> str | None:
+    """Why the Neutrino half cannot run at all, with the fix; None when it can."""
+    if not binary.is_file():
+        return f"{binary} not found: build it with `cargo build --release`"
+    try:
+        from neutrino import Client  # noqa: F401
+    except ImportError as exc:
+        return f"cannot import neutrino.Client ({exc}): run `uv sync`"
+    return None
+
+
+def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
+    """Start the systems, measure them side by side, stop them, then time Neutrino's cold start."""
+    wanted = [name for name in ("floor", "neutrino") if opts.only in (None, name)]
+    orch_args = {
+        "binary": opts.orchestrator,
+        "repo": REPO,
+        "workers": opts.workers,
+        "window": opts.window,
+        "log_path": workdir / "orchestrator.log",
+    }
+    starters = {
+        "floor": lambda: floor_system(procs, workdir, opts.workers),
+        "neutrino": lambda: neutrino_system(procs, orch_args),
+    }
+    report: dict[str, Any] = {name: {"error": "skipped (--only)"} for name in ("floor", "neutrino")}
+    if "neutrino" in wanted and (problem := neutrino_missing(opts.orchestrator)):
+        log(f"neutrino: {problem}")
+        wanted.remove("neutrino")
+        report["neutrino"] = {"error": problem}
+    systems = []
+    with contextlib.ExitStack() as stack:
+        for name in wanted:
+            try:
+                systems.append(stack.enter_context(starters[name]()))
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                report[name] = {"error": f"could not start: {type(exc).__name__}: {exc}"}
+        results = measure(systems, opts)
+    for system in systems:
+        report[system.name] = {**system.info, **results[system.name]}
+        if system.error:
+            report[system.name]["error"] = system.error
+    if "neutrino" in wanted:
+        log(f"neutrino: time to first result, {FIRST_RESULT_RUNS} cold starts")
+        try:
+            report["neutrino"]["first_result"] = first_result_ms(procs, orch_args, FIRST_RESULT_RUNS)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            report["neutrino"]["first_result"] = {"error": f"{type(exc).__name__}: {exc}"}
+        report["neutrino"]["window"] = opts.window
+    return report
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    with open("/proc/cpuinfo", errors="replace") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its reaped children)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    own = os.times()
+    return machine, own.user + own.system + own.children_user + own.children_system
+
+
+def other_load(before: tuple[float, float], wall_s: float) -> dict[str, float]:
+    """CPU time that processes other than this benchmark's used during the run: the noise indicator
+    on a shared machine (approximate: a worker its parent never reaped counts as "other")."""
+    machine, own = (now - then for now, then in zip(cpu_seconds(), before, strict=True))
+    capacity = wall_s * (os.cpu_count() or 1)
+    return {
+        "cpu_s_benchmark": round(own, 1),
+        "cpu_s_other_processes": round(max(0.0, machine - own), 1),
+        "cpu_s_capacity": round(capacity, 1),
+    }
+
+
+def compare(floor: dict[str, Any], neutrino: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ratios (Neutrino / floor) and pass/fail targets; None where a number is missing."""
+
+    def value(half: dict[str, Any], section: str, field: str) -> float | None:
+        return half.get(section, {}).get(field)
+
+    def ratio(section: str, field: str) -> float | None:
+        ours, theirs = value(neutrino, section, field), value(floor, section, field)
+        return None if ours is None or theirs is None else round(ours / theirs, 3)
+
+    def check(number: float | None, passes: Callable[[float], bool]) -> bool | None:
+        return None if number is None else passes(number)
+
+    ratios = {
+        "p50_vs_floor": ratio("noop_us", "p50"),
+        "throughput_vs_floor": ratio("throughput", "tasks_per_s"),
+        "echo_100k_p50_vs_floor": ratio("echo_100k_us", "p50"),
+    }
+    targets = {
+        "p50_within_1.3x_floor": check(ratios["p50_vs_floor"], lambda r: r <= 1.3),
+        "p99_under_1ms": check(value(neutrino, "noop_us", "p99"), lambda us: us < 1000),
+        "throughput_at_least_0.5x_floor": check(ratios["throughput_vs_floor"], lambda r: r >= 0.5),
+        "throughput_over_25000": check(value(neutrino, "throughput", "tasks_per_s"), lambda tps: tps > 25000),
+        "echo_within_1.3x_floor": check(ratios["echo_100k_p50_vs_floor"], lambda r: r <= 1.3),
+        "first_result_under_400ms": check(value(neutrino, "first_result", "median_ms"), lambda ms: ms < 400),
+    }
+    return ratios, targets
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    for name in ("floor", "neutrino"):
+        half = report.get(name)
+        if not half:
+            continue
+        if "error" in half:
+            print(f"{name:9} ERROR {half['error']}")
+        if all(key in half for key in ("noop_us", "throughput", "echo_100k_us")):
+            noop, echo, thr = half["noop_us"], half["echo_100k_us"], half["throughput"]
+            print(
+                f"{name:9} noop p50 {noop['p50']:7.1f} µs  p99 {noop['p99']:7.1f} µs  "
+                f"{thr['tasks_per_s']:7d} tasks/s  echo100k p50 {echo['p50']:7.1f} µs"
+            )
+    if report["neutrino"] and "first_result" in report["neutrino"]:
+        print(f"neutrino first result: {report['neutrino']['first_result']}")
+    print(f"machine during run: {report['machine']['during_run']}")
+    print(f"ratios:  {report['ratios']}")
+    print(f"targets: {report['targets']}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--calls", type=int, default=3000, help="timed sequential noop calls")
+    parser.add_argument("--warmup", type=int, default=500, help="untimed warm-up calls (and warm-up burst size)")
+    parser.add_argument("--throughput-tasks", type=int, default=20000, help="tasks in the throughput burst")
+    parser.add_argument("--echo-calls", type=int, default=500, help="timed 100 KiB echo calls")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes in both systems")
+    parser.add_argument("--window", type=int, default=None, help="passed to the orchestrator as --window")
+    parser.add_argument(
+        "--orchestrator", type=Path, default=REPO / "target" / "release" / "neutrino-orchestrator", help="binary"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per measurement")
+    parser.add_argument("--only", choices=["floor", "neutrino"], help="run one half only")
+    return parser.parse_args(argv)
+
+
+def raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    started, cpu_before = time.perf_counter(), cpu_seconds()
+    workdir = Path(tempfile.mkdtemp(prefix="neutrino-bench-"))  # mode 0700, like a run directory
+    report: dict[str, Any] = {"benchmark": "dispatch", "machine": machine_info()}
+    report["config"] = {
+        **{k: v for k, v in vars(opts).items() if k not in ("json", "orchestrator")},
+        "echo_bytes": ECHO_BYTES,
+        "transport": TRANSPORT,
+        "gc": "enabled (collected before each measurement)",
+    }
+    try:
+        with Processes() as procs:
+            report.update(run(opts, procs, workdir))
+            report["process_findings"] = procs.findings
+    except KeyboardInterrupt:
+        log("interrupted: servers stopped")
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["ratios"], report["targets"] = compare(report["floor"], report["neutrino"])
+    elapsed = time.perf_counter() - started
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["machine"]["during_run"] = other_load(cpu_before, elapsed)
+    report["elapsed_s"] = round(elapsed, 1)
+    if opts.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_summary(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,7 +60,7 @@ TRANSPORT = {"client": "tcp://127.0.0.1", "backend": "ipc://"}
 # ---------------------------------------------------------------- measurements
 
 
-def summarize_us(samples_ns: list[int]) -> dict[str, float]:
+def summarize_us(samples_ns: list[int]) -> dict[str, Any]:
     """Nearest-rank percentiles of round-trip samples, in microseconds."""
     ordered = sorted(samples_ns)
 
@@ -114,7 +114,12 @@ def latency(systems: list[System], task: str, args: tuple[Any, ...], count: int,
     alternate(systems, 1, lambda system, _: timed_calls(system.call, task, args, warmup))
     sizes = [count // rounds + (round_no < count % rounds) for round_no in range(rounds)]
     chunks = alternate(systems, rounds, lambda system, round_no: timed_calls(system.call, task, args, sizes[round_no]))
-    return {name: summarize_us([ns for chunk in runs for ns in chunk]) for name, runs in chunks.items() if runs}
+    out = {}
+    for name, runs in chunks.items():
+        if runs:
+            out[name] = summarize_us([ns for chunk in runs for ns in chunk])
+            out[name]["p50_by_round"] = [summarize_us(chunk)["p50"] for chunk in runs]
+    return out
 
 
 def measured_burst(system: System, count: int) -> dict[str, Any]:

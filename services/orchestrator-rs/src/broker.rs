@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use neutrino_protocol::{
@@ -53,6 +53,8 @@ pub struct BrokerConfig {
     pub backend: String,
     pub policy: Policy,
     pub max_message_bytes: i64,
+    /// How long to keep polling before blocking while latency-bound (see [`spin_poll`]).
+    pub idle_spin: Duration,
 }
 
 /// The tokio side's handle: send commands, join at the end.
@@ -100,6 +102,7 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
         commands: rx,
         sched: Scheduler::new(config.policy),
         max_payload: config.max_message_bytes as usize,
+        idle_spin: config.idle_spin,
         metrics,
         events,
         drained_sent: false,
@@ -129,6 +132,7 @@ struct Broker {
     commands: mpsc::Receiver<Command>,
     sched: Scheduler<zmq::Message>,
     max_payload: usize,
+    idle_spin: Duration,
     metrics: Metrics,
     events: UnboundedSender<Event>,
     drained_sent: bool,
@@ -149,12 +153,15 @@ impl Broker {
                     self.backend.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
                 ];
-                if let Err(e) = zmq::poll(&mut items, -1) {
-                    if e == zmq::Error::EINTR {
-                        continue;
+                let spun = self.spin_now() && spin_poll(&mut items, self.idle_spin) > 0;
+                if !spun {
+                    if let Err(e) = zmq::poll(&mut items, -1) {
+                        if e == zmq::Error::EINTR {
+                            continue;
+                        }
+                        error!("poll failed: {e}");
+                        break;
                     }
-                    error!("poll failed: {e}");
-                    break;
                 }
                 (items[0].is_readable(), items[1].is_readable(), items[2].is_readable())
             };
@@ -174,6 +181,15 @@ impl Broker {
         for origin in self.sched.abandon_in_flight() {
             self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, "the orchestrator stopped"));
         }
+    }
+
+    /// Spin only while latency-bound: nothing queued and at most one task in flight per worker.
+    /// Under load the CPUs never go idle, so blocking costs no wake-up latency there, and the
+    /// spinning would take CPU from the workers.
+    fn spin_now(&self) -> bool {
+        !self.idle_spin.is_zero()
+            && self.sched.queue_depth() == 0
+            && self.sched.in_flight() <= self.sched.worker_counts().ready as usize
     }
 
     fn drain(&mut self, side: Side) {
@@ -427,6 +443,22 @@ impl Broker {
             let _ = self.events.send(Event::Drained);
         }
     }
+}
+
+/// Polls without blocking for up to `budget`, yielding the CPU between polls; returns how many
+/// items became ready (0: the budget ran out). Keeps this vCPU from halting between the messages
+/// of a request/reply exchange: waking a halted vCPU costs 100-200 µs on a VM, more than a whole
+/// round trip through the orchestrator (measured: p50 350-390 µs without, 175-265 µs with 200 µs).
+fn spin_poll(items: &mut [zmq::PollItem], budget: Duration) -> i32 {
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        match zmq::poll(items, 0) {
+            Ok(0) => std::thread::yield_now(),
+            Ok(n) => return n,
+            Err(_) => return 0, // the blocking poll that follows reports it
+        }
+    }
+    0
 }
 
 #[derive(Clone, Copy)]

@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long, env = "NEUTRINO_PIPELINE_MAX_US", default_value_t = 1000)]
     pub pipeline_max_us: u64,
 
+    /// While few tasks are in flight, poll this many microseconds before blocking: a VM's
+    /// idle CPUs take longer to wake than a round trip takes. 0 always blocks.
+    #[arg(long, env = "NEUTRINO_IDLE_SPIN_US", default_value_t = 200)]
+    pub idle_spin_us: u64,
+
     /// Largest accepted message frame, in bytes.
     #[arg(long, env = "NEUTRINO_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: i64,

@@ -41,6 +41,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 pipeline_max_us: config.pipeline_max_us as f64,
             },
             max_message_bytes: config.max_message_bytes,
+            idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
         },
         metrics.clone(),
         events_tx,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import statistics
 import subprocess
 import time
@@ -51,6 +52,20 @@ def log_problems(log_path: Path, limit: int = 20) -> list[str]:
     markers = ("WARN", "ERROR", "Traceback", "Error:", "panicked")
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
     return [line for line in lines if any(m in line for m in markers)][:limit]
+
+
+def fork_to_ready_ms(log_path: Path) -> dict[str, Any]:
+    """Worker start times the orchestrator logged ("ready! (X ms from fork request)"), all runs."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    values = sorted(float(ms) for ms in re.findall(r"ready! \(([\d.]+) ms from fork request\)", text))
+    if not values:
+        return {"error": f"no worker start times in {log_path}"}
+    return {
+        "n": len(values),
+        "p50": statistics.median(values),
+        "max": values[-1],
+        "note": "Fork request to WorkerReady, workers forked together at each start",
+    }
 
 
 def wait_ready(client: Any, orch: Orchestrator, workers: int) -> float:

@@ -47,7 +47,7 @@ from typing import Any
 
 import msgpack
 import zmq
-from _neutrino import first_result_ms
+from _neutrino import first_result_ms, fork_to_ready_ms
 from _procs import Processes, log
 from _systems import System, floor_system, neutrino_system
 
@@ -231,6 +231,7 @@ def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             report["neutrino"]["first_result"] = {"error": f"{type(exc).__name__}: {exc}"}
+        report["neutrino"]["worker_ready_ms"] = fork_to_ready_ms(orch_args["log_path"])
         report["neutrino"]["window"] = opts.window
     return report
 
@@ -298,6 +299,7 @@ def compare(floor: dict[str, Any], neutrino: dict[str, Any]) -> tuple[dict[str, 
         "throughput_over_25000": check(value(neutrino, "throughput", "tasks_per_s"), lambda tps: tps > 25000),
         "echo_within_1.3x_floor": check(ratios["echo_100k_p50_vs_floor"], lambda r: r <= 1.3),
         "first_result_under_400ms": check(value(neutrino, "first_result", "median_ms"), lambda ms: ms < 400),
+        "worker_ready_under_10ms": check(value(neutrino, "worker_ready_ms", "p50"), lambda ms: ms < 10),
     }
     return ratios, targets
 

@@ -71,6 +71,37 @@ def test_ten_thousand_concurrent_submits_each_come_back_once(start) -> None:
         assert stats["queue_depth"] == 0 and stats["idle_workers"] == 2
 
 
+def test_every_submit_is_answered_exactly_once_on_the_wire(start) -> None:
+    """Counts replies per id at the wire, below the client's futures (which could hide duplicates)."""
+    orch = start()
+    n = 5_000
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(orch.address)
+    try:
+        for i in range(1, n + 1):
+            raw.send_multipart(p.SubmitTask(id=i, task="add", payload=msgpack.packb([[i, 1], {}])).encode())
+        replies: dict[int, list[p.TaskReply]] = {}
+        while len(replies) < n:
+            assert raw.poll(30_000), f"only {len(replies)} of {n} replies"
+            reply = p.decode(raw.recv_multipart())
+            assert isinstance(reply, p.TaskReply), reply
+            replies.setdefault(reply.id, []).append(reply)
+        # A ping sent now is answered after anything the orchestrator still had to send us.
+        raw.send_multipart(p.Ping(nonce=1).encode())
+        while True:
+            assert raw.poll(30_000)
+            msg = p.decode(raw.recv_multipart())
+            if isinstance(msg, p.Pong):
+                break
+            replies.setdefault(msg.id, []).append(msg)
+        assert sorted(replies) == list(range(1, n + 1))
+        assert all(len(r) == 1 for r in replies.values()), "a task was answered twice"
+        assert all(msgpack.unpackb(r[0].payload) == i + 1 for i, r in replies.items())
+    finally:
+        raw.close()
+
+
 def test_a_full_queue_rejects_busy_at_once(start) -> None:
     orch = start("--queue-limit", "3", workers=1)
     with Client(orch.address) as client:

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub dispatch_latency: Histogram,
     pub replies_undelivered: Counter,
     pub worker_exits: Counter,
+    /// Seconds from asking the zygote for a worker to that worker's `WorkerReady`.
+    pub worker_start: Histogram,
 }
 
 impl Metrics {
@@ -54,6 +56,13 @@ impl Metrics {
             "Replies that could not be delivered (client gone or not reading)",
             replies_undelivered.clone(),
         );
+        // 0.5 ms .. ~4 s
+        let worker_start = Histogram::new(exponential_buckets(5e-4, 2.0, 14));
+        registry.register(
+            "worker_start_seconds",
+            "Time from asking the zygote for a worker to the worker reporting ready",
+            worker_start.clone(),
+        );
         let worker_exits = Counter::default();
         registry.register("worker_exits", "Worker processes that exited", worker_exits.clone());
         let label = |k: &'static str, v: &str| vec![(k, v.to_owned())];
@@ -71,6 +80,7 @@ impl Metrics {
             dispatch_latency,
             replies_undelivered,
             worker_exits,
+            worker_start,
         }
     }
 

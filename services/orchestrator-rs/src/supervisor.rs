@@ -4,6 +4,7 @@
 //! Stop:  stop accepting → answer queued tasks → wait for running ones (grace period) → stop the
 //!        zygote and its workers → stop the broker → remove the run dir.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Instant;
 
@@ -80,8 +81,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
-    let mut pool =
-        Pool { config: &config, zygote, broker, metrics, next_worker: 1, ready: 0, announced: false, started };
+    let mut pool = Pool {
+        config: &config,
+        zygote,
+        broker,
+        metrics,
+        next_worker: 1,
+        fork_requested: HashMap::new(),
+        ready: 0,
+        announced: false,
+        started,
+    };
     let outcome = pool.serve(shutdown, events).await;
     let Pool { zygote, broker, .. } = pool;
     match zygote.stop().await {
@@ -108,6 +118,8 @@ struct Pool<'a> {
     broker: BrokerHandle,
     metrics: Metrics,
     next_worker: u32,
+    /// When each worker not yet ready was asked for, to measure fork-to-ready time.
+    fork_requested: HashMap<String, Instant>,
     ready: u32,
     announced: bool,
     started: Instant,
@@ -162,7 +174,14 @@ impl Pool<'_> {
 
     fn on_ready(&mut self, worker_id: &str, pid: u32) {
         info!("Worker {worker_id} connected (pid={pid})");
-        info!("Worker {worker_id} ready!");
+        match self.fork_requested.remove(worker_id) {
+            Some(at) => {
+                let took = at.elapsed();
+                self.metrics.worker_start.observe(took.as_secs_f64());
+                info!("Worker {worker_id} ready! ({:.1} ms from fork request)", took.as_secs_f64() * 1e3);
+            }
+            None => info!("Worker {worker_id} ready!"),
+        }
         self.ready += 1;
         if !self.announced && self.ready >= self.config.workers {
             self.announced = true;
@@ -184,6 +203,7 @@ impl Pool<'_> {
             Some(MessageType::WorkerExited) => {
                 let m: WorkerExited = decode_meta(meta)?;
                 self.metrics.worker_exits.inc();
+                self.fork_requested.remove(&m.worker_id);
                 self.ready = self.ready.saturating_sub(1);
                 self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone() });
                 let how = match (m.exit_code, m.signal) {
@@ -209,6 +229,7 @@ impl Pool<'_> {
                 let id = format!("worker-{:03}", self.next_worker);
                 self.next_worker += 1;
                 info!("Spawning worker {id}");
+                self.fork_requested.insert(id.clone(), Instant::now());
                 id
             })
             .collect();

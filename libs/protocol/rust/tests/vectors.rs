@@ -144,3 +144,16 @@ fn unknown_fields_are_ignored() {
     let meta = rmp_serde::to_vec_named(&Future { nonce: 5, from_the_future: vec![1, 2] }).unwrap();
     assert_eq!(decode_meta::<Ping>(&meta).unwrap(), Ping { nonce: 5 });
 }
+
+#[test]
+fn a_changed_byte_fails_the_comparison() {
+    // Guards the test itself: the vectors are compared byte for byte, so one flipped bit shows.
+    let (name, case) = cases().into_iter().find(|(_, c)| c["message"] == "SubmitTask").unwrap();
+    let mut fields = case["fields"].clone();
+    fields.as_object_mut().unwrap().remove("payload_hex");
+    let msg: SubmitTask = serde_json::from_value(fields).unwrap();
+    let mut expected = hex_frames(&case)[1].clone();
+    assert_eq!(encode_meta(&msg), expected, "{name}");
+    *expected.last_mut().unwrap() ^= 1;
+    assert_ne!(encode_meta(&msg), expected, "{name}");
+}

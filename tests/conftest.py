@@ -114,6 +114,25 @@ def start_orchestrator(
 
 
 @pytest.fixture
+def raw():  # type: ignore[no-untyped-def]
+    """`raw(address)` -> a bare DEALER speaking frames directly (closed at teardown)."""
+    import zmq
+
+    sockets = []
+
+    def _connect(address: str):  # type: ignore[no-untyped-def]
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(address)
+        sockets.append(sock)
+        return sock
+
+    yield _connect
+    for sock in sockets:
+        sock.close()
+
+
+@pytest.fixture
 def orchestrators() -> Iterator[list[Orchestrator]]:
     started: list[Orchestrator] = []
     yield started

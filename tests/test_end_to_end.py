@@ -11,7 +11,6 @@ from pathlib import Path
 import msgpack
 import neutrino_protocol as p
 import pytest
-import zmq
 from neutrino import (
     BadArgumentsError,
     BusyError,
@@ -71,35 +70,30 @@ def test_ten_thousand_concurrent_submits_each_come_back_once(start) -> None:
         assert stats["queue_depth"] == 0 and stats["idle_workers"] == 2
 
 
-def test_every_submit_is_answered_exactly_once_on_the_wire(start) -> None:
+def test_every_submit_is_answered_exactly_once_on_the_wire(start, raw) -> None:
     """Counts replies per id at the wire, below the client's futures (which could hide duplicates)."""
     orch = start()
     n = 5_000
-    raw = zmq.Context.instance().socket(zmq.DEALER)
-    raw.linger = 0
-    raw.connect(orch.address)
-    try:
-        for i in range(1, n + 1):
-            raw.send_multipart(p.SubmitTask(id=i, task="add", payload=msgpack.packb([[i, 1], {}])).encode())
-        replies: dict[int, list[p.TaskReply]] = {}
-        while len(replies) < n:
-            assert raw.poll(30_000), f"only {len(replies)} of {n} replies"
-            reply = p.decode(raw.recv_multipart())
-            assert isinstance(reply, p.TaskReply), reply
-            replies.setdefault(reply.id, []).append(reply)
-        # A ping sent now is answered after anything the orchestrator still had to send us.
-        raw.send_multipart(p.Ping(nonce=1).encode())
-        while True:
-            assert raw.poll(30_000)
-            msg = p.decode(raw.recv_multipart())
-            if isinstance(msg, p.Pong):
-                break
-            replies.setdefault(msg.id, []).append(msg)
-        assert sorted(replies) == list(range(1, n + 1))
-        assert all(len(r) == 1 for r in replies.values()), "a task was answered twice"
-        assert all(msgpack.unpackb(r[0].payload) == i + 1 for i, r in replies.items())
-    finally:
-        raw.close()
+    sock = raw(orch.address)
+    for i in range(1, n + 1):
+        sock.send_multipart(p.SubmitTask(id=i, task="add", payload=msgpack.packb([[i, 1], {}])).encode())
+    replies: dict[int, list[p.TaskReply]] = {}
+    while len(replies) < n:
+        assert sock.poll(30_000), f"only {len(replies)} of {n} replies"
+        reply = p.decode(sock.recv_multipart())
+        assert isinstance(reply, p.TaskReply), reply
+        replies.setdefault(reply.id, []).append(reply)
+    # A ping sent now is answered after anything the orchestrator still had to send us.
+    sock.send_multipart(p.Ping(nonce=1).encode())
+    while True:
+        assert sock.poll(30_000)
+        msg = p.decode(sock.recv_multipart())
+        if isinstance(msg, p.Pong):
+            break
+        replies.setdefault(msg.id, []).append(msg)
+    assert sorted(replies) == list(range(1, n + 1))
+    assert all(len(r) == 1 for r in replies.values()), "a task was answered twice"
+    assert all(msgpack.unpackb(r[0].payload) == i + 1 for i, r in replies.items())
 
 
 def test_a_full_queue_rejects_busy_at_once(start) -> None:
@@ -166,29 +160,23 @@ def test_a_broken_app_exits_with_its_traceback_and_is_not_restarted() -> None:
         orch.stop()
 
 
-def test_malformed_frames_get_a_clear_rejection_and_lose_nothing(start) -> None:
+def test_malformed_frames_get_a_clear_rejection_and_lose_nothing(start, raw) -> None:
     orch = start(workers=1)
-    ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)
-    raw.linger = 0
-    raw.connect(orch.address)
-    try:
-        cases = [
-            [b"garbage"],
-            [b"XX\x01\x01", b"\x80"],
-            [p.header(p.MessageType.SUBMIT_TASK), msgpack.packb({"id": 5})],
-            [p.header(p.MessageType.SUBMIT_TASK), b"\xc1", b"\x90"],
-        ]
-        for frames in cases:
-            raw.send_multipart(frames)
-            assert raw.poll(10_000), f"no answer to {frames!r}"
-            reply = p.decode(raw.recv_multipart())
-            assert isinstance(reply, p.TaskRejected) and reply.reason == "invalid", reply
-            assert reply.message
-        with Client(orch.address) as client:
-            assert client.call("add", 1, 2) == 3
-    finally:
-        raw.close()
+    sock = raw(orch.address)
+    cases = [
+        [b"garbage"],
+        [b"XX\x01\x01", b"\x80"],
+        [p.header(p.MessageType.SUBMIT_TASK), msgpack.packb({"id": 5})],
+        [p.header(p.MessageType.SUBMIT_TASK), b"\xc1", b"\x90"],
+    ]
+    for frames in cases:
+        sock.send_multipart(frames)
+        assert sock.poll(10_000), f"no answer to {frames!r}"
+        reply = p.decode(sock.recv_multipart())
+        assert isinstance(reply, p.TaskRejected) and reply.reason == "invalid", reply
+        assert reply.message
+    with Client(orch.address) as client:
+        assert client.call("add", 1, 2) == 3
 
 
 def test_an_oversized_payload_is_rejected(start) -> None:
@@ -199,42 +187,30 @@ def test_an_oversized_payload_is_rejected(start) -> None:
         assert client.call("echo", b"x" * 100) == b"x" * 100
 
 
-def test_a_message_of_the_wrong_kind_is_invalid(start) -> None:
+def test_a_message_of_the_wrong_kind_is_invalid(start, raw) -> None:
     orch = start(workers=1)
-    ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)
-    raw.linger = 0
-    raw.connect(orch.address)
-    try:
-        raw.send_multipart([*p.Ping(nonce=1).encode()[:1], b"\x80"])
-        assert raw.poll(10_000)
-        assert isinstance(p.decode(raw.recv_multipart()), p.TaskRejected)
-        raw.send_multipart(p.WorkerReady(worker_id="x", pid=1, credits=1, tasks=[]).encode())
-        assert raw.poll(10_000)
-        assert p.decode(raw.recv_multipart()).reason == "invalid"
-    finally:
-        raw.close()
+    sock = raw(orch.address)
+    sock.send_multipart([*p.Ping(nonce=1).encode()[:1], b"\x80"])
+    assert sock.poll(10_000)
+    assert isinstance(p.decode(sock.recv_multipart()), p.TaskRejected)
+    sock.send_multipart(p.WorkerReady(worker_id="x", pid=1, credits=1, tasks=[]).encode())
+    assert sock.poll(10_000)
+    assert p.decode(sock.recv_multipart()).reason == "invalid"
 
 
-def test_cancel_drops_a_queued_task(start) -> None:
+def test_cancel_drops_a_queued_task(start, raw) -> None:
     orch = start(workers=1)
-    ctx = zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)
-    raw.linger = 0
-    raw.connect(orch.address)
-    try:
-        raw.send_multipart(p.SubmitTask(id=1, task="sleep", payload=msgpack.packb([[0.5], {}])).encode())
-        raw.send_multipart(p.SubmitTask(id=2, task="add", payload=msgpack.packb([[1, 2], {}])).encode())
-        raw.send_multipart(p.CancelTask(id=2).encode())
-        replies = {}
-        while len(replies) < 2:
-            assert raw.poll(10_000)
-            r = p.decode(raw.recv_multipart())
-            replies[r.id] = r
-        assert replies[2].status == "error" and replies[2].error.kind == "cancelled"
-        assert replies[1].status == "ok"
-    finally:
-        raw.close()
+    sock = raw(orch.address)
+    sock.send_multipart(p.SubmitTask(id=1, task="sleep", payload=msgpack.packb([[0.5], {}])).encode())
+    sock.send_multipart(p.SubmitTask(id=2, task="add", payload=msgpack.packb([[1, 2], {}])).encode())
+    sock.send_multipart(p.CancelTask(id=2).encode())
+    replies = {}
+    while len(replies) < 2:
+        assert sock.poll(10_000)
+        r = p.decode(sock.recv_multipart())
+        replies[r.id] = r
+    assert replies[2].status == "error" and replies[2].error.kind == "cancelled"
+    assert replies[1].status == "ok"
 
 
 def test_metrics_endpoint_reports_queue_outcomes_latency_and_workers(start) -> None:

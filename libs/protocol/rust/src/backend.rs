@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorInfo;
-use crate::frame::{validate_status, Message, MessageType, PayloadRule, ProtocolError};
 use crate::impl_message;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,17 +36,7 @@ pub struct TaskResult {
     pub run_us: Option<u64>,
 }
 
-impl Message for TaskResult {
-    const TYPE: MessageType = MessageType::TaskResult;
-    const PAYLOAD: PayloadRule = PayloadRule::WhenOk;
-    const NAME: &'static str = "TaskResult";
-    fn status(&self) -> Option<&str> {
-        Some(&self.status)
-    }
-    fn validate(&self) -> Result<(), ProtocolError> {
-        validate_status(Self::NAME, &self.status, self.error.is_some())
-    }
-}
+impl_message!(TaskResult, WhenOk);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {

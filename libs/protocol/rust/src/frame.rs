@@ -191,9 +191,23 @@ pub fn decode_control(body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
     Ok((parse_header(&body[..4])?, &body[4..]))
 }
 
-/// Implements [`Message`] for a meta struct: `impl_message!(Name, PayloadRule)`.
+/// Implements [`Message`] for a meta struct: `impl_message!(Name, PayloadRule)`. With `WhenOk`
+/// the struct has `status` and `error` fields, checked by [`validate_status`].
 #[macro_export]
 macro_rules! impl_message {
+    ($name:ident, WhenOk) => {
+        impl $crate::frame::Message for $name {
+            const TYPE: $crate::frame::MessageType = $crate::frame::MessageType::$name;
+            const PAYLOAD: $crate::frame::PayloadRule = $crate::frame::PayloadRule::WhenOk;
+            const NAME: &'static str = stringify!($name);
+            fn status(&self) -> Option<&str> {
+                Some(&self.status)
+            }
+            fn validate(&self) -> Result<(), $crate::frame::ProtocolError> {
+                $crate::frame::validate_status(Self::NAME, &self.status, self.error.is_some())
+            }
+        }
+    };
     ($name:ident, $payload:ident) => {
         impl $crate::frame::Message for $name {
             const TYPE: $crate::frame::MessageType = $crate::frame::MessageType::$name;
@@ -204,7 +218,7 @@ macro_rules! impl_message {
 }
 
 /// Status checks shared by `TaskReply` and `TaskResult`: `ok`, or `error` with an `error` field.
-pub(crate) fn validate_status(name: &str, status: &str, has_error: bool) -> Result<(), ProtocolError> {
+pub fn validate_status(name: &str, status: &str, has_error: bool) -> Result<(), ProtocolError> {
     match (status, has_error) {
         (STATUS_OK, _) | (STATUS_ERROR, true) => Ok(()),
         (STATUS_ERROR, false) => Err(ProtocolError::Meta(format!("{name} with status 'error' needs field 'error'"))),

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorInfo;
-use crate::frame::{validate_status, Message, MessageType, PayloadRule, ProtocolError};
 use crate::impl_message;
 
 /// Payload: args `[args, kwargs]`.
@@ -44,17 +43,7 @@ pub struct TaskReply {
     pub error: Option<ErrorInfo>,
 }
 
-impl Message for TaskReply {
-    const TYPE: MessageType = MessageType::TaskReply;
-    const PAYLOAD: PayloadRule = PayloadRule::WhenOk;
-    const NAME: &'static str = "TaskReply";
-    fn status(&self) -> Option<&str> {
-        Some(&self.status)
-    }
-    fn validate(&self) -> Result<(), ProtocolError> {
-        validate_status(Self::NAME, &self.status, self.error.is_some())
-    }
-}
+impl_message!(TaskReply, WhenOk);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelTask {

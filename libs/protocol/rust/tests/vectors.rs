@@ -55,6 +55,16 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
+/// Calls macro `$m` with the name of every message type.
+macro_rules! every_message {
+    ($m:ident) => {
+        $m!(
+            SubmitTask, TaskAccepted, TaskRejected, TaskReply, CancelTask, Ping, Pong, WorkerReady, TaskAssignment,
+            TaskResult, Heartbeat, Shutdown, ZygoteReady, ZygoteFailed, Fork, Forked, WorkerExited
+        )
+    };
+}
+
 /// Decodes frames as whatever type their header names (as a receiver would).
 fn decode_any(frames: &[&[u8]]) -> Result<(), ProtocolError> {
     if !(2..=3).contains(&frames.len()) {
@@ -67,25 +77,7 @@ fn decode_any(frames: &[&[u8]]) -> Result<(), ProtocolError> {
             match ty { $(MessageType::$t => decode_frames::<$t>(frames).map(|_| ()),)* }
         };
     }
-    go!(
-        SubmitTask,
-        TaskAccepted,
-        TaskRejected,
-        TaskReply,
-        CancelTask,
-        Ping,
-        Pong,
-        WorkerReady,
-        TaskAssignment,
-        TaskResult,
-        Heartbeat,
-        Shutdown,
-        ZygoteReady,
-        ZygoteFailed,
-        Fork,
-        Forked,
-        WorkerExited
-    )
+    every_message!(go)
 }
 
 #[test]
@@ -100,25 +92,7 @@ fn valid_cases_encode_and_decode_byte_for_byte() {
                 }
             };
         }
-        go!(
-            SubmitTask,
-            TaskAccepted,
-            TaskRejected,
-            TaskReply,
-            CancelTask,
-            Ping,
-            Pong,
-            WorkerReady,
-            TaskAssignment,
-            TaskResult,
-            Heartbeat,
-            Shutdown,
-            ZygoteReady,
-            ZygoteFailed,
-            Fork,
-            Forked,
-            WorkerExited
-        );
+        every_message!(go);
         seen += 1;
     }
     assert!(seen >= 25);

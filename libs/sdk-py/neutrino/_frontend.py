@@ -48,6 +48,22 @@ def check_address(address: str) -> str:
     )
 
 
+def connect(address: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
+    """A client's own context (one I/O thread) and its DEALER, configured and connected."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.DEALER)
+    configure(sock)
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        ctx.term()
+        raise AddressError(f"cannot connect to {address!r}: {exc}") from None
+    return ctx, sock
+
+
 def configure(sock: zmq.Socket[Any]) -> None:
     """Socket options for a client DEALER; why each one is set is next to it."""
     # close() must not hang on unsent requests to an orchestrator that is gone.

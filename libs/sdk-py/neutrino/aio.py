@@ -26,7 +26,7 @@ from neutrino_protocol import Pong, TaskRejected, TaskReply
 
 from . import _frontend
 from .app import Task
-from .errors import AddressError, ClientClosedError, NeutrinoTimeoutError
+from .errors import ClientClosedError, NeutrinoTimeoutError
 
 __all__ = ["AsyncClient", "AsyncTaskFuture"]
 
@@ -67,17 +67,7 @@ class AsyncClient:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        _frontend.configure(self._sock)
-        if address.startswith("tcp://["):
-            self._sock.setsockopt(zmq.IPV6, 1)
-        try:
-            self._sock.connect(address)
-        except zmq.ZMQError as exc:
-            self._sock.close(linger=0)
-            self._ctx.term()
-            raise AddressError(f"cannot connect to {address!r}: {exc}") from None
+        self._ctx, self._sock = _frontend.connect(address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._pings: dict[int, asyncio.Future[Any]] = {}

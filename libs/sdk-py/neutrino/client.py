@@ -51,7 +51,7 @@ from neutrino_protocol import Message, Pong, TaskRejected, TaskReply
 from . import _frontend
 from ._waker import Waker
 from .app import Task
-from .errors import AddressError, ClientClosedError, NeutrinoTimeoutError
+from .errors import ClientClosedError, NeutrinoTimeoutError
 
 __all__ = ["Client", "TaskFuture"]
 
@@ -106,17 +106,7 @@ class Client:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        _frontend.configure(self._sock)
-        if address.startswith("tcp://["):
-            self._sock.setsockopt(zmq.IPV6, 1)
-        try:
-            self._sock.connect(address)
-        except zmq.ZMQError as exc:
-            self._sock.close(linger=0)
-            self._ctx.term()
-            raise AddressError(f"cannot connect to {address!r}: {exc}") from None
+        self._ctx, self._sock = _frontend.connect(address)
         # Ids only need to be unique among this client's unanswered tasks (SPEC.md §4.2); a counter
         # never repeats, and next() on it is atomic under the GIL.
         self._ids = itertools.count(1)

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,21 @@ class Orchestrator:
             return self.proc.wait()
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll a readiness probe (e.g. `client.ping()`) until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+
+
 def start_orchestrator(
-    *args: str, workers: int = 2, app: str = QUICKSTART, wait_ready: bool = True, env: dict[str, str] | None = None
+    *args: str,
+    workers: int = 2,
+    app: str = QUICKSTART,
+    wait_ready: bool = True,
+    grace_period_s: float = 10.0,
+    env: dict[str, str] | None = None,
 ) -> Orchestrator:
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `make setup` (cargo build --release) first")
@@ -100,7 +114,7 @@ def start_orchestrator(
         "--python",
         sys.executable,
         "--grace-period",
-        "10",
+        str(grace_period_s),
         *args,
     ]
     proc = subprocess.Popen(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import time
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -15,13 +15,15 @@ from neutrino import (
     BadArgumentsError,
     BusyError,
     Client,
+    DrainingError,
     PayloadTooLargeError,
+    ShuttingDownError,
     TaskError,
     UnknownTaskError,
     WorkerDiedError,
 )
 
-from .conftest import start_orchestrator
+from .conftest import start_orchestrator, wait_until
 
 
 def test_sync_and_async_tasks_return_their_values(start) -> None:
@@ -101,9 +103,7 @@ def test_a_full_queue_rejects_busy_at_once(start) -> None:
     with Client(orch.address) as client:
         running = client.submit("sleep", 1.0)
         # Readiness: the only worker has taken the sleep task.
-        deadline = time.monotonic() + 10
-        while client.ping()["idle_workers"] != 0:
-            assert time.monotonic() < deadline
+        wait_until(lambda: client.ping()["idle_workers"] == 0, what="worker busy")
         queued = [client.submit("add", i, 1) for i in range(3)]
         with pytest.raises(BusyError) as err:
             client.call("add", 0, 0)
@@ -117,8 +117,7 @@ def test_a_killed_worker_is_answered_and_replaced(start) -> None:
     with Client(orch.address) as client:
         victim = client.call("pid")
         hanging = client.submit("hang", 60.0)
-        while client.ping()["idle_workers"] != 0:
-            pass
+        wait_until(lambda: client.ping()["idle_workers"] == 0, what="worker busy")
         os.kill(victim, 9)
         with pytest.raises(WorkerDiedError):
             hanging.result(timeout=30)
@@ -147,6 +146,48 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_sigterm_answers_queued_tasks_lets_running_ones_finish_then_stops(start) -> None:
+    orch = start(workers=1, grace_period_s=30)
+    with Client(orch.address) as client:
+        running = client.submit("sleep", 0.5)
+        wait_until(lambda: client.ping()["idle_workers"] == 0, what="worker busy")
+        queued = [client.submit("add", i, i) for i in range(3)]
+        wait_until(lambda: client.ping()["queue_depth"] == 3, what="tasks queued")
+        orch.proc.send_signal(signal.SIGTERM)
+        for fut in queued:
+            with pytest.raises(ShuttingDownError):
+                fut.result(timeout=10)
+        orch.wait_for("Draining")
+        with pytest.raises(DrainingError):
+            client.call("add", 1, 1)
+        assert running.result(timeout=30) == 0.5, "a running task finishes within the grace period"
+    assert orch.proc.wait(timeout=30) == 0
+
+
+def test_a_task_still_running_after_the_grace_period_is_answered(start) -> None:
+    orch = start(workers=1, grace_period_s=0.5)
+    with Client(orch.address) as client:
+        running = client.submit("sleep", 60.0)
+        wait_until(lambda: client.ping()["idle_workers"] == 0, what="worker busy")
+        orch.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(WorkerDiedError, match="grace period"):
+            running.result(timeout=30)
+    assert orch.proc.wait(timeout=30) == 0
+
+
+def test_tasks_queued_while_the_app_imports_are_answered_if_the_import_fails() -> None:
+    orch = start_orchestrator(app="tests.apps.slow_broken_app:app", wait_ready=False)
+    try:
+        orch.wait_for("Accepting tasks")
+        with Client(orch.address) as client:
+            fut = client.submit("anything")
+            with pytest.raises(ShuttingDownError):
+                fut.result(timeout=30)
+        assert orch.proc.wait(timeout=30) == 3
+    finally:
+        orch.stop()
 
 
 def test_a_broken_app_exits_with_its_traceback_and_is_not_restarted() -> None:

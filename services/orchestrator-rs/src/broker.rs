@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use neutrino_protocol::{
-    decode_meta, encode_meta, error_kind, header, parse_header, reject_reason, CancelTask, ErrorInfo, Heartbeat,
-    Message, MessageType, Ping, Pong, ProtocolError, SubmitTask, TaskAccepted, TaskAssignment, TaskRejected, TaskReply,
-    TaskResult, WorkerReady, STATUS_ERROR, STATUS_OK,
+    decode_frames, decode_meta, encode_meta, error_kind, header, parse_header, reject_reason, CancelTask, ErrorInfo,
+    Heartbeat, Message, MessageType, Ping, Pong, ProtocolError, SubmitTask, TaskAccepted, TaskAssignment, TaskRejected,
+    TaskReply, TaskResult, WorkerReady, STATUS_ERROR, STATUS_OK,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
@@ -25,6 +25,8 @@ const MAX_BATCH: usize = 512;
 /// High-water marks: generous, since a blocked broker would stall every client and worker.
 const FRONTEND_HWM: i32 = 200_000;
 const BACKEND_HWM: i32 = 50_000;
+/// How long the frontend may keep sending the final replies after the broker stops.
+const FINAL_REPLIES_LINGER_MS: i32 = 2_000;
 
 /// Requests from the tokio side.
 #[derive(Debug)]
@@ -178,8 +180,21 @@ impl Broker {
             self.dispatch();
             self.after_events();
         }
+        self.answer_queued();
         for origin in self.sched.abandon_in_flight() {
-            self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, "the orchestrator stopped"));
+            let text = "the orchestrator stopped its worker while this task ran (grace period over)";
+            self.reply_error(&origin, ErrorInfo::neutrino(error_kind::WORKER_DIED, text));
+        }
+        // The last replies are queued in libzmq; give them a moment to leave before the context ends.
+        let _ = self.frontend.set_linger(FINAL_REPLIES_LINGER_MS);
+    }
+
+    /// Stops accepting and answers every queued task with `shutting_down` (it never ran).
+    fn answer_queued(&mut self) {
+        for task in self.sched.start_draining() {
+            let origin = Origin { client: task.client, client_task_id: task.client_task_id, attempts: 0 };
+            let text = "the orchestrator shut down before this task ran; safe to retry elsewhere";
+            self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, text));
         }
     }
 
@@ -245,11 +260,8 @@ impl Broker {
     }
 
     fn on_submit(&mut self, client: &[u8], parts: &mut Vec<zmq::Message>) -> Result<(), ProtocolError> {
-        let msg: SubmitTask = decode_meta(&parts[2])?;
-        if parts.len() != 4 {
-            return Err(ProtocolError::FrameCount { expected: "3", got: parts.len() - 1 });
-        }
-        let payload = parts.pop().expect("4 parts");
+        let (msg, _) = decode_frames::<SubmitTask, _>(&parts[1..])?;
+        let payload = parts.pop().expect("decode_frames checked the payload frame");
         if payload.len() > self.max_payload {
             self.metrics.tasks_rejected(reject_reason::TOO_LARGE);
             let text = format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.max_payload);
@@ -322,7 +334,7 @@ impl Broker {
     }
 
     fn send_client<M: Message>(&self, client: &[u8], msg: &M, payload: Option<zmq::Message>) {
-        if let Err(e) = send(&self.frontend, client, msg, payload) {
+        if let Err(Unsent { error: e, .. }) = send(&self.frontend, client, msg, payload) {
             // EHOSTUNREACH: the client disconnected; EAGAIN: it stopped reading replies.
             warn!(error = %e, message = M::NAME, "could not deliver to client");
             self.metrics.replies_undelivered.inc();
@@ -359,20 +371,25 @@ impl Broker {
     }
 
     fn on_result(&mut self, worker: &[u8], parts: &mut Vec<zmq::Message>) -> Result<(), ProtocolError> {
-        let msg: TaskResult = decode_meta(&parts[2])?;
-        let want = if msg.has_payload() { 4 } else { 3 };
-        if parts.len() != want {
-            return Err(ProtocolError::FrameCount {
-                expected: if want == 4 { "3" } else { "2" },
-                got: parts.len() - 1,
-            });
-        }
+        let msg = match decode_frames::<TaskResult, _>(&parts[1..]) {
+            Ok((msg, _)) => msg,
+            Err(e) => {
+                // If at least the task id is readable, the task still gets its one reply.
+                if let Ok(broken) = decode_meta::<TaskResult>(&parts[2]) {
+                    if let Some(origin) = self.sched.task_finished(worker, broken.task_id, None) {
+                        let text = format!("the worker sent a malformed result: {e}");
+                        self.reply_error(&origin, ErrorInfo::neutrino(error_kind::PROTOCOL_ERROR, text));
+                    }
+                }
+                return Err(e);
+            }
+        };
         let Some(origin) = self.sched.task_finished(worker, msg.task_id, msg.run_us) else {
             warn!(task_id = msg.task_id, "result for a task this worker does not hold; dropped");
             return Ok(());
         };
         self.metrics.task_finished(msg.error.as_ref().map_or(STATUS_OK, |e| e.kind.as_str()));
-        let payload = if want == 4 { parts.pop() } else { None };
+        let payload = if msg.has_payload() { parts.pop() } else { None };
         let reply =
             TaskReply { id: origin.client_task_id, status: msg.status, attempts: origin.attempts, error: msg.error };
         self.send_client(&origin.client, &reply, payload);
@@ -383,26 +400,34 @@ impl Broker {
         while let Some(a) = self.sched.next_assignment() {
             self.metrics.dispatch_latency.observe(a.queued_for.as_secs_f64());
             debug!(task_id = a.task_id, task = %a.name, worker = %String::from_utf8_lossy(&a.worker), "dispatch");
-            if let Err(e) = self.assign(a) {
-                error!("dispatch failed: {e}");
+            if !self.assign(a) {
+                break; // a worker could not take it; the next event retries
             }
         }
     }
 
-    fn assign(&mut self, a: Assignment<zmq::Message>) -> Result<(), zmq::Error> {
+    /// Sends an assignment; if the worker cannot take it, the task goes back to the queue front
+    /// (it never reached a worker, so no attempt is spent). Returns whether it was sent.
+    fn assign(&mut self, a: Assignment<zmq::Message>) -> bool {
         let meta = TaskAssignment { task_id: a.task_id, task: a.name, attempt: a.attempt, timeout_s: a.timeout_s };
-        match send(&self.backend, &a.worker, &meta, Some(a.payload)) {
-            Ok(()) => Ok(()),
-            Err(zmq::Error::EHOSTUNREACH) => {
-                // The worker vanished before the zygote's report reached us.
-                warn!(worker = %String::from_utf8_lossy(&a.worker), "worker unreachable; dropping it");
-                for origin in self.sched.worker_gone(&a.worker) {
-                    self.reply_error(&origin, ErrorInfo::neutrino(error_kind::WORKER_DIED, "the worker exited"));
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let Err(unsent) = send(&self.backend, &a.worker, &meta, Some(a.payload)) else {
+            return true;
+        };
+        let worker = String::from_utf8_lossy(&a.worker).into_owned();
+        match unsent.payload {
+            Some(payload) => self.sched.requeue_front(a.task_id, payload),
+            None => error!(worker = %worker, error = %unsent.error, "assignment half sent"),
         }
+        if unsent.error == zmq::Error::EHOSTUNREACH {
+            // The worker vanished before the zygote's report reached us.
+            warn!(worker = %worker, "worker unreachable; dropping it");
+            for origin in self.sched.worker_gone(&a.worker) {
+                self.reply_error(&origin, ErrorInfo::neutrino(error_kind::WORKER_DIED, "the worker exited"));
+            }
+        } else {
+            warn!(worker = %worker, error = %unsent.error, "worker cannot take an assignment now; requeued");
+        }
+        false
     }
 
     // ---- tokio side ----------------------------------------------------------------------
@@ -413,6 +438,9 @@ impl Broker {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::WorkerExited { worker_id } => {
+                    // Its last results may still wait in the backend socket: read them before
+                    // declaring what it held lost.
+                    self.drain(Side::Backend);
                     let lost = self.sched.worker_gone(worker_id.as_bytes());
                     if !lost.is_empty() {
                         warn!(worker = %worker_id, tasks = lost.len(), "worker exited while running tasks");
@@ -422,13 +450,7 @@ impl Broker {
                         self.reply_error(&origin, ErrorInfo::neutrino(error_kind::WORKER_DIED, text));
                     }
                 }
-                Command::Drain => {
-                    for task in self.sched.start_draining() {
-                        let origin = Origin { client: task.client, client_task_id: task.client_task_id, attempts: 0 };
-                        let text = "the orchestrator shut down before this task ran; safe to retry elsewhere";
-                        self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, text));
-                    }
-                }
+                Command::Drain => self.answer_queued(),
                 Command::Stop => return Flow::Stop,
             }
         }
@@ -474,10 +496,7 @@ struct IdOnly {
 
 /// Decodes a payload-less message from [identity, header, meta].
 fn frames<M: Message>(parts: &[zmq::Message]) -> Result<M, ProtocolError> {
-    if parts.len() != 3 {
-        return Err(ProtocolError::FrameCount { expected: "2", got: parts.len() - 1 });
-    }
-    decode_meta(&parts[2])
+    decode_frames::<M, _>(&parts[1..]).map(|(m, _)| m)
 }
 
 /// Reads one multipart message without blocking; `Ok(false)` when none is waiting.
@@ -499,15 +518,27 @@ fn recv_parts(socket: &zmq::Socket, parts: &mut Vec<zmq::Message>) -> Result<boo
 
 /// Sends [identity, header, meta, payload?] without blocking. A failure on the identity frame
 /// (unroutable peer, full pipe) means nothing was sent.
-fn send<M: Message>(socket: &zmq::Socket, to: &[u8], msg: &M, payload: Option<zmq::Message>) -> Result<(), zmq::Error> {
+fn send<M: Message>(socket: &zmq::Socket, to: &[u8], msg: &M, payload: Option<zmq::Message>) -> Result<(), Unsent> {
     let flags = zmq::DONTWAIT;
-    socket.send(to, flags | zmq::SNDMORE)?;
-    socket.send(&header(M::TYPE)[..], flags | zmq::SNDMORE)?;
-    match payload {
-        Some(p) => {
-            socket.send(encode_meta(msg), flags | zmq::SNDMORE)?;
-            socket.send(p, flags)
-        }
-        None => socket.send(encode_meta(msg), flags),
+    if let Err(error) = socket.send(to, flags | zmq::SNDMORE) {
+        return Err(Unsent { error, payload });
     }
+    // Once the first frame is accepted, libzmq takes the rest of the message whole.
+    let rest = || -> Result<(), zmq::Error> {
+        socket.send(&header(M::TYPE)[..], flags | zmq::SNDMORE)?;
+        match payload {
+            Some(p) => {
+                socket.send(encode_meta(msg), flags | zmq::SNDMORE)?;
+                socket.send(p, flags)
+            }
+            None => socket.send(encode_meta(msg), flags),
+        }
+    };
+    rest().map_err(|error| Unsent { error, payload: None })
+}
+
+/// A message `send` could not deliver; `payload` is handed back when nothing was sent.
+struct Unsent {
+    error: zmq::Error,
+    payload: Option<zmq::Message>,
 }

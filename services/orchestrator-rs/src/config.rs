@@ -69,6 +69,9 @@ pub struct Config {
     pub start_timeout_s: f64,
 }
 
+/// Longest accepted duration flag (a day): long enough for any grace period, far from overflow.
+const MAX_DURATION_S: f64 = 86_400.0;
+
 impl Config {
     pub fn grace_period(&self) -> Duration {
         Duration::from_secs_f64(self.grace_period_s.max(0.0))
@@ -78,8 +81,16 @@ impl Config {
         Duration::from_secs_f64(self.start_timeout_s.max(0.0))
     }
 
-    /// Checks what clap cannot: endpoint schemes and the app reference.
+    /// Checks what clap cannot: endpoint schemes, the app reference, and numeric ranges.
     pub fn validate(&self) -> Result<(), String> {
+        for (flag, secs) in [("--grace-period", self.grace_period_s), ("--start-timeout", self.start_timeout_s)] {
+            if !(secs.is_finite() && (0.0..=MAX_DURATION_S).contains(&secs)) {
+                return Err(format!("{flag} {secs}: use seconds between 0 and {MAX_DURATION_S}"));
+            }
+        }
+        if self.max_message_bytes <= 0 {
+            return Err(format!("--max-message-bytes {}: must be positive", self.max_message_bytes));
+        }
         for f in &self.frontends {
             if !(f.starts_with("tcp://") || f.starts_with("ipc://")) {
                 return Err(format!("--frontend {f:?}: use tcp://HOST:PORT or ipc://PATH"));

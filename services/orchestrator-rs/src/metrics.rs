@@ -115,8 +115,13 @@ impl Default for Metrics {
     }
 }
 
+/// Binds the metrics address now, so a taken port fails start-up instead of going unnoticed.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))
+}
+
 /// Serves `GET /metrics` until the task is aborted.
-pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
+pub async fn serve(listener: TcpListener, metrics: Metrics) -> anyhow::Result<()> {
     use axum::{http::header, routing::get, Router};
     let app = Router::new().route(
         "/metrics",
@@ -125,7 +130,6 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
             async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
         }),
     );
-    let listener = TcpListener::bind(addr).await?;
     axum::serve(listener, app).await?;
     Ok(())
 }

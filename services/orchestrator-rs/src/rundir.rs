@@ -67,12 +67,13 @@ impl RunDir {
     }
 }
 
+/// Creates `p` itself with mode 0700, failing if it already exists (so nobody else's directory
+/// is ever taken over); missing parents are created with default permissions.
 fn make_private_dir(p: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .with_context(|| format!("cannot create run dir {}", p.display()))?;
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(p).with_context(|| format!("cannot create run dir {}", p.display()))?;
     fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
     Ok(())
 }

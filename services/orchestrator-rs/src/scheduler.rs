@@ -45,6 +45,8 @@ pub struct Origin {
 struct InFlight {
     worker: usize,
     name: String,
+    timeout_s: Option<f64>,
+    accepted_at: Instant,
     origin: Origin,
     short: bool,
 }
@@ -172,6 +174,25 @@ impl<P> Scheduler<P> {
         Some(f.origin)
     }
 
+    /// Takes back an assignment that never reached its worker and puts the task first in line.
+    pub fn requeue_front(&mut self, task_id: u64, payload: P) {
+        let Some(f) = self.in_flight.remove(&task_id) else { return };
+        let worker = &mut self.workers[f.worker];
+        worker.in_flight -= 1;
+        if !f.short {
+            worker.long_in_flight -= 1;
+        }
+        self.queue.push_front(Task {
+            client: f.origin.client,
+            client_task_id: f.origin.client_task_id,
+            name: f.name,
+            timeout_s: f.timeout_s,
+            attempt: f.origin.attempts,
+            accepted_at: f.accepted_at,
+            payload,
+        });
+    }
+
     /// Records a run time sample for a task name (moving average).
     pub fn observe_run_time(&mut self, name: &str, run_us: u64) {
         let sample = run_us as f64;
@@ -204,7 +225,15 @@ impl<P> Scheduler<P> {
         let task_id = self.next_task_id;
         self.next_task_id += 1;
         let origin = Origin { client: task.client, client_task_id: task.client_task_id, attempts: task.attempt };
-        self.in_flight.insert(task_id, InFlight { worker: idx, name: task.name.clone(), origin, short });
+        let record = InFlight {
+            worker: idx,
+            name: task.name.clone(),
+            timeout_s: task.timeout_s,
+            accepted_at: task.accepted_at,
+            origin,
+            short,
+        };
+        self.in_flight.insert(task_id, record);
         Some(Assignment {
             worker: worker.identity.clone(),
             task_id,
@@ -413,6 +442,18 @@ mod tests {
         assert!(s.task_finished(b"w2", a.task_id, None).is_none());
         assert!(s.task_finished(b"w1", a.task_id, None).is_some());
         assert!(s.task_finished(b"w1", a.task_id, None).is_none(), "answered once");
+    }
+
+    #[test]
+    fn a_requeued_assignment_goes_first_and_frees_its_credit() {
+        let mut s = sched(1, 10);
+        s.worker_ready(b"w1".to_vec(), 10, 1);
+        s.submit(task(1, "a")).unwrap();
+        s.submit(task(2, "a")).unwrap();
+        let a = s.next_assignment().unwrap();
+        s.requeue_front(a.task_id, a.payload);
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.next_assignment().unwrap().payload, 1, "the requeued task runs first");
     }
 
     #[test]

@@ -26,10 +26,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     debug!(run_dir = %run_dir.path().display(), "run directory ready");
 
     let metrics = Metrics::new();
-    let metrics_server = config.metrics.map(|addr| {
-        info!("Serving metrics on http://{addr}/metrics");
-        tokio::spawn(metrics::serve(addr, metrics.clone()))
-    });
+    let metrics_server = match config.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            info!("Serving metrics on http://{addr}/metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+        }
+        None => None,
+    };
 
     let (events_tx, events) = unbounded_channel();
     let broker = broker::start(
@@ -51,7 +55,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         info!("Accepting tasks on {f}");
     }
 
-    let start = tokio::time::timeout(config.start_timeout(), Zygote::start(&config, &run_dir)).await;
+    tokio::pin!(shutdown);
+    let start = tokio::select! {
+        start = tokio::time::timeout(config.start_timeout(), Zygote::start(&config, &run_dir)) => start,
+        _ = &mut shutdown => {
+            info!("Stopping during start-up");
+            broker.stop(); // answers anything already queued
+            return Ok(ExitCode::Ok);
+        }
+    };
     let zygote = match start {
         Ok(Ok((zygote, ready))) => {
             info!(

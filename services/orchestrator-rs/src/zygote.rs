@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
@@ -33,8 +34,10 @@ pub enum StartError {
 pub struct Zygote {
     child: Child,
     pub pid: u32,
-    reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
+    /// Messages read by a dedicated task: `recv()` stays cancel-safe inside `select!`, which a
+    /// length-then-body read on the stream itself would not be.
+    messages: mpsc::Receiver<anyhow::Result<(u8, Vec<u8>)>>,
 }
 
 impl Zygote {
@@ -68,7 +71,9 @@ impl Zygote {
             }
         };
         let (reader, writer) = stream.into_split();
-        let mut zygote = Zygote { child, pid, reader, writer };
+        let (tx, messages) = mpsc::channel(64);
+        tokio::spawn(read_messages(reader, tx));
+        let mut zygote = Zygote { child, pid, writer, messages };
         let (code, meta) =
             zygote.recv().await?.ok_or_else(|| anyhow!("the zygote closed the control link at start"))?;
         match MessageType::from_code(code) {
@@ -89,20 +94,9 @@ impl Zygote {
     }
 
     /// Next message as (type code, meta bytes); `None` when the zygote closed the link.
-    /// Cancel-safe only between messages, so callers keep one pending `recv` at a time.
+    /// Cancel-safe.
     pub async fn recv(&mut self) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
-        let len = match self.reader.read_u32().await {
-            Ok(n) => n as usize,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if len > CONTROL_MAX_BYTES {
-            bail!("control message of {len} bytes exceeds {CONTROL_MAX_BYTES}");
-        }
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body).await?;
-        let (code, meta) = decode_control(&body)?;
-        Ok(Some((code, meta.to_vec())))
+        self.messages.recv().await.transpose()
     }
 
     /// Asks the zygote to stop its workers and exit; kills the whole process group if it does
@@ -121,6 +115,35 @@ impl Zygote {
         kill_group(self.pid);
         let _ = self.child.wait().await;
         status
+    }
+}
+
+/// Reads length-prefixed control messages until EOF or an error (which it forwards).
+async fn read_messages(mut reader: OwnedReadHalf, tx: mpsc::Sender<anyhow::Result<(u8, Vec<u8>)>>) {
+    loop {
+        let message = async {
+            let len = match reader.read_u32().await {
+                Ok(n) => n as usize,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if len > CONTROL_MAX_BYTES {
+                bail!("control message of {len} bytes exceeds {CONTROL_MAX_BYTES}");
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).await?;
+            let (code, meta) = decode_control(&body)?;
+            Ok(Some((code, meta.to_vec())))
+        };
+        let item = match message.await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => return, // EOF: dropping `tx` ends the receiver's stream
+            Err(e) => Err(e),
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
     }
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, message
 
 
 @message
@@ -12,8 +12,8 @@ from .frames import ErrorInfo, Message, MessageType, message
 class WorkerReady(Message):
     TYPE = MessageType.WORKER_READY
     worker_id: str
-    pid: int
-    credits: int
+    pid: U32
+    credits: U32
     tasks: list[str]
 
 
@@ -24,7 +24,7 @@ class TaskAssignment(Message):
     PAYLOAD = "always"
     task_id: int
     task: str
-    attempt: int
+    attempt: U32
     timeout_s: float | None = None
     payload: bytes | None = None
 

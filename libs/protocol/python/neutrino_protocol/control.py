@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, message
 
 
 @message
 @dataclass(slots=True)
 class ZygoteReady(Message):
     TYPE = MessageType.ZYGOTE_READY
-    pid: int
+    pid: U32
     tasks: list[str]
     import_ms: float
 
@@ -35,7 +35,7 @@ class Fork(Message):
 class Forked(Message):
     TYPE = MessageType.FORKED
     worker_id: str
-    pid: int
+    pid: U32
 
 
 @message
@@ -43,6 +43,6 @@ class Forked(Message):
 class WorkerExited(Message):
     TYPE = MessageType.WORKER_EXITED
     worker_id: str
-    pid: int
-    exit_code: int | None = None
-    signal: int | None = None
+    pid: U32
+    exit_code: U32 | None = None
+    signal: U32 | None = None

@@ -13,6 +13,7 @@ class ErrorKind(enum.StrEnum):
     WORKER_DIED = "worker_died"
     CANCELLED = "cancelled"
     SHUTTING_DOWN = "shutting_down"
+    PROTOCOL_ERROR = "protocol_error"
     APP_IMPORT_ERROR = "app_import_error"
 
 

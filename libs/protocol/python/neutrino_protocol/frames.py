@@ -7,7 +7,7 @@ import enum
 import functools
 import types
 import typing
-from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import msgpack
 
@@ -37,6 +37,11 @@ class MessageType(enum.IntEnum):
     WORKER_EXITED = 0x24
 
 
+# An unsigned integer that must fit 32 bits (SPEC.md §3.1); plain `int` fields are 64-bit.
+U32 = Annotated[int, "u32"]
+_U32 = "u32"
+
+
 class ProtocolError(ValueError):
     """A malformed message. `kind` is the failure class used by the golden vectors."""
 
@@ -64,7 +69,8 @@ class Message:
     """Base of every message dataclass: subclasses set TYPE and, if they carry one, HAS_PAYLOAD."""
 
     TYPE: ClassVar[MessageType]
-    # "never", "always", or "when_ok" (a payload frame exactly when meta status is "ok")
+    # When the message has a payload frame: "never", "always", or "when_ok" (exactly when
+    # meta status is "ok").
     PAYLOAD: ClassVar[str] = "never"
     _FIELDS: ClassVar[tuple[tuple[str, Any, bool], ...]] = ()
     _HEADER: ClassVar[bytes] = b""
@@ -126,7 +132,7 @@ def message(cls: M) -> M:
     (one line per field) because they run for every task on both sides: a generic loop over
     the fields with getattr/isinstance cost about twice as much per message.
     """
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     table = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name == "payload":
@@ -136,6 +142,8 @@ def message(cls: M) -> M:
         if get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
             required = False
             tp = next(a for a in get_args(tp) if a is not type(None))
+        if get_origin(tp) is Annotated:
+            tp = _U32 if _U32 in tp.__metadata__ else get_args(tp)[0]
         table.append((f.name, tp, required))
     cls._FIELDS = tuple(table)
     cls._HEADER = header(cls.TYPE)
@@ -147,7 +155,8 @@ def message(cls: M) -> M:
 
 # Checks that accept a value without a call; anything else goes through `_field` (slow path).
 _FAST_CHECK = {
-    int: "type({v}) is int and {v} >= 0",
+    int: "type({v}) is int and 0 <= {v} <= 0xFFFFFFFFFFFFFFFF",
+    _U32: "type({v}) is int and 0 <= {v} <= 0xFFFFFFFF",
     float: "type({v}) is float",
     str: "type({v}) is str",
     bool: "type({v}) is bool",
@@ -226,10 +235,11 @@ def _bad_count(cls: type[Message], want: int, got: int) -> None:
 
 
 def _check(name: str, kind: Any, value: Any) -> Any:
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if kind is int or kind == _U32:
+        bits = 32 if kind == _U32 else 64
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits:
             return value
-        raise ProtocolError("meta", f"field '{name}' must be an unsigned integer")
+        raise ProtocolError("meta", f"field '{name}' must be an unsigned {bits}-bit integer")
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

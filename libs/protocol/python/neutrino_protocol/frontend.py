@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, message
 
 
 @message
@@ -15,7 +15,7 @@ class SubmitTask(Message):
     id: int
     task: str
     timeout_s: float | None = None
-    retries: int | None = None
+    retries: U32 | None = None
     ack: bool | None = None
     payload: bytes | None = None
 
@@ -43,7 +43,7 @@ class TaskReply(Message):
     PAYLOAD = "when_ok"
     id: int
     status: str
-    attempts: int
+    attempts: U32
     error: ErrorInfo | None = None
     payload: bytes | None = None
 
@@ -68,6 +68,6 @@ class Pong(Message):
     TYPE = MessageType.PONG
     nonce: int
     queue_depth: int
-    workers: int
-    idle_workers: int
+    workers: U32
+    idle_workers: U32
     draining: bool

@@ -1,5 +1,7 @@
 //! The header frame, message type codes, and the canonical meta encoding (SPEC.md §3).
 
+use std::ops::Deref;
+
 use serde::{de::DeserializeOwned, Serialize};
 
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -150,27 +152,33 @@ pub fn decode_meta<M: Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
         Some(0x80..=0x8f) | Some(0xde) | Some(0xdf) => {}
         _ => return Err(ProtocolError::Meta("meta must be a msgpack map".into())),
     }
-    let msg: M = rmp_serde::from_slice(bytes).map_err(|e| ProtocolError::Meta(format!("{}: {e}", M::NAME)))?;
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    let msg = M::deserialize(&mut de).map_err(|e| ProtocolError::Meta(format!("{}: {e}", M::NAME)))?;
+    // from_slice would ignore bytes after the map; the Python decoder rejects them, and so do we.
+    let rest = de.into_inner().len();
+    if rest != 0 {
+        return Err(ProtocolError::Meta(format!("{}: {rest} bytes after the meta map", M::NAME)));
+    }
     msg.validate()?;
     Ok(msg)
 }
 
 /// Decodes a whole message of a known type from its frames (identity stripped), checking the
 /// header and the frame count. Returns the meta and the payload frame, if any.
-pub fn decode_frames<'a, M: Message>(frames: &[&'a [u8]]) -> Result<(M, Option<&'a [u8]>), ProtocolError> {
+pub fn decode_frames<M: Message, F: Deref<Target = [u8]>>(frames: &[F]) -> Result<(M, Option<&[u8]>), ProtocolError> {
     if !(2..=3).contains(&frames.len()) {
         return Err(ProtocolError::FrameCount { expected: "2 or 3", got: frames.len() });
     }
-    let code = parse_header(frames[0])?;
+    let code = parse_header(&frames[0])?;
     if code != M::TYPE as u8 {
         return Err(ProtocolError::WrongType { message: M::NAME });
     }
-    let msg: M = decode_meta(frames[1])?;
+    let msg: M = decode_meta(&frames[1])?;
     let want = if msg.has_payload() { 3 } else { 2 };
     if frames.len() != want {
         return Err(ProtocolError::FrameCount { expected: if want == 3 { "3" } else { "2" }, got: frames.len() });
     }
-    Ok((msg, frames.get(2).copied()))
+    Ok((msg, frames.get(2).map(|f| &f[..])))
 }
 
 /// Frames a control-link message: u32 big-endian length, header, meta (SPEC.md §3).

@@ -40,7 +40,7 @@ fn check_valid<M: Message + PartialEq + std::fmt::Debug>(name: &str, case: &Valu
     }
 
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    let (decoded, got_payload) = decode_frames::<M>(&refs).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (decoded, got_payload) = decode_frames::<M, _>(&refs).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(decoded, msg, "{name}");
     assert_eq!(got_payload.map(hex::encode), payload.map(|p| p.as_str().unwrap().to_owned()), "{name}");
     let mut back = serde_json::to_value(&decoded).unwrap();
@@ -59,8 +59,23 @@ fn strip_nulls(v: &mut Value) {
 macro_rules! every_message {
     ($m:ident) => {
         $m!(
-            SubmitTask, TaskAccepted, TaskRejected, TaskReply, CancelTask, Ping, Pong, WorkerReady, TaskAssignment,
-            TaskResult, Heartbeat, Shutdown, ZygoteReady, ZygoteFailed, Fork, Forked, WorkerExited
+            SubmitTask,
+            TaskAccepted,
+            TaskRejected,
+            TaskReply,
+            CancelTask,
+            Ping,
+            Pong,
+            WorkerReady,
+            TaskAssignment,
+            TaskResult,
+            Heartbeat,
+            Shutdown,
+            ZygoteReady,
+            ZygoteFailed,
+            Fork,
+            Forked,
+            WorkerExited
         )
     };
 }
@@ -74,7 +89,7 @@ fn decode_any(frames: &[&[u8]]) -> Result<(), ProtocolError> {
     let ty = MessageType::from_code(code).ok_or(ProtocolError::UnknownType(code))?;
     macro_rules! go {
         ($($t:ident),*) => {
-            match ty { $(MessageType::$t => decode_frames::<$t>(frames).map(|_| ()),)* }
+            match ty { $(MessageType::$t => decode_frames::<$t, _>(frames).map(|_| ()),)* }
         };
     }
     every_message!(go)

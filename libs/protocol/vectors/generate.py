@@ -157,12 +157,22 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
         ),
         (113, "unknown message type", ["4e5401ff", "80"], "type", "receivers ignore these"),
         (114, "bytes after the meta map", [H(6), msgpack.packb({"nonce": 1}).hex() + "00"], "meta", ""),
-        (115, "attempts over 32 bits", [H(4), msgpack.packb({"id": 1, "status": "ok", "attempts": 2**32}).hex(), "c0"],
-         "meta", "attempts, pid, credits, retries, workers are uint32"),
+        (
+            115,
+            "attempts over 32 bits",
+            [H(4), msgpack.packb({"id": 1, "status": "ok", "attempts": 2**32}).hex(), "c0"],
+            "meta",
+            "attempts, pid, credits, retries, workers are uint32",
+        ),
     ],
     "backend": [
-        (117, "pid over 32 bits",
-         [H(0x10), msgpack.packb({"worker_id": "w", "pid": 2**32, "credits": 1, "tasks": []}).hex()], "meta", ""),
+        (
+            117,
+            "pid over 32 bits",
+            [H(0x10), msgpack.packb({"worker_id": "w", "pid": 2**32, "credits": 1, "tasks": []}).hex()],
+            "meta",
+            "",
+        ),
     ],
     "header": [
         (201, "header too short", ["4e5401", "80"], "header", ""),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,10 +16,19 @@ import zmq
 from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
 
 from .codec import pack_args, unpack_result
-from .errors import AddressError, NotSupportedError, ProtocolError, error_from_reply, rejected_error
+from .errors import (
+    AddressError,
+    NotSupportedError,
+    PayloadTooLargeError,
+    ProtocolError,
+    error_from_reply,
+    rejected_error,
+)
 
 # SPEC.md §2: ipc socket paths must stay under 107 bytes (sun_path is 108 with the NUL).
 _MAX_IPC_PATH = 107
+# The orchestrator's default --max-message-bytes (SPEC.md §2), the default for clients too.
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 2**20
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5})$")
 
 
@@ -66,6 +76,11 @@ def connect(address: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[by
 
 def configure(sock: zmq.Socket[Any]) -> None:
     """Socket options for a client DEALER; why each one is set is next to it."""
+    # The orchestrator keys tasks by (client routing identity, id) (SPEC.md §4.2) and routes each
+    # reply by that identity. Left unset, libzmq gives the peer a fresh random identity on every
+    # (re)connection, so after a TCP reconnect the replies to tasks already in flight would be
+    # addressed to the old identity and dropped. Our own identity survives reconnects.
+    sock.setsockopt(zmq.ROUTING_ID, new_routing_id())
     # close() must not hang on unsent requests to an orchestrator that is gone.
     sock.setsockopt(zmq.LINGER, 0)
     # 0 = no limit. A full pipe would block (or drop, with NOBLOCK) sends, and the client keeps
@@ -75,6 +90,11 @@ def configure(sock: zmq.Socket[Any]) -> None:
     # IMMEDIATE stays off: requests sent before the TCP connection is up wait in the pipe instead
     # of failing, so a client can be created and used before the orchestrator has started.
     sock.setsockopt(zmq.IMMEDIATE, 0)
+
+
+def new_routing_id() -> bytes:
+    """A routing id unique to one client: 14 bytes, never starting with 0x00 (libzmq reserves those)."""
+    return b"c-" + uuid.uuid4().bytes[:12]
 
 
 def check_options(timeout_s: float | None, retries: int | None) -> None:
@@ -89,6 +109,13 @@ def check_options(timeout_s: float | None, retries: int | None) -> None:
         raise ValueError(f"retries must be an int >= 0 or None, got {retries!r}")
 
 
+def check_max_payload(max_payload_bytes: int) -> int:
+    """Validate a client's `max_payload_bytes` when the client is created."""
+    if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+        raise ValueError(f"max_payload_bytes must be an int >= 1, got {max_payload_bytes!r}")
+    return max_payload_bytes
+
+
 def submit_frames(
     task_id: int,
     name: str,
@@ -96,11 +123,24 @@ def submit_frames(
     kwargs: Mapping[str, Any],
     timeout_s: float | None = None,
     retries: int | None = None,
+    *,
+    max_payload_bytes: int,
 ) -> list[bytes]:
-    """The frames of one SubmitTask. Raises TypeError (unencodable argument) before anything is sent."""
+    """The frames of one SubmitTask. Raises TypeError (unencodable argument) or PayloadTooLargeError
+    before anything is sent."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"task name must be a non-empty str, got {name!r}")
     payload = pack_args(args, kwargs)
+    if len(payload) > max_payload_bytes:
+        # Checked here, not left to the orchestrator: it answers `too_large` only up to 4x its
+        # --max-message-bytes; past that libzmq drops the connection without a word, and every
+        # task in flight on it waits for a reply that never comes.
+        raise PayloadTooLargeError(
+            f"the arguments of task {name!r} pack to {len(payload)} bytes, over the client's "
+            f"max_payload_bytes limit of {max_payload_bytes}; nothing was sent. Pass a reference the "
+            "workers can fetch (a URL, an object-store key, a file path) instead of the bytes, or raise "
+            "max_payload_bytes together with the orchestrator's --max-message-bytes"
+        )
     timeout = None if timeout_s is None else float(timeout_s)
     return SubmitTask(id=task_id, task=name, timeout_s=timeout, retries=retries, payload=payload).encode()
 

@@ -63,10 +63,17 @@ class AsyncTaskFuture(asyncio.Future[Any]):
 class AsyncClient:
     """A connection to one orchestrator frontend for asyncio code; see `Client` for the semantics."""
 
-    def __init__(self, address: str, *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float | None = None,
+        max_payload_bytes: int = _frontend.DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
+        self.max_payload_bytes = _frontend.check_max_payload(max_payload_bytes)
         self._ctx, self._sock = _frontend.connect(address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -105,7 +112,9 @@ class AsyncClient:
         _frontend.check_options(timeout_s, retries)
         task = name.name if isinstance(name, Task) else name
         task_id = next(self._ids)
-        frames = _frontend.submit_frames(task_id, task, args, kwargs or {}, timeout_s, retries)
+        frames = _frontend.submit_frames(
+            task_id, task, args, kwargs or {}, timeout_s, retries, max_payload_bytes=self.max_payload_bytes
+        )
         fut = AsyncTaskFuture(task_id, task, self._cancel, loop=self._bind_loop())
         self._send(self._pending, task_id, fut, frames)
         return fut

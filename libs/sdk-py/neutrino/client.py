@@ -98,14 +98,23 @@ class TaskFuture(Future[Any]):
 class Client:
     """A connection to one orchestrator frontend (`tcp://host:port` or `ipc:///path`).
 
-    `timeout_s` bounds how long `call()` waits for a reply (None: forever). Thread-safe; use it as
+    `timeout_s` bounds how long `call()` waits for a reply (None: forever). `max_payload_bytes`
+    caps the packed arguments of one task: larger ones raise PayloadTooLargeError before anything
+    is sent; keep it at or below the orchestrator's --max-message-bytes. Thread-safe; use it as
     a context manager or call `close()`, which fails tasks still waiting with ClientClosedError.
     """
 
-    def __init__(self, address: str, *, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float | None = None,
+        max_payload_bytes: int = _frontend.DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
+        self.max_payload_bytes = _frontend.check_max_payload(max_payload_bytes)
         self._ctx, self._sock = _frontend.connect(address)
         # Ids only need to be unique among this client's unanswered tasks (SPEC.md §4.2); a counter
         # never repeats, and next() on it is atomic under the GIL.
@@ -141,7 +150,7 @@ class Client:
         """Run a task and return its value; raise its TaskError/RejectedError, or NeutrinoTimeoutError."""
         task = _task_name(name)
         task_id = next(self._ids)
-        frames = _frontend.submit_frames(task_id, task, args, kwargs)
+        frames = _frontend.submit_frames(task_id, task, args, kwargs, max_payload_bytes=self.max_payload_bytes)
         fut = TaskFuture(task_id, task, self._cancel)
         receiving = self._send(self._pending, fut.task_id, fut, frames, become_receiver=True)
         try:
@@ -174,7 +183,9 @@ class Client:
         _frontend.check_options(timeout_s, retries)
         task = _task_name(name)
         task_id = next(self._ids)
-        frames = _frontend.submit_frames(task_id, task, args, kwargs or {}, timeout_s, retries)
+        frames = _frontend.submit_frames(
+            task_id, task, args, kwargs or {}, timeout_s, retries, max_payload_bytes=self.max_payload_bytes
+        )
         fut = TaskFuture(task_id, task, self._cancel)
         self._send(self._pending, task_id, fut, frames, become_receiver=False)
         return fut

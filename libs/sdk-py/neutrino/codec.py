@@ -1,9 +1,10 @@
 """User values <-> payload bytes (SPEC.md §3.2): msgpack with `bin` for bytes and `str` for text, never pickle.
 
-What round-trips: None, bool, int (64-bit), float, str, bytes, list, dict. Tuples are encoded as
-arrays and come back as lists (msgpack has one array type); subclasses of those types (IntEnum,
-namedtuple, ...) are encoded as their base type. Anything else is refused when it is packed, with
-the argument named, so the mistake shows at the call site rather than inside a worker.
+What round-trips: None, bool, int (64-bit), float, str, bytes, list, dict. Dict keys may be any of
+those scalars, not only str (`{1: "a"}` is valid, SPEC.md §3.2); only keyword argument names must be
+str. Tuples are encoded as arrays and come back as lists (msgpack has one array type); subclasses of
+those types (IntEnum, namedtuple, ...) are encoded as their base type. Anything else is refused when
+it is packed, with the argument named, so the mistake shows at the call site rather than inside a worker.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .errors import ProtocolError
 
 __all__ = ["pack_args", "pack_result", "unpack_args", "unpack_result"]
 
-_HINT = "pass plain data: None, bool, int, float, str, bytes, list/tuple, dict with str keys"
+_HINT = "pass plain data: None, bool, int (64-bit), float, str, bytes, and lists/tuples and dicts of those"
 
 
 def pack_args(args: Iterable[Any], kwargs: Mapping[str, Any]) -> bytes:

@@ -1,6 +1,8 @@
 """A stand-in orchestrator for client tests: a ROUTER on its own thread speaking the real protocol.
 
-It answers each SubmitTask by task name, so a test picks the behaviour by what it calls:
+It binds `address` ("tcp://" alone: a random local port), records the routing identity of every
+message in `senders`, and answers each SubmitTask by task name, so a test picks the behaviour by
+what it calls:
 
     add         ok: sum of the positional arguments
     echo        ok: the first positional argument, else the kwargs map
@@ -42,7 +44,7 @@ class Peer:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
-        if address.startswith("tcp://"):
+        if address == "tcp://":
             port = self._sock.bind_to_random_port("tcp://127.0.0.1")
             self.address = f"tcp://127.0.0.1:{port}"
         else:
@@ -58,6 +60,7 @@ class Peer:
         self.submits: list[SubmitTask] = []
         self.cancels: list[int] = []
         self.pings = 0
+        self.senders: list[bytes] = []
         self._held: list[tuple[bytes, SubmitTask]] = []
         self._thread = threading.Thread(target=self._run, name="sdk-test-peer", daemon=True)
         self._thread.start()
@@ -105,6 +108,7 @@ class Peer:
         ident, rest = frames[0], frames[1:]
         msg = decode(rest)
         with self._cond:
+            self.senders.append(ident)
             if isinstance(msg, SubmitTask):
                 self.submits.append(msg)
             elif isinstance(msg, CancelTask):

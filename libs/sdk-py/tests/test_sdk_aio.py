@@ -13,9 +13,11 @@ from neutrino import (
     BusyError,
     ClientClosedError,
     NeutrinoTimeoutError,
+    PayloadTooLargeError,
     TaskError,
     UnknownTaskError,
 )
+from neutrino.codec import unpack_args
 from sdk_peer import Peer
 
 
@@ -67,6 +69,19 @@ def test_submit_with_options(peer: Peer) -> None:
         assert (peer.submits[-1].timeout_s, peer.submits[-1].retries) == (1.5, 1)
 
     run(peer, body)
+
+
+def test_oversized_arguments_fail_before_sending(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        assert client.max_payload_bytes == 100
+        with pytest.raises(PayloadTooLargeError, match=r"pack to \d+ bytes.*limit of 100"):
+            client.submit("echo", b"x" * 200)
+        with pytest.raises(PayloadTooLargeError):
+            await client.call("echo", data=b"x" * 200)
+        assert await client.call("echo", b"x" * 50) == b"x" * 50
+        assert [unpack_args(m.payload or b"") for m in peer.submits] == [([b"x" * 50], {})]
+
+    run(peer, body, max_payload_bytes=100)
 
 
 def test_timeout_cancels_the_task(peer: Peer) -> None:

@@ -16,11 +16,13 @@ from neutrino import (
     ClientClosedError,
     DrainingError,
     NeutrinoTimeoutError,
+    PayloadTooLargeError,
     TaskError,
     TaskFuture,
     UnknownTaskError,
     WorkerDiedError,
 )
+from neutrino.codec import unpack_args
 from sdk_peer import Peer
 
 
@@ -197,6 +199,57 @@ def test_unencodable_arguments_fail_before_sending(client: Client, peer: Peer) -
         client.submit("echo", object())
     assert client.call("add", 1) == 1
     assert [m.task for m in peer.submits] == ["add"]
+
+
+def test_oversized_arguments_fail_before_sending(peer: Peer) -> None:
+    with Client(peer.address, max_payload_bytes=100) as client:
+        assert client.max_payload_bytes == 100
+        with pytest.raises(PayloadTooLargeError, match=r"pack to \d+ bytes.*limit of 100"):
+            client.submit("echo", b"x" * 200)
+        with pytest.raises(PayloadTooLargeError):
+            client.call("echo", data=b"x" * 200)
+        assert client.call("echo", b"x" * 50) == b"x" * 50
+    # Had either oversized request gone out, it would have reached the peer before the last one.
+    assert [unpack_args(m.payload or b"") for m in peer.submits] == [([b"x" * 50], {})]
+
+
+def test_default_payload_limit_is_the_orchestrators_default(peer: Peer) -> None:
+    with Client(peer.address) as client:
+        assert client.max_payload_bytes == 64 * 2**20
+
+
+def test_each_client_has_its_own_routing_id(peer: Peer) -> None:
+    with Client(peer.address) as a, Client(peer.address) as b:
+        assert a.call("add", 1) == 1
+        assert b.call("add", 2) == 2
+        assert a.call("add", 3) == 3
+    first, second, third = peer.senders
+    assert first != second and first == third
+    assert all(ident.startswith(b"c-") and len(ident) == 14 for ident in (first, second))
+
+
+def test_routing_id_survives_a_reconnect() -> None:
+    # The orchestrator routes replies by identity; a client that came back under a new one after
+    # a reconnect would never get the replies to its tasks in flight.
+    peer = Peer("tcp://")
+    with Client(peer.address) as client:
+        assert client.call("add", 1) == 1
+        identity = peer.senders[-1]
+        peer.stop()
+        again = Peer(peer.address)  # the same port, as an orchestrator that is back
+        try:
+            # A request written before the client noticed the old connection close is lost with
+            # it; ping until one gets through the new connection.
+            for _ in range(50):
+                try:
+                    client.ping(timeout_s=0.2)
+                    break
+                except NeutrinoTimeoutError:
+                    continue
+            assert client.call("add", 2) == 2
+            assert set(again.senders) == {identity}
+        finally:
+            again.stop()
 
 
 def test_ping_timeout(tmp_path: Path) -> None:

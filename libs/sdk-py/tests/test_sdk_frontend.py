@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from neutrino import AddressError, BusyError, Client, NotSupportedError, TaskError
-from neutrino._frontend import check_address, check_options, outcome, submit_frames
+from neutrino import AddressError, BusyError, Client, NotSupportedError, PayloadTooLargeError, TaskError
+from neutrino._frontend import check_address, check_max_payload, check_options, outcome, submit_frames
 from neutrino.codec import pack_result
 from neutrino.errors import ProtocolError
 from neutrino_protocol import ErrorInfo, SubmitTask, TaskRejected, TaskReply, decode
@@ -49,8 +49,26 @@ def test_per_call_options_are_checked() -> None:
 
 
 def test_submit_frames_carry_the_overrides() -> None:
-    msg = decode(submit_frames(7, "add", (1, 2), {}, timeout_s=3, retries=2))
+    msg = decode(submit_frames(7, "add", (1, 2), {}, timeout_s=3, retries=2, max_payload_bytes=5))
     assert msg == SubmitTask(id=7, task="add", timeout_s=3.0, retries=2, payload=bytes.fromhex("9292010280"))
+
+
+def test_payload_over_the_limit_is_refused_with_the_fix() -> None:
+    assert decode(submit_frames(1, "echo", [b"x" * 97], {}, max_payload_bytes=102))  # exactly at the limit
+    with pytest.raises(PayloadTooLargeError) as info:
+        submit_frames(1, "echo", [b"x" * 98], {}, max_payload_bytes=102)
+    err = info.value
+    assert err.reason == "too_large"
+    assert "103 bytes" in err.message and "limit of 102" in err.message and "nothing was sent" in err.message
+    assert "a URL" in err.message and "--max-message-bytes" in err.message
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None, "64"])
+def test_max_payload_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_payload_bytes must be an int >= 1"):
+        check_max_payload(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        Client("tcp://127.0.0.1:5555", max_payload_bytes=bad)  # type: ignore[arg-type]
 
 
 def test_outcome_maps_replies() -> None:

@@ -86,6 +86,8 @@ impl BrokerHandle {
 pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Event>) -> anyhow::Result<BrokerHandle> {
     let ctx = zmq::Context::new();
     let frontend = router(&ctx, FRONTEND_HWM, config.max_message_bytes)?;
+    // Clients keep their routing id across reconnects; let the new connection take it over.
+    frontend.set_router_handover(true)?;
     for endpoint in &config.frontends {
         frontend.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
     }

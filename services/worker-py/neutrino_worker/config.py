@@ -21,6 +21,8 @@ class ZygoteConfig:
     backend: str  # ZeroMQ endpoint of the orchestrator's ROUTER
     credits: int  # assignments a worker accepts in flight (WorkerReady.credits)
     log_level: int
+    # Set when NEUTRINO_LOG is not a level name; logged once logging is set up.
+    log_level_warning: str | None = None
 
 
 def _credits(text: str) -> int:
@@ -42,29 +44,34 @@ def parse_args(argv: Sequence[str] | None = None) -> ZygoteConfig:
     parser.add_argument("--backend", required=True, metavar="ENDPOINT", help="the orchestrator's worker ROUTER")
     parser.add_argument("--credits", type=_credits, default=DEFAULT_CREDITS, metavar="N", help="worker window")
     ns = parser.parse_args(argv)
+    log_level, log_level_warning = parse_log_level(os.environ.get("NEUTRINO_LOG"))
     return ZygoteConfig(
         app=ns.app,
         app_dir=os.path.abspath(ns.app_dir),
         control_path=ns.control,
         backend=ns.backend,
         credits=ns.credits,
-        log_level=log_level_from_env(),
+        log_level=log_level,
+        log_level_warning=log_level_warning,
     )
 
 
-def log_level_from_env() -> int:
-    """NEUTRINO_LOG names the level (debug, info, warning, error); default warning.
+def parse_log_level(value: str | None) -> tuple[int, str | None]:
+    """The level NEUTRINO_LOG names (debug, info, warning, error; default warning), and a warning
+    to log when it names none.
 
     An unknown value falls back to warning rather than failing: the variable is shared by every
     Neutrino service, and a typo in it should not stop workers from starting."""
-    name = os.environ.get("NEUTRINO_LOG", "warning").strip().lower()
-    return _LOG_LEVELS.get(name, logging.WARNING)
-
-
-def setup_logging(level: int) -> None:
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    name = os.environ.get("NEUTRINO_LOG", "warning").strip().lower()
-    if name not in _LOG_LEVELS:
-        logging.getLogger("neutrino.zygote").warning(
-            "NEUTRINO_LOG=%r is not a log level; using warning (choose one of %s)", name, ", ".join(_LOG_LEVELS)
+    name = "warning" if value is None else value.strip().lower()
+    level = _LOG_LEVELS.get(name)
+    if level is None:
+        return logging.WARNING, (
+            f"NEUTRINO_LOG={value!r} is not a log level; using warning (choose one of {', '.join(_LOG_LEVELS)})"
         )
+    return level, None
+
+
+def setup_logging(config: ZygoteConfig) -> None:
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    if config.log_level_warning is not None:
+        logging.getLogger("neutrino.zygote").warning("%s", config.log_level_warning)

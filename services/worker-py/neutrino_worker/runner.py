@@ -71,7 +71,7 @@ class Runner:
             try:
                 task.signature.bind(*args, **kwargs)
             except TypeError as exc:
-                return _error(msg, _BAD_ARGUMENTS, "TypeError", _call_error_message(task, args, kwargs, exc))
+                return _error(msg, _BAD_ARGUMENTS, "TypeError", _call_error_message(task, args, exc))
         fn = task.fn
         started = perf_counter_ns()
         try:
@@ -90,7 +90,7 @@ class Runner:
                 _NOT_SERIALIZABLE,
                 type(exc).__name__,
                 f"{task.name}() returned a {type(value).__name__} that msgpack cannot encode ({exc}); "
-                "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and str-keyed dicts of those",
+                "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and dicts of those",
                 run_us=run_us,
             )
         return TaskResult(msg.task_id, "ok", None, run_us, payload)
@@ -129,49 +129,17 @@ def _shape(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _call_error_message(task: TaskSpec, args: list[Any], kwargs: dict[Any, Any], exc: TypeError) -> str:
-    """Python's own message for this bad call, e.g. "add() missing 1 required positional argument: 'y'".
-
-    `Signature.bind` words its errors differently ("missing a required argument: 'y'"), so call a
-    body-less stub with the same parameters to get the interpreter's wording. The stub is built from
-    the parameters' names and kinds only (names are identifiers, checked by inspect.Parameter)."""
+def _call_error_message(task: TaskSpec, args: list[Any], exc: TypeError) -> str:
+    """Why the arguments do not fit, from `Signature.bind`'s TypeError, named like the interpreter
+    names it: "add() missing a required argument: 'y'"."""
     qualname = getattr(task.fn, "__qualname__", task.name)
-    try:
-        stub = _stub(task.signature, qualname)
-        stub(*args, **kwargs)
-    except TypeError as real:
-        return str(real)
-    except Exception:
-        pass
-    return f"{qualname}() {exc}"
-
-
-def _stub(signature: inspect.Signature, qualname: str) -> Callable[..., None]:
-    parts: list[str] = []
-    kinds = inspect.Parameter
-    seen_star = False
-    previous = None
-    for p in signature.parameters.values():
-        if previous is kinds.POSITIONAL_ONLY and p.kind is not kinds.POSITIONAL_ONLY:
-            parts.append("/")
-        if p.kind is kinds.KEYWORD_ONLY and not seen_star:
-            parts.append("*")
-            seen_star = True
-        if p.kind is kinds.VAR_POSITIONAL:
-            parts.append(f"*{p.name}")
-            seen_star = True
-        elif p.kind is kinds.VAR_KEYWORD:
-            parts.append(f"**{p.name}")
-        else:
-            parts.append(p.name if p.default is p.empty else f"{p.name}=None")
-        previous = p.kind
-    if previous is kinds.POSITIONAL_ONLY:
-        parts.append("/")
-    namespace: dict[str, Any] = {}
-    exec(f"def stub({', '.join(parts)}): pass", namespace)
-    stub: Callable[..., None] = namespace["stub"]
-    stub.__qualname__ = qualname
-    return stub
+    text = str(exc)
+    if text == "too many positional arguments":
+        # bind does not say how many; the counts are what the caller needs to fix the call.
+        params = task.signature.parameters.values()
+        accepted = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        text = f"{text}: {len(args)} given, at most {accepted} accepted"
+    return text if text.startswith(f"{qualname}(") else f"{qualname}() {text}"
 
 
 def _format_traceback(exc: BaseException, fn: Callable[..., Any]) -> str:

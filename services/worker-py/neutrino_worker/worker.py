@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # Imported in the zygote on purpose: every worker then shares these modules copy-on-write
 # instead of importing them again. The zygote itself never creates a zmq.Context.
@@ -94,6 +94,14 @@ def _serve(spec: WorkerSpec) -> int:
         try:
             msg = decode(frames)
         except ProtocolError as exc:
+            if exc.kind == "version":
+                # SPEC §7: an orchestrator of another protocol version cannot be served, and a
+                # replacement worker would fare no better; exit 4 tells the supervisor so.
+                log.error(
+                    "worker %s: the orchestrator speaks another protocol version (%s); exiting", spec.worker_id, exc
+                )
+                _close(sock, ctx)
+                return ExitCode.PROTOCOL
             if exc.kind == "type":
                 log.debug("ignoring backend message: %s", exc)
             else:
@@ -102,12 +110,20 @@ def _serve(spec: WorkerSpec) -> int:
         if type(msg) is TaskAssignment:
             send(run(msg).encode())
         elif type(msg) is Shutdown:
-            log.debug("worker %s shutting down", spec.worker_id)
-            sock.close(linger=FLUSH_ON_EXIT_MS)
-            ctx.term()
+            # Assignments run one at a time in arrival order, so every one sent before this
+            # Shutdown has been answered by now: that is the graceful case, and a non-graceful one
+            # has nothing running left to stop (to cut work short the zygote kills the worker).
+            log.debug("worker %s shutting down (graceful=%s)", spec.worker_id, msg.graceful)
+            _close(sock, ctx)
             return ExitCode.OK
         else:
             log.debug("ignoring %s on the backend", type(msg).__name__)
+
+
+def _close(sock: zmq.Socket[Any], ctx: zmq.Context[Any]) -> None:
+    """Close the backend, giving results already sent a bounded time to reach the orchestrator."""
+    sock.close(linger=FLUSH_ON_EXIT_MS)
+    ctx.term()
 
 
 def _flush() -> None:

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # gc.freeze() is about to move out of the collector's sight in every worker.
     gc.disable()
     config = parse_args(argv)
-    setup_logging(config.log_level)
+    setup_logging(config)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator, in its own process group, decides
     try:
         link = ControlLink.connect(config.control_path)

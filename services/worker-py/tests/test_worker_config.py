@@ -6,7 +6,7 @@ import logging
 import os
 
 import pytest
-from neutrino_worker.config import DEFAULT_CREDITS, log_level_from_env, parse_args
+from neutrino_worker.config import DEFAULT_CREDITS, parse_args
 
 REQUIRED = ["--app", "m:app", "--control", "/run/x/control.sock", "--backend", "ipc:///run/x/backend.sock"]
 
@@ -32,12 +32,24 @@ def test_bad_usage_exits_2(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "level"),
-    [(None, logging.WARNING), ("debug", logging.DEBUG), ("INFO", logging.INFO), ("nonsense", logging.WARNING)],
+    ("value", "level", "warned"),
+    [
+        (None, logging.WARNING, False),
+        ("debug", logging.DEBUG, False),
+        ("INFO", logging.INFO, False),
+        ("nonsense", logging.WARNING, True),
+    ],
 )
-def test_log_level(monkeypatch: pytest.MonkeyPatch, value: str | None, level: int) -> None:
+def test_log_level(monkeypatch: pytest.MonkeyPatch, value: str | None, level: int, warned: bool) -> None:
     if value is None:
         monkeypatch.delenv("NEUTRINO_LOG", raising=False)
     else:
         monkeypatch.setenv("NEUTRINO_LOG", value)
-    assert log_level_from_env() == level
+    config = parse_args(REQUIRED)
+    assert config.log_level == level
+    if warned:
+        assert config.log_level_warning is not None
+        assert "NEUTRINO_LOG='nonsense' is not a log level" in config.log_level_warning
+        assert "debug, info, warning, error" in config.log_level_warning
+    else:
+        assert config.log_level_warning is None

@@ -130,12 +130,35 @@ def test_exit_code_is_reported(orchestrator: FakeOrchestrator) -> None:
     assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 1, None)
 
 
-def test_backend_shutdown_exits_worker_cleanly(orchestrator: FakeOrchestrator) -> None:
+def test_other_protocol_version_exits_worker_with_4(orchestrator: FakeOrchestrator) -> None:
     orchestrator.start_ready()
     pids = orchestrator.fork("w-1")
-    orchestrator.send_backend("w-1", Shutdown(graceful=True))
+    head, *rest = TaskAssignment(5, "add", 1, payload=msgpack.packb([[1, 1], {}])).encode()
+    orchestrator.router.send_multipart([b"w-1", head[:2] + b"\x02" + head[3:], *rest])
     exited = orchestrator.expect(WorkerExited)
-    assert (exited.pid, exited.exit_code) == (pids["w-1"], 0)
+    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 4, None)
+    assert "the orchestrator speaks another protocol version" in orchestrator.log()
+
+
+@pytest.mark.parametrize("graceful", [True, False])
+def test_backend_shutdown_exits_worker_cleanly(orchestrator: FakeOrchestrator, graceful: bool) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.send_backend("w-1", Shutdown(graceful=graceful))
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.pid, exited.exit_code, exited.signal) == (pids["w-1"], 0, None)
+
+
+def test_graceful_backend_shutdown_answers_held_assignments_first(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.assign("w-1", 1, "sleep", 0.2)  # still running when the Shutdown arrives
+    orchestrator.assign("w-1", 2, "add", 1, 2)
+    orchestrator.send_backend("w-1", Shutdown(graceful=True))
+    assert value(result_of(orchestrator, "w-1", 1)) == 0.2
+    assert value(result_of(orchestrator, "w-1", 2)) == 3
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 0, None)
 
 
 @pytest.mark.parametrize(("graceful", "sig"), [(True, signal.SIGTERM), (False, signal.SIGKILL)])

@@ -97,6 +97,20 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
         (6, "heartbeat", "Heartbeat", {"worker_id": "worker-001", "rss_kb": 40960}, ""),
         (7, "heartbeat minimal", "Heartbeat", {"worker_id": "worker-002"}, ""),
         (8, "shutdown", "Shutdown", {"graceful": True}, ""),
+        (
+            9,
+            "result asking for a retry",
+            "TaskResult",
+            {"task_id": 3, "status": "error", "error": ERR, "run_us": 900, "retry": True},
+            "",
+        ),
+        (
+            10,
+            "result asking for a retry later",
+            "TaskResult",
+            {"task_id": 4, "status": "error", "error": ERR, "retry": True, "retry_delay_s": 2.5},
+            "",
+        ),
     ],
     "control": [
         (1, "zygote ready", "ZygoteReady", {"pid": 4242, "tasks": ["add"], "import_ms": 12.5}, ""),
@@ -119,6 +133,22 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
         (5, "worker exited by signal", "WorkerExited", {"worker_id": "worker-001", "pid": 4243, "signal": 9}, ""),
         (6, "worker exited with code", "WorkerExited", {"worker_id": "worker-002", "pid": 4244, "exit_code": 1}, ""),
         (7, "shutdown", "Shutdown", {"graceful": False}, ""),
+        (
+            8,
+            "zygote ready with task options",
+            "ZygoteReady",
+            {
+                "pid": 4242,
+                "tasks": ["fetch", "add"],
+                "import_ms": 30.25,
+                "task_options": {
+                    "add": {},
+                    "fetch": {"timeout_s": 10.0, "retries": 3, "retry_backoff_s": 0.5, "retry_backoff_max_s": 30.0},
+                },
+            },
+            "keys in sorted order; empty options are an empty map",
+        ),
+        (9, "fork with heartbeat", "Fork", {"worker_ids": ["worker-003"], "heartbeat_ms": 1000}, ""),
     ],
 }
 
@@ -188,6 +218,8 @@ def valid_case(family: str, cid: int, name: str, message: str, fields: dict, com
     kwargs = {k: v for k, v in fields.items() if k != "payload_hex"}
     if "error" in kwargs:
         kwargs["error"] = p.ErrorInfo(**kwargs["error"])
+    if "task_options" in kwargs:
+        kwargs["task_options"] = {k: p.TaskOptions(**v) for k, v in kwargs["task_options"].items()}
     if "payload_hex" in fields:
         kwargs["payload"] = bytes.fromhex(fields["payload_hex"])
     frames = cls(**kwargs).encode()

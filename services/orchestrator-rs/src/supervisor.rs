@@ -245,6 +245,6 @@ impl Pool<'_> {
                 id
             })
             .collect();
-        self.zygote.send(&Fork { worker_ids: ids }).await
+        self.zygote.send(&Fork { worker_ids: ids, heartbeat_ms: None }).await
     }
 }

@@ -38,6 +38,8 @@ class TaskResult(Message):
     status: str
     error: ErrorInfo | None = None
     run_us: int | None = None
+    retry: bool | None = None
+    retry_delay_s: float | None = None
     payload: bytes | None = None
 
 

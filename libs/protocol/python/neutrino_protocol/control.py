@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import U32, ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, TaskOptions, message
 
 
 @message
@@ -14,6 +14,7 @@ class ZygoteReady(Message):
     pid: U32
     tasks: list[str]
     import_ms: float
+    task_options: dict[str, TaskOptions] | None = None
 
 
 @message
@@ -28,6 +29,7 @@ class ZygoteFailed(Message):
 class Fork(Message):
     TYPE = MessageType.FORK
     worker_ids: list[str]
+    heartbeat_ms: U32 | None = None
 
 
 @message

@@ -14,6 +14,7 @@ class ErrorKind(enum.StrEnum):
     CANCELLED = "cancelled"
     SHUTTING_DOWN = "shutting_down"
     PROTOCOL_ERROR = "protocol_error"
+    TIMEOUT = "timeout"
     APP_IMPORT_ERROR = "app_import_error"
 
 

@@ -121,6 +121,30 @@ class ErrorInfo:
         return cls(value["kind"], value["ename"], value["evalue"], tb)
 
 
+@dataclasses.dataclass(slots=True)
+class TaskOptions:
+    """A task's decorator defaults, in `ZygoteReady.task_options` (SPEC.md §4.4)."""
+
+    timeout_s: float | None = None
+    retries: int | None = None
+    retry_backoff_s: float | None = None
+    retry_backoff_max_s: float | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        return {k: v for k in self.__slots__ if (v := getattr(self, k)) is not None}
+
+    @classmethod
+    def from_map(cls, value: Any) -> TaskOptions:
+        if not isinstance(value, dict):
+            raise ProtocolError("meta", "task options must be a map")
+        fields: dict[str, Any] = {}
+        for key in cls.__slots__:
+            v = value.get(key)
+            if v is not None:
+                fields[key] = _check(f"task_options.{key}", _U32 if key == "retries" else float, v)
+        return cls(**fields)
+
+
 _REGISTRY: dict[int, type[Message]] = {}
 M = TypeVar("M", bound=type[Message])
 
@@ -166,7 +190,11 @@ _FAST_CHECK = {
 def _compile_meta(cls: type[Message]) -> Any:
     lines = ["def meta(self):", "    d = {}"]
     for name, kind, required in cls._FIELDS:
-        value = "v.to_map()" if kind is ErrorInfo else "v"
+        value = "v"
+        if kind is ErrorInfo:
+            value = "v.to_map()"
+        elif get_origin(kind) is dict:  # maps of structures: keys sorted (canonical form)
+            value = "{k: v[k].to_map() for k in sorted(v)}"
         lines.append(f"    v = self.{name}")
         lines.append(f"    d[{name!r}] = {value}" if required else f"    if v is not None: d[{name!r}] = {value}")
     lines.append("    return d")
@@ -250,6 +278,11 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         raise ProtocolError("meta", f"field '{name}' must be a {kind.__name__}")
     if kind is ErrorInfo:
         return ErrorInfo.from_map(value)
+    if get_origin(kind) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            item = get_args(kind)[1]
+            return {k: item.from_map(v) for k, v in value.items()}
+        raise ProtocolError("meta", f"field '{name}' must be a map with string keys")
     if get_origin(kind) is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value

@@ -28,6 +28,8 @@ def build(case: dict[str, Any]) -> p.Message:
         fields["payload"] = bytes.fromhex(fields.pop("payload_hex"))
     if "error" in fields:
         fields["error"] = p.ErrorInfo(**fields["error"])
+    if "task_options" in fields:
+        fields["task_options"] = {k: p.TaskOptions(**v) for k, v in fields["task_options"].items()}
     cls: type[p.Message] = getattr(p, case["message"])
     return cls(**fields)
 

@@ -34,6 +34,10 @@ pub struct TaskResult {
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_s: Option<f64>,
 }
 
 impl_message!(TaskResult, WhenOk);

@@ -1,5 +1,7 @@
 //! Zygote ↔ orchestrator messages on the control link (SPEC.md §4.4).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorInfo;
@@ -10,6 +12,22 @@ pub struct ZygoteReady {
     pub pid: u32,
     pub tasks: Vec<String>,
     pub import_ms: f64,
+    /// Sorted by task name (a BTreeMap), as the canonical encoding requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_options: Option<BTreeMap<String, TaskOptions>>,
+}
+
+/// A task's decorator defaults (SPEC.md §4.4); `SubmitTask` fields override them per call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_max_s: Option<f64>,
 }
 impl_message!(ZygoteReady, Never);
 
@@ -22,6 +40,8 @@ impl_message!(ZygoteFailed, Never);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fork {
     pub worker_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u32>,
 }
 impl_message!(Fork, Never);
 

@@ -29,6 +29,7 @@ pub mod error_kind {
     pub const CANCELLED: &str = "cancelled";
     pub const SHUTTING_DOWN: &str = "shutting_down";
     pub const PROTOCOL_ERROR: &str = "protocol_error";
+    pub const TIMEOUT: &str = "timeout";
     pub const APP_IMPORT_ERROR: &str = "app_import_error";
 }
 

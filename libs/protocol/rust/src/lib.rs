@@ -18,7 +18,7 @@ pub mod frame;
 pub mod frontend;
 
 pub use backend::{Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady};
-pub use control::{Fork, Forked, WorkerExited, ZygoteFailed, ZygoteReady};
+pub use control::{Fork, Forked, TaskOptions, WorkerExited, ZygoteFailed, ZygoteReady};
 pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
 pub use frame::{
     decode_control, decode_frames, decode_meta, encode_control, encode_meta, header, parse_header, Message,

@@ -93,7 +93,7 @@ class Runner:
                 "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and dicts of those",
                 run_us=run_us,
             )
-        return TaskResult(msg.task_id, "ok", None, run_us, payload)
+        return TaskResult(msg.task_id, "ok", run_us=run_us, payload=payload)
 
     def _run_async(self, coro: Coroutine[Any, Any, Any]) -> Any:
         loop = self._loop
@@ -118,7 +118,7 @@ def _plain_arity(task: TaskSpec) -> int:
 def _error(
     msg: TaskAssignment, kind: str, ename: str, evalue: str, tb: str | None = None, run_us: int | None = None
 ) -> TaskResult:
-    return TaskResult(msg.task_id, "error", ErrorInfo(kind, ename, evalue, tb), run_us)
+    return TaskResult(msg.task_id, "error", ErrorInfo(kind, ename, evalue, tb), run_us=run_us)
 
 
 def _shape(value: Any) -> str:

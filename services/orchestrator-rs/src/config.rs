@@ -1,15 +1,24 @@
-//! The orchestrator's configuration: read once from flags (or `NEUTRINO_*` variables) here,
-//! then passed down.
+//! The orchestrator's configuration: read once here, from flags, a TOML file (`--config`) and
+//! `NEUTRINO_*` variables (flags win over the file, the file over variables), then passed down.
+//! SIGHUP reads the file again ([`Config::reload`]).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::scheduler::Limits;
+
 #[derive(Debug, Clone, Parser)]
-#[command(name = "neutrino-orchestrator", version, about = "Neutrino task pod orchestrator")]
+#[command(name = "neutrino-orchestrator", version, about = "Neutrino task pod orchestrator", args_override_self = true)]
 pub struct Config {
+    /// TOML file with any of these settings (keys are the flag names, `_` or `-`); flags on
+    /// the command line win. SIGHUP re-reads it for pool sizes and recycling limits.
+    #[arg(long, env = "NEUTRINO_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// The user app, as `module:attr` (e.g. `examples.quickstart.app:app`).
     #[arg(long, env = "NEUTRINO_APP")]
     pub app: String,
@@ -18,9 +27,37 @@ pub struct Config {
     #[arg(long, env = "NEUTRINO_APP_DIR", default_value = ".")]
     pub app_dir: PathBuf,
 
-    /// Number of workers to fork.
+    /// Number of workers to fork at start.
     #[arg(long, env = "NEUTRINO_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
+
+    /// Fewest workers an elastic pool shrinks to (default: --workers).
+    #[arg(long, env = "NEUTRINO_MIN_WORKERS", value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub min_workers: Option<u32>,
+
+    /// Most workers an elastic pool grows to while tasks wait (default: --workers).
+    #[arg(long, env = "NEUTRINO_MAX_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_workers: Option<u32>,
+
+    /// Seconds a worker may stay idle before an elastic pool above its minimum retires it.
+    #[arg(long = "worker-idle-timeout", env = "NEUTRINO_WORKER_IDLE_TIMEOUT_S", default_value_t = 60.0)]
+    pub worker_idle_timeout_s: f64,
+
+    /// Recycle a worker after this many tasks (0: never).
+    #[arg(long, env = "NEUTRINO_MAX_TASKS_PER_WORKER", default_value_t = 0)]
+    pub max_tasks_per_worker: u64,
+
+    /// Recycle a worker whose resident memory passes this many MiB (0: never).
+    #[arg(long = "max-worker-rss-mb", env = "NEUTRINO_MAX_WORKER_RSS_MB", default_value_t = 0)]
+    pub max_worker_rss_mb: u64,
+
+    /// Recycle a worker after this many seconds, ±10% jitter (0: never).
+    #[arg(long = "max-worker-lifetime", env = "NEUTRINO_MAX_WORKER_LIFETIME_S", default_value_t = 0.0)]
+    pub max_worker_lifetime_s: f64,
+
+    /// Milliseconds between worker heartbeats; a worker silent for 3 intervals is killed (0: off).
+    #[arg(long = "heartbeat-interval-ms", env = "NEUTRINO_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u32,
 
     /// Client endpoint(s) to bind (`tcp://HOST:PORT` or `ipc://PATH`); repeatable.
     #[arg(long = "frontend", env = "NEUTRINO_FRONTEND", value_delimiter = ',', default_value = "tcp://127.0.0.1:5555")]
@@ -72,7 +109,92 @@ pub struct Config {
 /// Longest accepted duration flag (a day): long enough for any grace period, far from overflow.
 const MAX_DURATION_S: f64 = 86_400.0;
 
+/// Why the configuration could not be read.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// Bad flags, or `--help`/`--version`: `clap::Error::exit` prints it and picks the exit code.
+    Args(clap::Error),
+    File(String),
+}
+
+/// A worker silent for this many heartbeat intervals is dead (the zguide's liveness of 3:
+/// one lost heartbeat is noise, three in a row is a hang).
+const HEARTBEAT_LIVENESS: u32 = 3;
+
 impl Config {
+    /// Flags, then the `--config` file under them.
+    pub fn load() -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let first = Config::try_parse_from(&args).map_err(ConfigError::Args)?;
+        match &first.config {
+            Some(path) => Config::with_file(path, &args),
+            None => Ok(first),
+        }
+    }
+
+    /// The same command line again over the file's current content (SIGHUP).
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        match &self.config {
+            Some(path) => Config::with_file(path, &args),
+            None => Ok(self.clone()),
+        }
+    }
+
+    /// The file's settings become flags placed before the real ones, so the real ones win.
+    fn with_file(path: &Path, args: &[OsString]) -> Result<Config, ConfigError> {
+        let fail = |e: &dyn std::fmt::Display| ConfigError::File(format!("--config {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+        let table: toml::Table = text.parse().map_err(|e| fail(&e))?;
+        let mut merged: Vec<OsString> = args.iter().take(1).cloned().collect();
+        for (key, value) in table {
+            let flag = format!("--{}", key.replace('_', "-"));
+            let values = match value {
+                toml::Value::Array(items) => items,
+                other => vec![other],
+            };
+            for v in values {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                merged.push(flag.clone().into());
+                merged.push(text.into());
+            }
+        }
+        merged.extend(args.iter().skip(1).cloned());
+        Config::try_parse_from(merged).map_err(|e| fail(&e))
+    }
+
+    pub fn min_workers(&self) -> u32 {
+        self.min_workers.unwrap_or(self.workers)
+    }
+
+    pub fn max_workers(&self) -> u32 {
+        self.max_workers.unwrap_or(self.workers).max(self.workers)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_tasks: self.max_tasks_per_worker,
+            max_rss_kb: self.max_worker_rss_mb * 1024,
+            max_lifetime: (self.max_worker_lifetime_s > 0.0)
+                .then(|| Duration::from_secs_f64(self.max_worker_lifetime_s)),
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        (self.heartbeat_interval_ms > 0).then(|| Duration::from_millis(self.heartbeat_interval_ms.into()))
+    }
+
+    pub fn liveness(&self) -> Option<Duration> {
+        self.heartbeat_interval().map(|i| i * HEARTBEAT_LIVENESS)
+    }
+
+    pub fn worker_idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.worker_idle_timeout_s)
+    }
+
     pub fn grace_period(&self) -> Duration {
         Duration::from_secs_f64(self.grace_period_s.max(0.0))
     }
@@ -83,10 +205,23 @@ impl Config {
 
     /// Checks what clap cannot: endpoint schemes, the app reference, and numeric ranges.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, secs) in [("--grace-period", self.grace_period_s), ("--start-timeout", self.start_timeout_s)] {
+        for (flag, secs) in [
+            ("--grace-period", self.grace_period_s),
+            ("--start-timeout", self.start_timeout_s),
+            ("--max-worker-lifetime", self.max_worker_lifetime_s),
+            ("--worker-idle-timeout", self.worker_idle_timeout_s),
+        ] {
             if !(secs.is_finite() && (0.0..=MAX_DURATION_S).contains(&secs)) {
                 return Err(format!("{flag} {secs}: use seconds between 0 and {MAX_DURATION_S}"));
             }
+        }
+        if self.min_workers() > self.workers || self.max_workers() < self.workers {
+            return Err(format!(
+                "--min-workers {} / --workers {} / --max-workers {}: need min <= workers <= max",
+                self.min_workers(),
+                self.workers,
+                self.max_workers()
+            ));
         }
         if self.max_message_bytes <= 0 {
             return Err(format!("--max-message-bytes {}: must be positive", self.max_message_bytes));

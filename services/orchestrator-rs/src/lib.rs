@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: command-line flags and environment, read once.
-//! - [`supervisor`]: `run(config, shutdown)`: start-up, the worker pool, and the drain order.
+//! - [`supervisor`]: `run(config, shutdown)`: start-up and the drain order.
+//! - [`pool`]: the worker pool: replacements, crash backoff, elastic sizing, zygote restarts.
 //! - [`broker`]: the ZeroMQ thread (the only code touching `zmq`): sockets and message handling.
 //! - [`scheduler`]: queue, workers and in-flight tasks as plain data (SPEC.md §6).
 //! - [`zygote`]: the zygote process and its control link.
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod rundir;
 pub mod scheduler;
 pub mod supervisor;

@@ -1,12 +1,19 @@
 //! `neutrino-orchestrator`: parse flags, run until SIGTERM/SIGINT, exit with a SPEC.md §7 code.
 
-use clap::Parser;
+use neutrino_orchestrator::config::ConfigError;
 use neutrino_orchestrator::{logging, run, Config};
 use neutrino_protocol::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(ConfigError::Args(e)) => e.exit(), // --help, --version (exit 0) or a usage error (exit 2)
+        Err(ConfigError::File(e)) => {
+            eprintln!("error: {e}");
+            return code(ExitCode::Usage);
+        }
+    };
     logging::init();
     if let Err(e) = config.validate() {
         tracing::error!("{e}");

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub dispatch_latency: Histogram,
     pub replies_undelivered: Counter,
     pub worker_exits: Counter,
+    pub timeouts: Counter,
+    pub retries: Counter,
+    retiring_workers: Gauge,
+    recycles: Family<Labels, Counter>,
+    worker_rss: Histogram,
     /// Seconds from asking the zygote for a worker to that worker's `WorkerReady`.
     pub worker_start: Histogram,
 }
@@ -38,7 +43,7 @@ impl Metrics {
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Tasks accepted and waiting for a worker", queue_depth.clone());
         let workers = Family::<Labels, Gauge>::default();
-        registry.register("workers", "Ready workers by state (idle, busy)", workers.clone());
+        registry.register("workers", "Workers by state (idle, busy, retiring)", workers.clone());
         let tasks = Family::<Labels, Counter>::default();
         registry.register("tasks", "Tasks answered, by outcome (ok or the error kind)", tasks.clone());
         let rejected = Family::<Labels, Counter>::default();
@@ -65,8 +70,22 @@ impl Metrics {
         );
         let worker_exits = Counter::default();
         registry.register("worker_exits", "Worker processes that exited", worker_exits.clone());
+        let timeouts = Counter::default();
+        registry.register("task_timeouts", "Attempts that overran their timeout (worker killed)", timeouts.clone());
+        let retries = Counter::default();
+        registry.register(
+            "task_retries",
+            "Attempts scheduled again after a failure or a retry request",
+            retries.clone(),
+        );
+        let recycles = Family::<Labels, Counter>::default();
+        registry.register("worker_recycles", "Workers retired, by reason", recycles.clone());
+        // 16 MiB .. 16 GiB
+        let worker_rss = Histogram::new(exponential_buckets(16.0 * 1024.0 * 1024.0, 2.0, 11));
+        registry.register("worker_rss_bytes", "Worker resident set size, from heartbeats", worker_rss.clone());
         let label = |k: &'static str, v: &str| vec![(k, v.to_owned())];
         let idle_workers = workers.get_or_create(&label("state", "idle")).clone();
+        let retiring_workers = workers.get_or_create(&label("state", "retiring")).clone();
         let busy_workers = workers.get_or_create(&label("state", "busy")).clone();
         let tasks_ok = tasks.get_or_create(&label("outcome", "ok")).clone();
         Metrics {
@@ -81,6 +100,11 @@ impl Metrics {
             replies_undelivered,
             worker_exits,
             worker_start,
+            timeouts,
+            retries,
+            retiring_workers,
+            recycles,
+            worker_rss,
         }
     }
 
@@ -96,10 +120,19 @@ impl Metrics {
         self.rejected.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
-    pub fn set_gauges(&self, queue_depth: usize, idle: u32, busy: u32) {
+    pub fn set_gauges(&self, queue_depth: usize, idle: u32, busy: u32, retiring: u32) {
         self.queue_depth.set(queue_depth as i64);
         self.idle_workers.set(idle.into());
         self.busy_workers.set(busy.into());
+        self.retiring_workers.set(retiring.into());
+    }
+
+    pub fn recycled(&self, reason: &str) {
+        self.recycles.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn observe_worker_rss(&self, rss_kb: u64) {
+        self.worker_rss.observe(rss_kb as f64 * 1024.0);
     }
 
     pub fn render(&self) -> String {

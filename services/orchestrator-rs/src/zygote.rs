@@ -118,6 +118,14 @@ impl Zygote {
     }
 }
 
+impl Zygote {
+    /// Collects a zygote that already died (and anything left in its process group).
+    pub async fn reap(mut self) {
+        kill_group(self.pid);
+        let _ = self.child.wait().await;
+    }
+}
+
 /// Reads length-prefixed control messages until EOF or an error (which it forwards).
 async fn read_messages(mut reader: OwnedReadHalf, tx: mpsc::Sender<anyhow::Result<(u8, Vec<u8>)>>) {
     loop {

@@ -1,0 +1,405 @@
+//! The worker pool as the supervisor keeps it: which workers exist, forking replacements before
+//! retired workers leave, backing off workers that crash at start, growing and shrinking an
+//! elastic pool, restarting a dead zygote, and SIGHUP reloads.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use neutrino_protocol::{decode_meta, ExitCode, Fork, Forked, MessageType, WorkerExited, ZygoteReady};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{debug, error, info, warn};
+
+use crate::broker::{BrokerHandle, Command, Event, Load};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rundir::RunDir;
+use crate::supervisor::start_zygote;
+use crate::zygote::{kill_group, StartError, Zygote};
+
+/// A worker that exits sooner than this after it was forked (or before it was ready) crashed at
+/// start: its replacement is backed off, so a broken worker cannot fork-loop.
+const EARLY_EXIT: Duration = Duration::from_secs(2);
+/// First backoff after an early exit, doubled per consecutive one, capped.
+const CRASH_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Same for restarting a zygote that died.
+const ZYGOTE_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+
+pub struct Pool<'a> {
+    config: Config,
+    run_dir: &'a RunDir,
+    zygote: Zygote,
+    broker: BrokerHandle,
+    metrics: Metrics,
+    started: Instant,
+    next_worker: u32,
+    /// Workers we asked for and that are not ready yet, with when we asked.
+    forking: HashMap<String, Instant>,
+    /// Ready workers taking tasks, with when they became ready.
+    live: HashMap<String, Instant>,
+    /// Workers being retired: their exit is expected and not replaced (already was).
+    retiring: HashSet<String>,
+    /// Workers the broker killed (timeout, cancel, silence): replaced, but not a crash.
+    killed: HashSet<String>,
+    /// How many workers the pool wants now (between --min-workers and --max-workers).
+    target: u32,
+    /// Consecutive workers that crashed at start, and replacements owed after a backoff.
+    early_exits: u32,
+    owed: u32,
+    owed_at: Option<Instant>,
+    zygote_restarts: u32,
+    announced: bool,
+}
+
+enum Stage {
+    Serving,
+    Draining,
+}
+
+impl<'a> Pool<'a> {
+    pub fn new(
+        config: Config,
+        run_dir: &'a RunDir,
+        zygote: Zygote,
+        ready: ZygoteReady,
+        broker: BrokerHandle,
+        metrics: Metrics,
+        started: Instant,
+    ) -> Self {
+        let target = config.workers;
+        let pool = Pool {
+            config,
+            run_dir,
+            zygote,
+            broker,
+            metrics,
+            started,
+            next_worker: 1,
+            forking: HashMap::new(),
+            live: HashMap::new(),
+            retiring: HashSet::new(),
+            killed: HashSet::new(),
+            target,
+            early_exits: 0,
+            owed: 0,
+            owed_at: None,
+            zygote_restarts: 0,
+            announced: false,
+        };
+        pool.send_task_options(ready);
+        pool
+    }
+
+    pub fn into_parts(self) -> (Zygote, BrokerHandle) {
+        (self.zygote, self.broker)
+    }
+
+    fn send_task_options(&self, ready: ZygoteReady) {
+        if let Some(options) = ready.task_options {
+            self.broker.send(Command::TaskOptions(options.into_iter().collect()));
+        }
+    }
+
+    /// Workers that exist or are on their way (not counting retiring ones).
+    fn capacity(&self) -> u32 {
+        (self.live.len() + self.forking.len()) as u32 + self.owed
+    }
+
+    pub async fn serve(
+        &mut self,
+        mut shutdown: impl Future<Output = ()> + Unpin,
+        mut events: UnboundedReceiver<Event>,
+    ) -> anyhow::Result<ExitCode> {
+        self.fork(self.target).await?;
+        info!("Waiting for worker to connect...");
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut stage = Stage::Serving;
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let serving = matches!(stage, Stage::Serving);
+            let owed_at = self.owed_at.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = &mut shutdown, if serving => {
+                    info!("Draining: no new tasks; running tasks get {:?} to finish", self.config.grace_period());
+                    self.broker.send(Command::Drain);
+                    grace = Some(tokio::time::Instant::now() + self.config.grace_period());
+                    stage = Stage::Draining;
+                }
+                _ = sleep_until(grace) => {
+                    warn!("grace period over with tasks still running; stopping anyway");
+                    return Ok(ExitCode::Ok);
+                }
+                _ = sleep_until(owed_at), if serving => {
+                    let n = std::mem::take(&mut self.owed);
+                    self.owed_at = None;
+                    self.fork(n).await?;
+                }
+                _ = hangup.recv() => self.reload().await?,
+                event = events.recv() => match event {
+                    Some(Event::WorkerReady { worker_id, pid }) => self.on_ready(worker_id, pid),
+                    Some(Event::Retiring { worker_id, reason }) => self.on_retiring(worker_id, reason, serving).await?,
+                    Some(Event::Killed { worker_id, .. }) => {
+                        self.killed.insert(worker_id);
+                    }
+                    Some(Event::Load(load)) if serving => self.on_load(load).await?,
+                    Some(Event::Load(_)) => {}
+                    Some(Event::Drained) => return Ok(ExitCode::Ok),
+                    None => anyhow::bail!("the broker thread stopped unexpectedly"),
+                },
+                msg = self.zygote.recv() => match msg {
+                    Ok(Some((code, meta))) => {
+                        if let Some(exit) = self.on_control(code, &meta, serving).await? {
+                            self.broker.send(Command::Drain);
+                            return Ok(exit);
+                        }
+                    }
+                    Ok(None) | Err(_) if serving => {
+                        if let Some(exit) = self.restart_zygote(&mut shutdown).await? {
+                            return Ok(exit);
+                        }
+                    }
+                    _ => {
+                        error!("the zygote exited while draining");
+                        self.broker.send(Command::ZygoteLost);
+                        return Ok(ExitCode::Failure);
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_ready(&mut self, worker_id: String, pid: u32) {
+        info!("Worker {worker_id} connected (pid={pid})");
+        match self.forking.remove(&worker_id) {
+            Some(at) => {
+                let took = at.elapsed();
+                self.metrics.worker_start.observe(took.as_secs_f64());
+                info!("Worker {worker_id} ready! ({:.1} ms from fork request)", took.as_secs_f64() * 1e3);
+            }
+            None => info!("Worker {worker_id} ready!"),
+        }
+        self.live.insert(worker_id, Instant::now());
+        if !self.announced && self.live.len() as u32 >= self.target {
+            self.announced = true;
+            let n = self.live.len();
+            info!(
+                "Orchestrator ready with {n} worker{} ({:.0} ms after start)",
+                if n == 1 { "" } else { "s" },
+                self.started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+
+    /// A worker is being recycled: fork its replacement now, before it leaves.
+    async fn on_retiring(&mut self, worker_id: String, reason: &str, serving: bool) -> anyhow::Result<()> {
+        self.live.remove(&worker_id);
+        self.retiring.insert(worker_id);
+        if serving {
+            debug!(reason, "forking a replacement for a retiring worker");
+            self.fork(1).await?;
+        }
+        Ok(())
+    }
+
+    /// Elastic pool: grow while tasks wait and no worker is idle; shrink a long-idle worker.
+    async fn on_load(&mut self, load: Load) -> anyhow::Result<()> {
+        let (min, max) = (self.config.min_workers(), self.config.max_workers());
+        if load.queue_depth > 0 && load.idle == 0 && self.forking.is_empty() && self.capacity() < max {
+            self.target = (self.target + 1).min(max);
+            info!("Growing the pool to {} workers ({} tasks waiting)", self.target, load.queue_depth);
+            self.fork(1).await?;
+        } else if let Some((worker_id, idle_for)) = load.longest_idle {
+            if idle_for >= self.config.worker_idle_timeout() && self.target > min && self.live.len() as u32 > min {
+                self.target -= 1;
+                info!("Shrinking the pool to {} workers ({worker_id} idle for {idle_for:.0?})", self.target);
+                self.live.remove(&worker_id);
+                self.retiring.insert(worker_id.clone());
+                self.broker.send(Command::Retire { worker_id });
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns an exit code when the orchestrator must stop (a worker exit that no restart fixes).
+    async fn on_control(&mut self, code: u8, meta: &[u8], serving: bool) -> anyhow::Result<Option<ExitCode>> {
+        match MessageType::from_code(code) {
+            Some(MessageType::Forked) => {
+                let m: Forked = decode_meta(meta)?;
+                debug!(worker = %m.worker_id, pid = m.pid, "forked");
+            }
+            Some(MessageType::WorkerExited) => return self.on_exit(decode_meta(meta)?, serving).await,
+            _ => debug!(code, "ignoring control message"),
+        }
+        Ok(None)
+    }
+
+    async fn on_exit(&mut self, m: WorkerExited, serving: bool) -> anyhow::Result<Option<ExitCode>> {
+        self.metrics.worker_exits.inc();
+        let how = match (m.exit_code, m.signal) {
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            (Some(code), _) => format!("exit code {code}"),
+            _ => "unknown status".to_owned(),
+        };
+        self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone(), how: how.clone() });
+        let forked_at = self.forking.remove(&m.worker_id);
+        let ready_at = self.live.remove(&m.worker_id);
+        if self.retiring.remove(&m.worker_id) {
+            debug!(worker = %m.worker_id, "retired worker exited ({how})");
+            return Ok(None);
+        }
+        if !serving {
+            debug!(worker = %m.worker_id, "worker exited ({how})");
+            return Ok(None);
+        }
+        if self.killed.remove(&m.worker_id) {
+            info!("Worker {} (pid={}) was killed; replacing it", m.worker_id, m.pid);
+            self.fork(1).await?;
+            return Ok(None);
+        }
+        let code = m.exit_code.and_then(|c| ExitCode::from_code(c as i32));
+        if let Some(code) = code.filter(|c| !c.restartable() && *c != ExitCode::Ok) {
+            error!(
+                "Worker {} exited with {code:?} ({how}); a new worker would fail the same way, stopping",
+                m.worker_id
+            );
+            return Ok(Some(code));
+        }
+        let early = match (ready_at, forked_at) {
+            (Some(ready), _) => ready.elapsed() < EARLY_EXIT,
+            (None, _) => true, // never became ready
+        };
+        self.early_exits = if early { self.early_exits + 1 } else { 0 };
+        if self.early_exits == 0 {
+            warn!("Worker {} (pid={}) exited ({how}); replacing it", m.worker_id, m.pid);
+            self.fork(1).await?;
+        } else {
+            let delay = backoff(CRASH_BACKOFF_FIRST, self.early_exits);
+            error!(
+                "Worker {} (pid={}) exited ({how}) {} time(s) in a row soon after starting; next replacement in {delay:.1?}",
+                m.worker_id, m.pid, self.early_exits
+            );
+            self.owe(1, delay);
+        }
+        Ok(None)
+    }
+
+    fn owe(&mut self, n: u32, delay: Duration) {
+        self.owed += n;
+        let at = Instant::now() + delay;
+        self.owed_at = Some(self.owed_at.map_or(at, |t| t.max(at)));
+    }
+
+    /// The zygote died: its workers died with it. Start a new one (backed off if this keeps
+    /// happening) and fork the pool again.
+    async fn restart_zygote(
+        &mut self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> anyhow::Result<Option<ExitCode>> {
+        self.zygote_restarts += 1;
+        let delay = backoff(ZYGOTE_BACKOFF_FIRST, self.zygote_restarts);
+        error!(
+            "The zygote (pid={}) died; restarting it in {delay:.1?} (restart #{})",
+            self.zygote.pid, self.zygote_restarts
+        );
+        self.broker.send(Command::ZygoteLost);
+        kill_group(self.zygote.pid);
+        self.live.clear();
+        self.forking.clear();
+        self.retiring.clear();
+        self.killed.clear();
+        self.owed = 0;
+        self.owed_at = None;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut *shutdown => return Ok(Some(ExitCode::Ok)),
+        }
+        let (zygote, ready) = match start_zygote(&self.config, self.run_dir).await {
+            Ok(started) => started,
+            Err(StartError::AppImport(e)) => {
+                error!(
+                    "App {} failed to import on restart; stopping.\n{}",
+                    self.config.app,
+                    e.traceback.unwrap_or(e.evalue)
+                );
+                return Ok(Some(ExitCode::AppImport));
+            }
+            Err(StartError::Other(e)) => return Err(e),
+        };
+        std::mem::replace(&mut self.zygote, zygote).reap().await;
+        self.send_task_options(ready);
+        self.fork(self.target).await?;
+        Ok(None)
+    }
+
+    /// SIGHUP: re-read the config file; apply pool sizes and recycling limits.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let new = match self.config.reload() {
+            Ok(c) => c,
+            Err(e) => {
+                error!("SIGHUP: keeping the current configuration: {e:?}");
+                return Ok(());
+            }
+        };
+        if let Err(e) = new.validate() {
+            error!("SIGHUP: keeping the current configuration: {e}");
+            return Ok(());
+        }
+        self.broker.send(Command::SetLimits(new.limits()));
+        let target = new.workers.clamp(new.min_workers(), new.max_workers());
+        info!(
+            "SIGHUP: reloaded: {target} workers (min {}, max {}), recycling {:?}",
+            new.min_workers(),
+            new.max_workers(),
+            new.limits()
+        );
+        self.config.workers = new.workers;
+        self.config.min_workers = new.min_workers;
+        self.config.max_workers = new.max_workers;
+        self.config.max_tasks_per_worker = new.max_tasks_per_worker;
+        self.config.max_worker_rss_mb = new.max_worker_rss_mb;
+        self.config.max_worker_lifetime_s = new.max_worker_lifetime_s;
+        self.config.worker_idle_timeout_s = new.worker_idle_timeout_s;
+        self.target = target;
+        let capacity = self.capacity();
+        if capacity < target {
+            self.fork(target - capacity).await?;
+        }
+        let extra: Vec<String> = self.live.keys().take(capacity.saturating_sub(target) as usize).cloned().collect();
+        for worker_id in extra {
+            self.live.remove(&worker_id);
+            self.retiring.insert(worker_id.clone());
+            self.broker.send(Command::Retire { worker_id });
+        }
+        Ok(())
+    }
+
+    async fn fork(&mut self, count: u32) -> anyhow::Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let ids: Vec<String> = (0..count)
+            .map(|_| {
+                let id = format!("worker-{:03}", self.next_worker);
+                self.next_worker += 1;
+                info!("Spawning worker {id}");
+                self.forking.insert(id.clone(), Instant::now());
+                id
+            })
+            .collect();
+        let heartbeat_ms = (self.config.heartbeat_interval_ms > 0).then_some(self.config.heartbeat_interval_ms);
+        self.zygote.send(&Fork { worker_ids: ids, heartbeat_ms }).await
+    }
+}
+
+fn backoff(first: Duration, n: u32) -> Duration {
+    first.saturating_mul(1 << n.saturating_sub(1).min(16)).min(CRASH_BACKOFF_MAX)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

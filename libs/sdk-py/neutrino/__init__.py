@@ -23,9 +23,11 @@ from .errors import (
     ShuttingDownError,
     TaskCancelledError,
     TaskError,
+    TaskTimeoutError,
     UnknownTaskError,
     WorkerDiedError,
 )
+from .retry import Retry
 
 __all__ = [
     "AddressError",
@@ -45,11 +47,13 @@ __all__ = [
     "ProtocolError",
     "RejectedError",
     "ResultEncodingError",
+    "Retry",
     "ShuttingDownError",
     "Task",
     "TaskCancelledError",
     "TaskError",
     "TaskFuture",
+    "TaskTimeoutError",
     "UnknownTaskError",
     "WorkerDiedError",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
 
+from .app import MAX_RETRIES
 from .codec import pack_args, unpack_result
 from .errors import (
     AddressError,
@@ -105,8 +106,10 @@ def check_options(timeout_s: float | None, retries: int | None) -> None:
         or not (timeout_s > 0 and math.isfinite(timeout_s))
     ):
         raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-        raise ValueError(f"retries must be an int >= 0 or None, got {retries!r}")
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+    ):
+        raise ValueError(f"retries must be an int from 0 to {MAX_RETRIES} or None, got {retries!r}")
 
 
 def check_max_payload(max_payload_bytes: int) -> int:
@@ -147,6 +150,13 @@ def submit_frames(
 
 def cancel_frames(task_id: int) -> list[bytes]:
     return CancelTask(id=task_id).encode()
+
+
+def check_task_id(task_id: int) -> int:
+    """Validate the argument of `cancel()`: a task id as `TaskFuture.task_id` gives it."""
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        raise TypeError(f"cancel() takes a task id (an int, e.g. future.task_id), got {type(task_id).__name__}")
+    return task_id
 
 
 def ping_frames(nonce: int) -> list[bytes]:

@@ -39,10 +39,11 @@ _SNDMORE = int(zmq.SNDMORE)
 
 
 class AsyncTaskFuture(asyncio.Future[Any]):
-    """An asyncio Future for one submitted task; `task_id` is its id on the wire.
+    """An asyncio Future for one submitted task; `task_id` is its id on the wire, `attempts` as
+    on `TaskFuture` (None until the orchestrator answers).
 
     Cancelling it (directly, or by cancelling or timing out a coroutine awaiting it) also asks the
-    orchestrator to drop the task if it is still queued.
+    orchestrator to cancel the task: a queued task is dropped, a running one interrupted.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class AsyncTaskFuture(asyncio.Future[Any]):
         super().__init__(loop=loop)
         self.task_id = task_id
         self.task = task
+        self.attempts: int | None = None
         self._on_cancel = on_cancel
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -92,7 +94,7 @@ class AsyncClient:
         except NeutrinoTimeoutError:
             raise NeutrinoTimeoutError(
                 f"no reply to task {fut.task!r} (id {fut.task_id}) from {self.address} within {self.timeout_s}s; "
-                "it was asked to cancel if still queued. Raise AsyncClient(timeout_s=...) or use submit()"
+                "the orchestrator was asked to cancel it. Raise AsyncClient(timeout_s=...) or use submit()"
             ) from None
 
     def submit(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> AsyncTaskFuture:
@@ -134,6 +136,18 @@ class AsyncClient:
                 "check that it is running and listening on that address"
             ) from None
         return result
+
+    def cancel(self, task_id: int) -> None:
+        """Ask the orchestrator to cancel a submitted task, queued or running; see `Client.cancel`.
+
+        Not a coroutine: it only sends. The task's future stays pending until the orchestrator
+        answers (TaskCancelledError, or the task's own outcome when that came first); cancelling
+        the future itself instead settles it at once and discards the reply.
+        """
+        task_id = _frontend.check_task_id(task_id)
+        if not self._closed and task_id in self._pending:
+            self._send_frames(_frontend.cancel_frames(task_id))
+            self._drain()
 
     async def aclose(self) -> None:
         """Disconnect; tasks still waiting fail with ClientClosedError. Idempotent."""
@@ -220,6 +234,8 @@ class AsyncClient:
         if isinstance(msg, (TaskReply, TaskRejected)):
             fut = self._pending.pop(msg.id, None)
             value, error = _frontend.outcome(msg) if fut is not None else (None, None)
+            if fut is not None and type(msg) is TaskReply:
+                fut.attempts = msg.attempts  # type: ignore[attr-defined]
         elif isinstance(msg, Pong):
             fut = self._pings.pop(msg.nonce, None)
             value, error = _frontend.pong_info(msg), None

@@ -3,6 +3,8 @@
 `@app.task(...)` is sugar over `app.add_task(fn, ...)`. Options are checked when the function is
 decorated, so a mistake fails at import time with a message naming the fix, never when the first
 task runs on a worker. There is no global app: workers load the one named on their command line.
+The zygote sends each task's options to the orchestrator (`ZygoteReady.task_options`, SPEC.md
+§4.4), which enforces timeouts and schedules retries (SPEC.md §6 rules 5-6).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ __all__ = ["App", "Task"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_TASK_OPTIONS = ("name", "timeout", "retries")
+_TASK_OPTIONS = ("name", "timeout", "retries", "retry_on", "retry_backoff_s", "retry_backoff_max_s")
+# SPEC.md §6 rule 6 defaults, which the orchestrator applies when a task states none.
+DEFAULT_RETRY_BACKOFF_S = 1.0
+DEFAULT_RETRY_BACKOFF_MAX_S = 60.0
+# `retries` travels as a uint32 (SPEC.md §3.1), and so does `attempts` (= retries + 1).
+MAX_RETRIES = 0xFFFFFFFF - 1
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...]
 
 
 class Task(Generic[P, R]):
@@ -29,14 +38,28 @@ class Task(Generic[P, R]):
     Calling a Task calls the function in this process; for an `async def` task that returns the
     coroutine, as the function itself would. Attributes are fixed at registration: `name`, `fn`,
     `is_async`, `signature` (computed once, used by workers to check arguments), `timeout`
-    (seconds, or None for no limit) and `retries`.
+    (seconds, or None for no limit), `retries`, `retry_on` (always a tuple of exception classes),
+    `retry_backoff_s` and `retry_backoff_max_s`; see `App.add_task` for what they mean.
     """
 
-    def __init__(self, fn: Callable[P, R], *, name: str, timeout: float | None, retries: int) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        timeout: float | None,
+        retries: int,
+        retry_on: tuple[type[BaseException], ...] = (),
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
+    ) -> None:
         self.fn = fn
         self.name = name
         self.timeout = timeout
         self.retries = retries
+        self.retry_on = retry_on
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
         self.is_async = inspect.iscoroutinefunction(fn)
         try:
             self.signature = inspect.signature(fn)
@@ -74,12 +97,27 @@ class App:
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
+        retry_on: RetryOn = (),
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
         **unknown: object,
     ) -> Task[P, R]:
         """Register `fn` as a task and return its Task wrapper.
 
-        `name` defaults to the function's `__name__`; `timeout` is a per-attempt limit in seconds
-        (None: no limit); `retries` is how many more attempts a worker death or timeout may take.
+        - `name` defaults to the function's `__name__`.
+        - `timeout`: a per-attempt limit in seconds (None: no limit). An attempt that overruns it
+          has its worker killed and replaced; it ends with error kind `timeout`.
+        - `retries`: how many more attempts the task may take after the first. An attempt is
+          retried when it times out, when its worker dies, when the function raises
+          `neutrino.Retry`, or when it raises an instance of `retry_on`.
+        - `retry_on`: an exception class, or a tuple of them, that asks for a retry when raised
+          (as in an `except` clause). Other exceptions answer the task at once.
+        - `retry_backoff_s`, `retry_backoff_max_s`: the wait before retry n is
+          `min(retry_backoff_max_s, retry_backoff_s * 2**(n-1))`, scaled by a random factor in
+          [0.5, 1] (SPEC.md §6 rule 6); a longer `Retry(delay=...)` wins.
+
+        `SubmitTask` options (`Client.submit_with(timeout_s=..., retries=...)`) override
+        `timeout` and `retries` per call.
         """
         _reject_unknown(unknown)
         if isinstance(fn, Task):
@@ -97,7 +135,16 @@ class App:
                 f"app {self.name!r} already has a task named {task_name!r} ({self._tasks[task_name]!r}); "
                 "rename the function or pass name='...'"
             )
-        task: Task[P, R] = Task(fn, name=task_name, timeout=_check_timeout(timeout), retries=_check_retries(retries))
+        backoff_s, backoff_max_s = _check_backoff(retry_backoff_s, retry_backoff_max_s)
+        task: Task[P, R] = Task(
+            fn,
+            name=task_name,
+            timeout=_check_timeout(timeout),
+            retries=_check_retries(retries),
+            retry_on=_check_retry_on(retry_on),
+            retry_backoff_s=backoff_s,
+            retry_backoff_max_s=backoff_max_s,
+        )
         self._tasks[task_name] = task
         return task
 
@@ -112,6 +159,9 @@ class App:
         *,
         timeout: float | None = None,
         retries: int = 0,
+        retry_on: RetryOn = (),
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+        retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
         **unknown: object,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -123,6 +173,9 @@ class App:
         name: Any = None,
         timeout: Any = None,
         retries: Any = 0,
+        retry_on: Any = (),
+        retry_backoff_s: Any = DEFAULT_RETRY_BACKOFF_S,
+        retry_backoff_max_s: Any = DEFAULT_RETRY_BACKOFF_MAX_S,
         **unknown: Any,
     ) -> Any:
         """Decorator form of `add_task`: `@app.task`, `@app.task()`, `@app.task("name", retries=3)`."""
@@ -134,11 +187,21 @@ class App:
         _reject_unknown(unknown)
         _check_timeout(timeout)
         _check_retries(retries)
+        _check_retry_on(retry_on)
+        _check_backoff(retry_backoff_s, retry_backoff_max_s)
+        options: dict[str, Any] = {
+            "name": name,
+            "timeout": timeout,
+            "retries": retries,
+            "retry_on": retry_on,
+            "retry_backoff_s": retry_backoff_s,
+            "retry_backoff_max_s": retry_backoff_max_s,
+        }
         if fn is not None:
-            return self.add_task(fn, name=name, timeout=timeout, retries=retries)
+            return self.add_task(fn, **options)
 
         def decorate(f: Callable[P, R]) -> Task[P, R]:
-            return self.add_task(f, name=name, timeout=timeout, retries=retries)
+            return self.add_task(f, **options)
 
         return decorate
 
@@ -151,8 +214,9 @@ def _reject_unknown(unknown: Mapping[str, object]) -> None:
         return
     parts = []
     for key in sorted(unknown):
-        close = difflib.get_close_matches(key, _TASK_OPTIONS, n=1)
-        parts.append(f"{key} (did you mean {close[0]!r}?)" if close else key)
+        # Two guesses: `retry` is as likely `retries` as `retry_on`.
+        close = " or ".join(repr(c) for c in difflib.get_close_matches(key, _TASK_OPTIONS, n=2))
+        parts.append(f"{key} (did you mean {close}?)" if close else key)
     raise TypeError(
         f"The following task options are undefined: {', '.join(parts)}. Valid options: {', '.join(_TASK_OPTIONS)}."
     )
@@ -184,4 +248,42 @@ def _check_retries(retries: object) -> int:
         raise TypeError(f"retries must be an int (0 for no retries), got {type(retries).__name__} {retries!r}")
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
+    if retries > MAX_RETRIES:
+        raise ValueError(f"retries must be at most {MAX_RETRIES} (the protocol counts attempts in 32 bits)")
     return retries
+
+
+def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
+    """`retry_on` as a tuple of exception classes: what an `except` clause accepts, minus nesting."""
+    items = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for item in items:
+        if isinstance(item, BaseException):
+            raise TypeError(
+                f"retry_on takes exception classes, not instances: got {item!r}; write retry_on={type(item).__name__}"
+            )
+        if not (inspect.isclass(item) and issubclass(item, BaseException)):
+            what = f"class {item.__qualname__}" if inspect.isclass(item) else f"{type(item).__name__} {item!r}"
+            raise TypeError(
+                f"retry_on must be an exception class or a tuple of them, got {what}; "
+                "e.g. retry_on=ConnectionError or retry_on=(ConnectionError, TimeoutError)"
+            )
+    return items
+
+
+def _check_backoff(base: object, cap: object) -> tuple[float, float]:
+    base_s = _positive_seconds("retry_backoff_s", base)
+    cap_s = _positive_seconds("retry_backoff_max_s", cap)
+    if cap_s < base_s:
+        raise ValueError(
+            f"retry_backoff_max_s ({cap!r}) is below retry_backoff_s ({base!r}); the cap must be at least the "
+            "first wait: raise retry_backoff_max_s or lower retry_backoff_s"
+        )
+    return base_s, cap_s
+
+
+def _positive_seconds(option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be a number of seconds, got {type(value).__name__} {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{option} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)

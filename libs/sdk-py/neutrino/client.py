@@ -75,14 +75,20 @@ _DEFER_TO_SUBMITTER_NS = 100_000
 class TaskFuture(Future[Any]):
     """A `concurrent.futures.Future` for one submitted task; `task_id` is its id on the wire.
 
-    `cancel()` succeeds while no reply has arrived; it also asks the orchestrator to drop the task
-    if it is still queued (a task already running completes, and its reply is discarded).
+    `attempts` is None until the orchestrator answers, then the number of attempts it made (1 when
+    the first one answered, 0 when the task never ran); a failed task's error carries it too.
+
+    `cancel()` succeeds while no reply has arrived: the future is cancelled at once, and the
+    orchestrator is asked to cancel the task (a queued task is dropped, a running one interrupted
+    by killing its worker); a reply that still comes is discarded. To cancel and then learn how
+    the task ended, use `Client.cancel(future.task_id)` instead.
     """
 
     def __init__(self, task_id: int, task: str, on_cancel: Callable[[int], None]) -> None:
         super().__init__()
         self.task_id = task_id
         self.task = task
+        self.attempts: int | None = None
         self._on_cancel = on_cancel
 
     def cancel(self) -> bool:
@@ -158,12 +164,12 @@ class Client:
         except NeutrinoTimeoutError:
             raise NeutrinoTimeoutError(
                 f"no reply to task {task!r} (id {fut.task_id}) from {self.address} within {self.timeout_s}s; "
-                "it was asked to cancel if still queued. Raise Client(timeout_s=...) or use submit()"
+                "the orchestrator was asked to cancel it. Raise Client(timeout_s=...) or use submit()"
             ) from None
         except BaseException:
             # Interrupted (KeyboardInterrupt, ...): nobody will read the reply, so ask for a cancel.
             # A no-op when the task already answered, as its future left the pending table then.
-            self._abandon(fut.task_id)
+            self._request_cancel(fut.task_id, forget=True)
             raise
 
     def submit(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -206,6 +212,17 @@ class Client:
                 "check that it is running and listening on that address"
             ) from None
         return result
+
+    def cancel(self, task_id: int) -> None:
+        """Ask the orchestrator to cancel a submitted task, whether queued or running (a running
+        task is interrupted: its worker is killed and replaced).
+
+        Unlike `TaskFuture.cancel()`, the task's future stays pending until the orchestrator
+        answers: with TaskCancelledError when the cancel took effect, or with the task's own
+        outcome when that came first. Ids of tasks already answered or cancelled, and calls on a
+        closed client (whose futures have all failed already), are ignored.
+        """
+        self._request_cancel(_frontend.check_task_id(task_id), forget=False)
 
     def close(self) -> None:
         """Disconnect; tasks still waiting fail with ClientClosedError. Idempotent."""
@@ -282,7 +299,7 @@ class Client:
             return fut.result(left)
         except TimeoutError:
             if isinstance(fut, TaskFuture):
-                self._abandon(fut.task_id)
+                self._request_cancel(fut.task_id, forget=True)
             raise NeutrinoTimeoutError("timed out") from None
 
     def _receive_until(self, fut: Future[Any], deadline: float | None) -> None:
@@ -316,12 +333,17 @@ class Client:
                 self._update_role_locked()
 
     def _cancel(self, task_id: int) -> None:
-        """TaskFuture.cancel() hook: forget the task and ask the orchestrator to drop it."""
-        self._abandon(task_id)
+        """TaskFuture.cancel() hook: forget the task and ask the orchestrator to cancel it."""
+        self._request_cancel(task_id, forget=True)
 
-    def _abandon(self, task_id: int) -> None:
+    def _request_cancel(self, task_id: int, *, forget: bool) -> None:
+        """Send CancelTask for a pending task. `forget`: nobody will read the reply (a cancelled
+        future, an abandoned call), so drop the future now; otherwise it waits for the reply."""
         with self._lock:
-            if self._closed or self._pending.pop(task_id, None) is None:
+            if self._closed:
+                return
+            fut = self._pending.pop(task_id, None) if forget else self._pending.get(task_id)
+            if fut is None:  # answered, or cancelled already
                 return
             self._send_locked(_frontend.cancel_frames(task_id))
             settled, wake = self._drain_locked(False)
@@ -381,8 +403,11 @@ class Client:
         for fut, msg in settled:
             if type(msg) is Pong:
                 _settle_one(fut, _frontend.pong_info(msg), None)
-            else:
-                _settle_one(fut, *_frontend.outcome(msg))  # type: ignore[arg-type]
+                continue
+            if type(msg) is TaskReply:
+                # Before the future settles, so its callbacks and waiters see it.
+                fut.attempts = msg.attempts  # type: ignore[attr-defined]
+            _settle_one(fut, *_frontend.outcome(msg))  # type: ignore[arg-type]
         if wake_receiver:
             with self._lock:
                 if not self._closed:

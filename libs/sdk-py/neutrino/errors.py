@@ -5,7 +5,7 @@ Layout:
     NeutrinoError
     ├── TaskError                 a task was accepted and answered with an error (SPEC.md §5)
     │   ├── UnknownTaskError, BadArgumentsError, ResultEncodingError,
-    │   └── WorkerDiedError, TaskCancelledError, ShuttingDownError
+    │   └── WorkerDiedError, TaskTimeoutError, TaskCancelledError, ShuttingDownError
     ├── RejectedError             the orchestrator refused the task; it never ran (SPEC.md TaskRejected)
     │   └── BusyError, DrainingError, InvalidRequestError, PayloadTooLargeError
     ├── ProtocolError             a peer sent a malformed message or payload
@@ -13,6 +13,8 @@ Layout:
     ├── ClientClosedError         the client was closed while a task was pending
     ├── AddressError              an orchestrator address the client cannot use (also a ValueError)
     └── NotSupportedError         a feature this version does not have yet (also a NotImplementedError)
+
+`neutrino.Retry` is not in this tree: tasks raise it to ask for a retry (see retry.py).
 """
 
 from __future__ import annotations
@@ -93,13 +95,26 @@ class ResultEncodingError(TaskError):
 
 
 class WorkerDiedError(TaskError):
-    """The worker running the task exited (crash, OOM, kill, timeout) before answering, retries spent."""
+    """The worker running the task exited (crash, OOM, kill) before answering, retries spent."""
 
     KIND = "worker_died"
 
 
+class TaskTimeoutError(TaskError):
+    """The task's last attempt overran its timeout (the task's `timeout`, or `timeout_s` per call);
+    the orchestrator killed its worker. Retries, if any, were spent. The task may have partly run.
+
+    Not a `TimeoutError`: that is `NeutrinoTimeoutError`, the client giving up waiting.
+    """
+
+    KIND = "timeout"
+
+
 class TaskCancelledError(TaskError):
-    """The task was cancelled before it ran (SPEC.md kind `cancelled`).
+    """The task was cancelled by `CancelTask` (SPEC.md kind `cancelled`), e.g. `Client.cancel()`.
+    A queued task never ran (`attempts` 0); a running one was interrupted by killing its worker.
+    (`TaskFuture.cancel()` sends the same request but cancels the local future at once, so its
+    owner sees `concurrent.futures.CancelledError` rather than this.)
 
     Named so it does not shadow `concurrent.futures.CancelledError` / `asyncio.CancelledError`,
     which mean "this local Future was cancelled" rather than "the orchestrator cancelled the task".
@@ -121,6 +136,7 @@ _BY_KIND: dict[str, type[TaskError]] = {
         BadArgumentsError,
         ResultEncodingError,
         WorkerDiedError,
+        TaskTimeoutError,
         TaskCancelledError,
         ShuttingDownError,
     )

@@ -6,11 +6,12 @@ what it calls:
 
     add         ok: sum of the positional arguments
     echo        ok: the first positional argument, else the kwargs map
+    retried     ok: the first positional argument, after 3 attempts
     fail        error task_error ValueError(args[0]) with a traceback
     error:KIND  error of that kind (ename = the kind)
     reject:WHY  TaskRejected with that reason
     garbage     a malformed frame, a TaskReply for an unknown id, then ok args[0]
-    hold        no answer until release_held()
+    hold        no answer until release_held(), or a CancelTask (answered `cancelled`, attempts 0)
 
 Tests wait on `wait_for(predicate)`, which wakes on every message the peer records.
 """
@@ -119,6 +120,14 @@ class Peer:
         if isinstance(msg, Ping):
             pong = Pong(nonce=msg.nonce, queue_depth=3, workers=2, idle_workers=1, draining=False)
             self._send(ident, pong.encode())
+        elif isinstance(msg, CancelTask):
+            # As the orchestrator does for a task it still holds; other ids are ignored.
+            for i, (held_ident, held) in enumerate(self._held):
+                if (held_ident, held.id) == (ident, msg.id):
+                    del self._held[i]
+                    err = ErrorInfo("cancelled", "cancelled", "cancelled by the client")
+                    self._send(ident, TaskReply(id=msg.id, status="error", attempts=0, error=err).encode())
+                    break
         elif isinstance(msg, SubmitTask):
             if msg.task == "hold":
                 self._held.append((ident, msg))
@@ -132,6 +141,8 @@ class Peer:
             out = _ok(msg.id, sum(args))
         elif behaviour == "echo":
             out = _ok(msg.id, args[0] if args else kwargs)
+        elif behaviour == "retried":
+            out = _ok(msg.id, args[0], attempts=3)
         elif behaviour == "fail":
             err = ErrorInfo("task_error", "ValueError", str(args[0]), TRACEBACK.format(args[0]))
             out = TaskReply(id=msg.id, status="error", attempts=2, error=err).encode()
@@ -156,5 +167,5 @@ class Peer:
         self._sock.send_multipart([ident, *frames])
 
 
-def _ok(task_id: int, value: Any) -> list[bytes]:
-    return TaskReply(id=task_id, status="ok", attempts=1, payload=pack_result(value)).encode()
+def _ok(task_id: int, value: Any, attempts: int = 1) -> list[bytes]:
+    return TaskReply(id=task_id, status="ok", attempts=attempts, payload=pack_result(value)).encode()

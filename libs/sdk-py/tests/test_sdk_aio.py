@@ -14,6 +14,7 @@ from neutrino import (
     ClientClosedError,
     NeutrinoTimeoutError,
     PayloadTooLargeError,
+    TaskCancelledError,
     TaskError,
     UnknownTaskError,
 )
@@ -94,6 +95,27 @@ def test_timeout_cancels_the_task(peer: Peer) -> None:
         assert await client.call("add", 1, 1) == 2
 
     run(peer, body, timeout_s=0.2)
+
+
+def test_cancel_and_attempts(peer: Peer) -> None:
+    async def body(client: AsyncClient) -> None:
+        fut = client.submit("hold", 1)
+        client.cancel(fut.task_id)  # not a coroutine: it only sends
+        with pytest.raises(TaskCancelledError) as info:
+            await fut
+        assert fut.attempts == info.value.attempts == 0
+        assert peer.cancels == [fut.task_id]
+        client.cancel(fut.task_id)  # answered: ignored
+        with pytest.raises(TypeError, match="task id"):
+            client.cancel("1")  # type: ignore[arg-type]
+        retried = client.submit("retried", "v")
+        assert await retried == "v" and retried.attempts == 3
+        local = client.submit("hold", 2)
+        assert local.cancel() and local.attempts is None
+        await client.call("add", 1)  # sent after the cancel, so the peer has seen it
+        assert peer.cancels == [fut.task_id, local.task_id]
+
+    run(peer, body)
 
 
 def test_aclose_fails_pending_futures(peer: Peer) -> None:

@@ -94,8 +94,8 @@ def test_unknown_options_are_listed_with_suggestions() -> None:
     with pytest.raises(TypeError) as info:
         app.task(retry=3, timout=1)  # type: ignore[call-overload]
     msg = str(info.value)
-    assert "undefined: retry (did you mean 'retries'?), timout (did you mean 'timeout'?)" in msg
-    assert "Valid options: name, timeout, retries" in msg
+    assert "undefined: retry (did you mean 'retry_on' or 'retries'?), timout (did you mean 'timeout'?)" in msg
+    assert "Valid options: name, timeout, retries, retry_on, retry_backoff_s, retry_backoff_max_s." in msg
     with pytest.raises(TypeError, match="undefined: colour"):
         app.add_task(print, colour="red")
 
@@ -125,6 +125,93 @@ def test_bad_timeout_fails_at_decoration(timeout: object, error: type[Exception]
 def test_bad_retries_fails_at_decoration(retries: object, error: type[Exception], words: str) -> None:
     with pytest.raises(error, match=words):
         App("demo").task(retries=retries)  # type: ignore[call-overload]
+
+
+def test_too_many_retries_for_the_protocol() -> None:
+    App("demo").task(retries=2**32 - 2)
+    with pytest.raises(ValueError, match="at most 4294967294"):
+        App("demo").task(retries=2**32 - 1)
+
+
+def test_retry_options_default_and_are_stored() -> None:
+    app = App("demo")
+
+    @app.task
+    def plain() -> None: ...
+
+    @app.task(retries=5, retry_on=ConnectionError, retry_backoff_s=0.25, retry_backoff_max_s=4)
+    def one() -> None: ...
+
+    many = app.add_task(lambda: None, name="many", retry_on=(KeyError, OSError), retry_backoff_max_s=1)
+
+    assert (plain.retry_on, plain.retry_backoff_s, plain.retry_backoff_max_s) == ((), 1.0, 60.0)
+    assert (one.retries, one.retry_on, one.retry_backoff_s, one.retry_backoff_max_s) == (
+        5,
+        (ConnectionError,),
+        0.25,
+        4.0,
+    )
+    assert isinstance(one.retry_backoff_max_s, float)
+    assert (many.retry_on, many.retry_backoff_s, many.retry_backoff_max_s) == ((KeyError, OSError), 1.0, 1.0)
+
+
+class NotAnError:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "words"),
+    [
+        (ValueError("x"), r"exception classes, not instances: got ValueError\('x'\); write retry_on=ValueError"),
+        ((KeyError, OSError()), r"not instances: got OSError\(\); write retry_on=OSError"),
+        (NotAnError, r"exception class or a tuple of them, got class NotAnError; e\.g\. retry_on=ConnectionError"),
+        (int, "got class int"),
+        ("ValueError", "got str 'ValueError'"),
+        ([KeyError], r"got list \[<class 'KeyError'>\].*retry_on=\(ConnectionError, TimeoutError\)"),
+        (None, "got NoneType None"),
+    ],
+)
+def test_bad_retry_on_fails_at_decoration(retry_on: object, words: str) -> None:
+    app = App("demo")
+    with pytest.raises(TypeError, match=words):
+        app.task(retry_on=retry_on)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=words):
+        app.add_task(print, retry_on=retry_on)  # type: ignore[arg-type]
+    assert not app.tasks
+
+
+@pytest.mark.parametrize("option", ["retry_backoff_s", "retry_backoff_max_s"])
+@pytest.mark.parametrize(
+    ("value", "error", "words"),
+    [
+        (0, ValueError, "positive, finite number of seconds, got 0"),
+        (-1.5, ValueError, "positive"),
+        (math.inf, ValueError, "finite"),
+        (math.nan, ValueError, "positive"),
+        ("5", TypeError, "number of seconds, got str '5'"),
+        (True, TypeError, "number of seconds"),
+        (None, TypeError, "number of seconds"),
+    ],
+)
+def test_bad_backoff_fails_at_decoration(option: str, value: object, error: type[Exception], words: str) -> None:
+    app = App("demo")
+    options = {"retry_backoff_s": 0.001, "retry_backoff_max_s": 1e6, option: value}
+    with pytest.raises(error, match=f"{option} must be a .*{words}"):
+        app.task(**options)  # type: ignore[call-overload]
+    with pytest.raises(error, match=f"{option} must be a .*{words}"):
+        app.add_task(print, **options)  # type: ignore[arg-type]
+    assert not app.tasks
+
+
+def test_backoff_cap_below_the_base_names_both_fixes() -> None:
+    app = App("demo")
+    with pytest.raises(
+        ValueError, match=r"retry_backoff_max_s \(2\) is below retry_backoff_s \(5\).*raise .* or lower"
+    ):
+        app.task(retry_backoff_s=5, retry_backoff_max_s=2)
+    assert app.add_task(print, retry_backoff_s=3, retry_backoff_max_s=3).retry_backoff_max_s == 3.0
+    with pytest.raises(ValueError, match="below retry_backoff_s"):
+        app.task(retry_backoff_max_s=0.5)  # the default base is 1 s
 
 
 def test_bad_names() -> None:

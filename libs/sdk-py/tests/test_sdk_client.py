@@ -17,8 +17,10 @@ from neutrino import (
     DrainingError,
     NeutrinoTimeoutError,
     PayloadTooLargeError,
+    TaskCancelledError,
     TaskError,
     TaskFuture,
+    TaskTimeoutError,
     UnknownTaskError,
     WorkerDiedError,
 )
@@ -62,7 +64,10 @@ def test_error_keeps_type_message_and_traceback(client: Client, peer: Peer) -> N
     assert str(err) == "ValueError: bad input"
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("unknown_task", UnknownTaskError), ("worker_died", WorkerDiedError)])
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [("unknown_task", UnknownTaskError), ("worker_died", WorkerDiedError), ("timeout", TaskTimeoutError)],
+)
 def test_error_kinds_map_to_subclasses(client: Client, kind: str, cls: type[TaskError]) -> None:
     with pytest.raises(cls, match="it went wrong"):
         client.call(f"error:{kind}")
@@ -192,6 +197,57 @@ def test_cancelling_a_future_sends_cancel_task(client: Client, peer: Peer) -> No
     peer.wait_for(lambda p: fut.task_id in p.cancels)
     peer.release_held()
     assert client.call("add", 2, 2) == 4
+
+
+def test_cancel_sends_cancel_task_and_the_future_gets_the_answer(client: Client, peer: Peer) -> None:
+    fut = client.submit("hold", 1)
+    client.cancel(fut.task_id)
+    err = fut.exception(timeout=10)
+    assert isinstance(err, TaskCancelledError) and err.task_id == fut.task_id
+    assert not fut.cancelled() and fut.attempts == err.attempts == 0
+    assert peer.cancels == [fut.task_id]
+
+
+def test_cancel_after_the_answer_sends_nothing(client: Client, peer: Peer) -> None:
+    done = client.submit("add", 1, 1)
+    assert done.result(timeout=10) == 2
+    client.cancel(done.task_id)
+    client.cancel(10**6)  # never submitted
+    local = client.submit("hold", 1)
+    assert local.cancel()  # sends its own CancelTask and forgets the task ...
+    client.cancel(local.task_id)  # ... so this one has nothing left to cancel
+    assert client.call("add", 2, 2) == 4  # sent after them all, so the peer saw whatever they sent first
+    assert peer.cancels == [local.task_id]
+
+
+def test_cancel_loses_to_an_answer_already_on_its_way(client: Client) -> None:
+    fut = client.submit("add", 20, 22)
+    client.cancel(fut.task_id)  # the peer does not hold "add": the reply wins, as with a finished task
+    assert fut.result(timeout=10) == 42
+
+
+def test_cancel_checks_its_argument_and_ignores_a_closed_client(peer: Peer) -> None:
+    client = Client(peer.address)
+    fut = client.submit("hold", 1)
+    with pytest.raises(TypeError, match=r"task id.*future\.task_id"):
+        client.cancel(fut)  # type: ignore[arg-type]
+    client.close()
+    client.cancel(fut.task_id)
+    assert isinstance(fut.exception(timeout=10), ClientClosedError)
+
+
+def test_futures_report_attempts(client: Client) -> None:
+    seen: list[int | None] = []
+    fut = client.submit("retried", "v")
+    fut.add_done_callback(lambda f: seen.append(f.attempts))  # type: ignore[attr-defined]
+    assert fut.result(timeout=10) == "v" and fut.attempts == 3
+    assert seen == [3]
+    failed = client.submit("fail", "x")
+    assert isinstance(failed.exception(timeout=10), TaskError) and failed.attempts == 2
+    rejected = client.submit("reject:busy")
+    assert isinstance(rejected.exception(timeout=10), BusyError) and rejected.attempts is None
+    held = client.submit("hold", 1)
+    assert held.attempts is None and held.cancel() and held.attempts is None
 
 
 def test_unencodable_arguments_fail_before_sending(client: Client, peer: Peer) -> None:

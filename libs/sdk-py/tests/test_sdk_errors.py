@@ -22,6 +22,7 @@ from neutrino.errors import (
     ShuttingDownError,
     TaskCancelledError,
     TaskError,
+    TaskTimeoutError,
     UnknownTaskError,
     WorkerDiedError,
     error_from_reply,
@@ -37,6 +38,7 @@ from neutrino.errors import (
         ("bad_arguments", BadArgumentsError),
         ("result_not_serializable", ResultEncodingError),
         ("worker_died", WorkerDiedError),
+        ("timeout", TaskTimeoutError),
         ("cancelled", TaskCancelledError),
         ("shutting_down", ShuttingDownError),
         ("from_the_future", TaskError),
@@ -93,6 +95,8 @@ def test_errors_pickle_with_their_fields() -> None:
 
 def test_tree_shape() -> None:
     assert issubclass(NeutrinoTimeoutError, TimeoutError)
+    # The task overran (a TaskError), which is not the client giving up waiting (a TimeoutError).
+    assert not issubclass(TaskTimeoutError, TimeoutError)
     assert issubclass(ProtocolError, ValueError)
     assert issubclass(errors.AddressError, ValueError)
     assert issubclass(errors.NotSupportedError, NotImplementedError)

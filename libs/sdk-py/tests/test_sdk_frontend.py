@@ -46,6 +46,9 @@ def test_per_call_options_are_checked() -> None:
         check_options(0, None)
     with pytest.raises(ValueError, match="retries"):
         check_options(None, -1)
+    check_options(None, 2**32 - 2)
+    with pytest.raises(ValueError, match="retries must be an int from 0 to 4294967294"):
+        check_options(None, 2**32 - 1)  # attempts (retries + 1) travel as a uint32
 
 
 def test_submit_frames_carry_the_overrides() -> None:

@@ -8,5 +8,6 @@
 - `control.py`  length-prefixed control messages over the Unix socket
 - `children.py` live workers by pid: reaping and stopping them
 - `worker.py`   the forked child: shed the zygote's state, DEALER to the backend, the receive loop
+- `heartbeat.py` the worker's side thread that sends `Heartbeat`s on its own socket
 - `runner.py`   one assignment in, one `TaskResult` out (the per-task hot path)
 """

@@ -3,6 +3,10 @@
 This is the per-task hot path of the whole product, so the success path does only what it must:
 one dict lookup, one unpack, one `Signature.bind`, the call, one pack. Error paths may be slow.
 No sockets here; the worker loop feeds assignments in and sends the results out.
+
+A task asks for another attempt by raising `neutrino.Retry` or an instance of its `retry_on`:
+the result then carries `retry` (SPEC.md §4.3), and the orchestrator decides whether attempts
+remain (SPEC.md §6 rule 6).
 """
 
 from __future__ import annotations
@@ -36,12 +40,19 @@ class TaskSpec(Protocol):
     def is_async(self) -> bool: ...
     @property
     def signature(self) -> inspect.Signature: ...
+    @property
+    def retry_on(self) -> tuple[type[BaseException], ...]: ...
 
 
 class Runner:
     """Runs assignments one at a time; async tasks share one event loop kept for the process's life."""
 
     def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
+        # Imported here, in the worker, as loader.py imports the SDK: the zygote must be able to
+        # report a broken SDK install rather than crash while importing this module.
+        from neutrino import Retry
+
+        self._retry = Retry
         self._tasks: dict[str, tuple[TaskSpec, int]] = {
             name: (task, _plain_arity(task)) for name, task in tasks.items()
         }
@@ -80,7 +91,7 @@ class Runner:
             raise  # sys.exit() in a task ends the worker, as it would any Python program
         except BaseException as exc:
             run_us = (perf_counter_ns() - started) // 1000
-            return _error(msg, _TASK_ERROR, type(exc).__name__, str(exc), _format_traceback(exc, fn), run_us)
+            return self._task_error(msg, task, exc, run_us)
         run_us = (perf_counter_ns() - started) // 1000
         try:
             payload = self._pack(value)
@@ -93,7 +104,21 @@ class Runner:
                 "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and dicts of those",
                 run_us=run_us,
             )
-        return TaskResult(msg.task_id, "ok", run_us=run_us, payload=payload)
+        return TaskResult(task_id=msg.task_id, status="ok", run_us=run_us, payload=payload)
+
+    def _task_error(self, msg: TaskAssignment, task: TaskSpec, exc: BaseException, run_us: int) -> TaskResult:
+        """The result for a task that raised: a retry request for `Retry` or `retry_on`, else a plain error."""
+        # For a Retry, str(exc) is its message, or "retry requested" when the task gave none.
+        tb = _format_traceback(exc, task.fn)
+        error = ErrorInfo(kind=_TASK_ERROR, ename=type(exc).__name__, evalue=str(exc), traceback=tb)
+        task_id = msg.task_id
+        if isinstance(exc, self._retry):
+            return TaskResult(
+                task_id=task_id, status="error", error=error, run_us=run_us, retry=True, retry_delay_s=exc.delay
+            )
+        if task.retry_on and isinstance(exc, task.retry_on):
+            return TaskResult(task_id=task_id, status="error", error=error, run_us=run_us, retry=True)
+        return TaskResult(task_id=task_id, status="error", error=error, run_us=run_us)
 
     def _run_async(self, coro: Coroutine[Any, Any, Any]) -> Any:
         loop = self._loop
@@ -118,7 +143,8 @@ def _plain_arity(task: TaskSpec) -> int:
 def _error(
     msg: TaskAssignment, kind: str, ename: str, evalue: str, tb: str | None = None, run_us: int | None = None
 ) -> TaskResult:
-    return TaskResult(msg.task_id, "error", ErrorInfo(kind, ename, evalue, tb), run_us=run_us)
+    error = ErrorInfo(kind=kind, ename=ename, evalue=evalue, traceback=tb)
+    return TaskResult(task_id=msg.task_id, status="error", error=error, run_us=run_us)
 
 
 def _shape(value: Any) -> str:

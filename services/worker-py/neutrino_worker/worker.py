@@ -2,6 +2,7 @@
 
 `worker_main` is entered in the child right after fork and never returns: every way out is
 `os._exit`, so a worker can never fall back into the zygote's loop with a copy of its state.
+When the `Fork` asked for heartbeats, a side thread sends them (heartbeat.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 import zmq
 from neutrino_protocol import ExitCode, ProtocolError, Shutdown, TaskAssignment, WorkerReady, decode
 
+from .heartbeat import HeartbeatThread
 from .runner import Runner, TaskSpec
 
 log = logging.getLogger("neutrino.worker")
@@ -42,6 +44,7 @@ class WorkerSpec:
     credits: int
     tasks: Mapping[str, TaskSpec]
     zygote_pid: int
+    heartbeat_ms: int | None = None  # from Fork; None (or 0): no heartbeats
 
 
 def worker_main(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int]) -> NoReturn:
@@ -86,6 +89,10 @@ def _serve(spec: WorkerSpec) -> int:
     runner = Runner(spec.tasks)
     sock.send_multipart(WorkerReady(spec.worker_id, os.getpid(), spec.credits, list(spec.tasks)).encode())
     log.debug("worker %s ready on %s", spec.worker_id, spec.backend)
+    heartbeat = None
+    if spec.heartbeat_ms:
+        heartbeat = HeartbeatThread(ctx, spec.backend, spec.worker_id, spec.heartbeat_ms)
+        heartbeat.start()
 
     recv = sock.recv
     send = sock.send
@@ -107,7 +114,7 @@ def _serve(spec: WorkerSpec) -> int:
                 log.error(
                     "worker %s: the orchestrator speaks another protocol version (%s); exiting", spec.worker_id, exc
                 )
-                _close(sock, ctx)
+                _close(sock, ctx, heartbeat)
                 return ExitCode.PROTOCOL
             if exc.kind == "type":
                 log.debug("ignoring backend message: %s", exc)
@@ -124,15 +131,19 @@ def _serve(spec: WorkerSpec) -> int:
             # Shutdown has been answered by now: that is the graceful case, and a non-graceful one
             # has nothing running left to stop (to cut work short the zygote kills the worker).
             log.debug("worker %s shutting down (graceful=%s)", spec.worker_id, msg.graceful)
-            _close(sock, ctx)
+            _close(sock, ctx, heartbeat)
             return ExitCode.OK
         else:
             log.debug("ignoring %s on the backend", type(msg).__name__)
 
 
-def _close(sock: zmq.Socket[Any], ctx: zmq.Context[Any]) -> None:
+def _close(sock: zmq.Socket[Any], ctx: zmq.Context[Any], heartbeat: HeartbeatThread | None) -> None:
     """Close the backend, giving results already sent a bounded time to reach the orchestrator."""
     sock.close(linger=FLUSH_ON_EXIT_MS)
+    if heartbeat is not None and not heartbeat.stop():
+        # ctx.term() would wait forever for the heartbeat socket; os._exit follows anyway.
+        log.warning("heartbeat thread did not stop; exiting without waiting for results to be flushed")
+        return
     ctx.term()
 
 

@@ -2,9 +2,9 @@
 
 Run by the orchestrator as
 `python -m neutrino_worker.zygote --app MODULE:ATTR --app-dir DIR --control PATH --backend ENDPOINT`.
-It speaks the control link (SPEC §4.4): ZygoteReady or ZygoteFailed once, then Fork → Forked,
-WorkerExited whenever a worker dies, and Shutdown. It never creates a ZeroMQ context; workers do,
-after fork.
+It speaks the control link (SPEC §4.4): ZygoteReady (with each task's options) or ZygoteFailed
+once, then Fork → Forked, WorkerExited whenever a worker dies, and Shutdown. It never creates a
+ZeroMQ context; workers do, after fork.
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from neutrino_protocol import ExitCode, Fork, Forked, Shutdown, WorkerExited, ZygoteFailed, ZygoteReady
+from neutrino_protocol import (
+    ExitCode,
+    Fork,
+    Forked,
+    Shutdown,
+    TaskOptions,
+    WorkerExited,
+    ZygoteFailed,
+    ZygoteReady,
+)
 
 from .children import Children
 from .config import ZygoteConfig, parse_args, setup_logging
@@ -29,6 +38,9 @@ from .control import ControlLink, LinkClosed
 from .loader import AppLoadError, load_app
 from .runner import TaskSpec
 from .worker import WorkerSpec, worker_main
+
+if TYPE_CHECKING:
+    from neutrino import Task
 
 log = logging.getLogger("neutrino.zygote")
 
@@ -62,12 +74,31 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     gc.freeze()
     zygote = Zygote(link, config, tasks)
     try:
-        link.send(ZygoteReady(os.getpid(), list(tasks), loaded.import_ms))
+        link.send(
+            ZygoteReady(
+                pid=os.getpid(), tasks=list(tasks), import_ms=loaded.import_ms, task_options=task_options(tasks)
+            )
+        )
     except LinkClosed as exc:
         log.error("%s", exc)
         sys.exit(ExitCode.PROTOCOL)
     log.info("app %s imported in %.1f ms: %d tasks", config.app, loaded.import_ms, len(tasks))
     sys.exit(zygote.serve())
+
+
+def task_options(tasks: Mapping[str, Task[..., Any]]) -> dict[str, TaskOptions]:
+    """Each task's decorator options as the orchestrator enforces them (SPEC §4.4 TaskOptions).
+
+    `retry_on` stays here: the worker applies it, answering `retry` (runner.py)."""
+    return {
+        name: TaskOptions(
+            timeout_s=task.timeout,
+            retries=task.retries,
+            retry_backoff_s=task.retry_backoff_s,
+            retry_backoff_max_s=task.retry_backoff_max_s,
+        )
+        for name, task in tasks.items()
+    }
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:
@@ -107,7 +138,7 @@ class Zygote:
                     for msg in self._link.receive():
                         if type(msg) is Fork:
                             for worker_id in msg.worker_ids:
-                                self._fork(worker_id)
+                                self._fork(worker_id, msg.heartbeat_ms)
                         elif type(msg) is Shutdown:
                             return self._shutdown(msg.graceful)
                         else:
@@ -117,7 +148,7 @@ class Zygote:
             self._stop(signal.SIGKILL, report=False)
             return ExitCode.PROTOCOL
 
-    def _fork(self, worker_id: str) -> None:
+    def _fork(self, worker_id: str, heartbeat_ms: int | None) -> None:
         # Buffered output would otherwise be written once by the zygote and again by every worker.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -135,7 +166,9 @@ class Zygote:
             return
         if pid == 0:
             try:
-                spec = WorkerSpec(worker_id, self._config.backend, self._config.credits, self._tasks, self._pid)
+                spec = WorkerSpec(
+                    worker_id, self._config.backend, self._config.credits, self._tasks, self._pid, heartbeat_ms
+                )
                 worker_main(spec, (self._link.fileno(), self._wake_r, self._wake_w), mask)
             finally:
                 os._exit(ExitCode.FAILURE)  # only if worker_main could not even start: never back into the zygote

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from neutrino import App
+from neutrino import App, Retry
 from neutrino_protocol import TaskAssignment, TaskResult, decode
 from neutrino_worker.runner import Runner
 
@@ -68,6 +68,19 @@ def runner() -> Runner:
     @app.task(name="renamed")
     def original() -> str:
         return "renamed"
+
+    @app.task(retries=2)
+    def again(delay: float | None = None, message: str = "") -> None:
+        raise Retry(delay=delay, message=message)
+
+    @app.task(retries=2)
+    async def aagain() -> None:
+        await asyncio.sleep(0)
+        raise Retry(delay=0)
+
+    @app.task(retries=2, retry_on=(ConnectionError, KeyError))
+    def flaky(kind: str) -> None:
+        raise {"reset": ConnectionResetError("reset by peer"), "key": KeyError("k"), "value": ValueError("v")}[kind]
 
     return Runner(app.tasks)
 
@@ -233,3 +246,38 @@ def test_result_not_serializable(runner: Runner, kind: str, type_name: str) -> N
 def test_system_exit_ends_the_worker(runner: Runner) -> None:
     with pytest.raises(SystemExit):
         runner.run(assignment("exits", payload()))
+
+
+def test_retry_asks_for_another_attempt(runner: Runner) -> None:
+    result = runner.run(assignment("again", payload(2.5, "rate limited")))
+    assert result.status == "error" and result.payload is None and result.run_us is not None
+    error = result.error
+    assert error is not None
+    assert (error.kind, error.ename, error.evalue) == ("task_error", "Retry", "rate limited")
+    assert error.traceback is not None and "in again" in error.traceback
+    assert (result.retry, result.retry_delay_s) == (True, 2.5)
+    assert decode(result.encode()) == result
+
+
+def test_retry_without_delay_or_message(runner: Runner) -> None:
+    result = runner.run(assignment("again", payload()))
+    assert result.error is not None and result.error.evalue == "retry requested"
+    assert (result.retry, result.retry_delay_s) == (True, None)
+    result = runner.run(assignment("aagain", payload()))
+    assert (result.retry, result.retry_delay_s) == (True, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "ename", "retry"),
+    [("reset", "ConnectionResetError", True), ("key", "KeyError", True), ("value", "ValueError", None)],
+)
+def test_retry_on_matches_like_except(runner: Runner, kind: str, ename: str, retry: bool | None) -> None:
+    result = runner.run(assignment("flaky", payload(kind)))
+    assert result.error is not None and (result.error.kind, result.error.ename) == ("task_error", ename)
+    assert (result.retry, result.retry_delay_s) == (retry, None)
+
+
+def test_plain_errors_carry_no_retry_flag(runner: Runner) -> None:
+    for task, raw in (("fail", payload()), ("add", payload(1)), ("nope", payload())):
+        result = runner.run(assignment(task, raw))
+        assert result.status == "error" and result.retry is None and result.retry_delay_s is None

@@ -13,6 +13,7 @@ from neutrino_protocol import (
     Forked,
     Shutdown,
     TaskAssignment,
+    TaskOptions,
     TaskResult,
     WorkerExited,
     WorkerReady,
@@ -21,7 +22,10 @@ from neutrino_protocol import (
 )
 from worker_harness import APPS_DIR, REPO_ROOT, FakeOrchestrator, pid_alive, pid_gone
 
-GOOD_TASKS = {"add", "greet", "fail", "die", "unserializable", "sleep", "gc_enabled", "noop"}
+GOOD_TASKS = {
+    *("add", "greet", "fail", "die", "unserializable", "sleep", "gc_enabled", "noop"),
+    *("spin", "retry_later", "flaky"),
+}
 
 
 def result_of(orch: FakeOrchestrator, worker_id: str, task_id: int) -> TaskResult:
@@ -44,6 +48,17 @@ def test_ready_lists_the_tasks(orchestrator: FakeOrchestrator) -> None:
     assert orchestrator.proc is not None and ready.pid == orchestrator.proc.pid
     assert set(ready.tasks) == GOOD_TASKS
     assert ready.import_ms >= 0
+
+
+def test_ready_carries_each_tasks_options(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start()
+    options = orchestrator.expect(ZygoteReady).task_options
+    assert options is not None and set(options) == GOOD_TASKS
+    assert options["flaky"] == TaskOptions(timeout_s=5.0, retries=2, retry_backoff_s=0.5, retry_backoff_max_s=10.0)
+    assert options["retry_later"] == TaskOptions(
+        timeout_s=None, retries=3, retry_backoff_s=1.0, retry_backoff_max_s=60.0
+    )
+    assert options["add"] == TaskOptions(timeout_s=None, retries=0, retry_backoff_s=1.0, retry_backoff_max_s=60.0)
 
 
 def test_fork_two_workers(orchestrator: FakeOrchestrator) -> None:
@@ -70,6 +85,28 @@ def test_sync_and_async_results(orchestrator: FakeOrchestrator) -> None:
     assert result.run_us is not None
     orchestrator.assign("w-1", 3, "gc_enabled")
     assert value(result_of(orchestrator, "w-1", 3)) is True
+
+
+def test_retry_requests_carry_the_retry_flag(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.fork("w-1")
+    cases: list[tuple[str, tuple[Any, ...], str, str, float | None]] = [
+        ("retry_later", (2.5, "rate limited"), "Retry", "rate limited", 2.5),
+        ("retry_later", (), "Retry", "retry requested", None),
+        ("flaky", ("connection",), "ConnectionError", "connection trouble", None),  # in its retry_on
+    ]
+    for task_id, (task, args, ename, evalue, delay) in enumerate(cases, start=1):
+        orchestrator.assign("w-1", task_id, task, *args)
+        result = result_of(orchestrator, "w-1", task_id)
+        assert result.status == "error" and result.error is not None
+        assert (result.error.kind, result.error.ename, result.error.evalue) == ("task_error", ename, evalue)
+        assert result.error.traceback is not None and f"{ename}: {evalue}" in result.error.traceback
+        assert (result.retry, result.retry_delay_s) == (True, delay)
+    # An exception outside retry_on answers the task at once, without the flag.
+    orchestrator.assign("w-1", 9, "flaky", "value")
+    result = result_of(orchestrator, "w-1", 9)
+    assert result.error is not None and result.error.ename == "ValueError"
+    assert (result.retry, result.retry_delay_s) == (None, None)
 
 
 def test_window_runs_in_arrival_order(orchestrator: FakeOrchestrator) -> None:

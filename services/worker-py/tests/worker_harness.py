@@ -21,6 +21,7 @@ import zmq
 from neutrino_protocol import (
     Fork,
     Forked,
+    Heartbeat,
     Message,
     TaskAssignment,
     WorkerReady,
@@ -170,16 +171,21 @@ class FakeOrchestrator:
         self.start(app, app_dir, *extra)
         self.expect(ZygoteReady)
 
-    def fork(self, *worker_ids: str) -> dict[str, int]:
-        """Fork workers and wait until each is Forked and WorkerReady; return worker id -> pid."""
-        self.send_control(Fork(list(worker_ids)))
+    def fork(self, *worker_ids: str, heartbeat_ms: int | None = None) -> dict[str, int]:
+        """Fork workers and wait until each is Forked and WorkerReady; return worker id -> pid.
+
+        With `heartbeat_ms`, heartbeats that arrive meanwhile (they may precede WorkerReady: they
+        come on another socket) are skipped."""
+        self.send_control(Fork(list(worker_ids), heartbeat_ms=heartbeat_ms))
         pids = {}
         for _ in worker_ids:
             forked = self.expect(Forked)
             pids[forked.worker_id] = forked.pid
         ready: dict[str, WorkerReady] = {}
-        for _ in worker_ids:
+        while len(ready) < len(worker_ids):
             identity, msg = self.recv_backend()
+            if heartbeat_ms is not None and isinstance(msg, Heartbeat):
+                continue
             assert isinstance(msg, WorkerReady), msg
             assert identity == msg.worker_id
             ready[identity] = msg

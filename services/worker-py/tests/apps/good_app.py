@@ -7,7 +7,7 @@ import gc
 import os
 import time
 
-from neutrino import App
+from neutrino import App, Retry
 
 app = App("good")
 
@@ -52,3 +52,23 @@ def gc_enabled() -> bool:
 @app.task()
 def noop() -> None:
     pass
+
+
+@app.task()
+def spin(seconds: float) -> int:
+    """Pure-Python CPU work that never releases the GIL by itself (the heartbeat test's load)."""
+    deadline = time.monotonic() + seconds
+    loops = 0
+    while time.monotonic() < deadline:
+        loops += 1
+    return loops
+
+
+@app.task(retries=3)
+def retry_later(delay: float | None = None, message: str = "") -> None:
+    raise Retry(delay=delay, message=message)
+
+
+@app.task(timeout=5, retries=2, retry_on=(ConnectionError, TimeoutError), retry_backoff_s=0.5, retry_backoff_max_s=10)
+def flaky(error: str) -> None:
+    raise {"connection": ConnectionError, "value": ValueError}[error](f"{error} trouble")

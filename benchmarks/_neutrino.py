@@ -12,6 +12,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,32 @@ BURST_TIMEOUT_S = 30.0  # per future, the first one that overruns fails the burs
 class Orchestrator:
     """One orchestrator process on a fresh loopback port, its stderr captured to `log_path`."""
 
-    def __init__(self, procs: Processes, binary: Path, repo: Path, workers: int, window: int | None, log_path: Path):
+    def __init__(
+        self,
+        procs: Processes,
+        binary: Path,
+        repo: Path,
+        workers: int,
+        window: int | None,
+        log_path: Path,
+        app: str = APP,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ):
+        """`extra_args` go to the orchestrator as they are; `env` (default: ours) reaches the zygote and workers."""
         self.endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
         self.log_path = log_path
-        argv = [str(binary), "--app", APP, "--workers", str(workers), "--frontend", self.endpoint]
+        argv = [str(binary), "--app", app, "--workers", str(workers), "--frontend", self.endpoint]
         argv += ["--python", str(repo / ".venv" / "bin" / "python")]
         if window is not None:
             argv += ["--window", str(window)]
-        self.argv = argv
+        self.argv = [*argv, *extra_args]
         self._procs = procs
         with log_path.open("ab") as stderr:
             self.started = time.perf_counter()
-            self.proc = procs.spawn(argv, cwd=repo, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+            self.proc = procs.spawn(
+                self.argv, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            )
 
     def stop(self) -> dict[str, Any]:
         return self._procs.stop(self.proc)
@@ -68,9 +83,9 @@ def fork_to_ready_ms(log_path: Path) -> dict[str, Any]:
     }
 
 
-def wait_ready(client: Any, orch: Orchestrator, workers: int) -> float:
+def wait_ready(client: Any, orch: Orchestrator, workers: int, timeout_s: float = READY_TIMEOUT_S) -> float:
     """Ping until `workers` workers are connected; returns the seconds it took."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     connected = 0
     while True:
         orch.check_alive()
@@ -79,7 +94,7 @@ def wait_ready(client: Any, orch: Orchestrator, workers: int) -> float:
         if connected >= workers:
             return time.perf_counter() - orch.started
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {connected} of {workers} workers ready after {READY_TIMEOUT_S}s")
+            raise RuntimeError(f"only {connected} of {workers} workers ready after {timeout_s}s")
         time.sleep(0.005)  # a polling interval, not a readiness guess: the loop exits on the signal
 
 

@@ -36,9 +36,9 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids of live processes in session `sid` (read from /proc, no external tools)."""
-    members = []
+def _process_table() -> list[tuple[int, str, int, int]]:
+    """(pid, state, ppid, session id) of every process, read from /proc (no external tools)."""
+    table = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -48,9 +48,18 @@ def session_members(sid: int) -> list[int]:
             continue
         # fields after the parenthesised command name: state ppid pgrp session ...
         fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        table.append((int(entry.name), fields[0], int(fields[1]), int(fields[3])))
+    return table
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of live processes in session `sid`."""
+    return [pid for pid, state, _, session in _process_table() if session == sid and state != "Z"]
+
+
+def children_of(ppid: int) -> list[int]:
+    """Pids of the live children of `ppid`, in pid order."""
+    return sorted(pid for pid, state, parent, _ in _process_table() if parent == ppid and state != "Z")
 
 
 class Processes:

@@ -1,14 +1,16 @@
-"""The two systems under measurement, behind one shape: `call(task, *args)` and `burst(count)`.
+"""The systems under measurement, behind one shape: `call(task, *args)` and `burst(count)`.
 
 Each `*_system` context manager starts the servers, waits for their readiness signal (never a
 fixed sleep), yields a `System`, and on exit stops every process it started, recording how the
-stop went in `System.info`.
+stop went in `System.info`. `alternate` measures several systems round by round, taking turns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +54,17 @@ def floor_system(procs: Processes, workdir: Path, workers: int) -> Iterator[Syst
 
 
 @contextlib.contextmanager
-def neutrino_system(procs: Processes, orch_args: dict[str, Any]) -> Iterator[System]:
+def neutrino_system(procs: Processes, orch_args: dict[str, Any], name: str = "neutrino") -> Iterator[System]:
     from neutrino import Client
 
     orch = Orchestrator(procs, **orch_args)
-    log(f"neutrino: started {' '.join(orch.argv)}")
+    log(f"{name}: started {' '.join(orch.argv)}")
     client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S)
-    system = System("neutrino", client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
+    system = System(name, client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
     try:
         ready_s = wait_ready(client, orch, orch_args["workers"])
         system.info["ready_ms"] = round(ready_s * 1000, 1)
-        log(f"neutrino: {orch_args['workers']} workers ready after {ready_s * 1000:.0f} ms")
+        log(f"{name}: {orch_args['workers']} workers ready after {ready_s * 1000:.0f} ms")
         yield system
         system.info["pong_after"] = client.ping()
     finally:
@@ -71,3 +73,21 @@ def neutrino_system(procs: Processes, orch_args: dict[str, Any]) -> Iterator[Sys
         log_text = orch.log_path.read_text(errors="replace") if orch.log_path.exists() else ""
         system.info["ready_line_logged"] = "Orchestrator ready with" in log_text
         system.info["log_problems"] = log_problems(orch.log_path)
+
+
+def alternate(systems: list[System], rounds: int, once: Callable[[System, int], Any]) -> dict[str, list[Any]]:
+    """`once(system, round_no)` for each system, `rounds` times, alternating systems (ABBA...) so that
+    load from elsewhere on the machine falls on both alike. A system that raises is dropped, its error kept."""
+    results: dict[str, list[Any]] = {system.name: [] for system in systems}
+    for round_no in range(rounds):
+        for system in systems if round_no % 2 == 0 else systems[::-1]:
+            if system.error:
+                continue
+            gc.collect()
+            try:
+                results[system.name].append(once(system, round_no))
+            except Exception as exc:
+                log(f"{system.name} failed:")
+                traceback.print_exc(file=sys.stderr)
+                system.error = f"{type(exc).__name__}: {exc}"
+    return results

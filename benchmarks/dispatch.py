@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import math
 import os
@@ -47,9 +46,10 @@ from typing import Any
 
 import msgpack
 import zmq
+from _machine import cpu_seconds, other_load
 from _neutrino import first_result_ms, fork_to_ready_ms
 from _procs import Processes, log
-from _systems import System, floor_system, neutrino_system
+from _systems import System, alternate, floor_system, neutrino_system
 
 REPO = Path(__file__).resolve().parent.parent
 ECHO_BYTES = 100 * 1024
@@ -76,24 +76,6 @@ def summarize_us(samples_ns: list[int]) -> dict[str, Any]:
         "min": round(ordered[0] / 1000, 1),
         "max": round(ordered[-1] / 1000, 1),
     }
-
-
-def alternate(systems: list[System], rounds: int, once: Callable[[System, int], Any]) -> dict[str, list[Any]]:
-    """`once(system, round_no)` for each system, `rounds` times, alternating systems (ABBA...) so that
-    load from elsewhere on the machine falls on both alike. A system that raises is dropped, its error kept."""
-    results: dict[str, list[Any]] = {system.name: [] for system in systems}
-    for round_no in range(rounds):
-        for system in systems if round_no % 2 == 0 else systems[::-1]:
-            if system.error:
-                continue
-            gc.collect()
-            try:
-                results[system.name].append(once(system, round_no))
-            except Exception as exc:
-                log(f"{system.name} failed:")
-                traceback.print_exc(file=sys.stderr)
-                system.error = f"{type(exc).__name__}: {exc}"
-    return results
 
 
 def timed_calls(call: Callable[..., Any], task: str, args: tuple[Any, ...], count: int) -> list[int]:
@@ -251,26 +233,6 @@ def machine_info() -> dict[str, Any]:
         "libzmq": zmq.zmq_version(),
         "msgpack": ".".join(map(str, msgpack.version)),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process and its reaped children)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-    own = os.times()
-    return machine, own.user + own.system + own.children_user + own.children_system
-
-
-def other_load(before: tuple[float, float], wall_s: float) -> dict[str, float]:
-    """CPU time that processes other than this benchmark's used during the run: the noise indicator
-    on a shared machine (approximate: a worker its parent never reaped counts as "other")."""
-    machine, own = (now - then for now, then in zip(cpu_seconds(), before, strict=True))
-    capacity = wall_s * (os.cpu_count() or 1)
-    return {
-        "cpu_s_benchmark": round(own, 1),
-        "cpu_s_other_processes": round(max(0.0, machine - own), 1),
-        "cpu_s_capacity": round(capacity, 1),
     }
 
 

@@ -90,7 +90,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 def start_orchestrator(
     *args: str,
-    workers: int = 2,
+    workers: int | None = 2,
     app: str = QUICKSTART,
     wait_ready: bool = True,
     grace_period_s: float = 10.0,
@@ -105,8 +105,7 @@ def start_orchestrator(
         str(BINARY),
         "--app",
         app,
-        "--workers",
-        str(workers),
+        *(["--workers", str(workers)] if workers is not None else []),
         "--frontend",
         address,
         "--run-dir",

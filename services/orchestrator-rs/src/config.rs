@@ -56,7 +56,8 @@ pub struct Config {
     pub max_worker_lifetime_s: f64,
 
     /// Milliseconds between worker heartbeats; a worker silent for 3 intervals is killed (0: off).
-    #[arg(long = "heartbeat-interval-ms", env = "NEUTRINO_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    /// Keep 3 intervals above the longest time a task's C code holds the GIL.
+    #[arg(long = "heartbeat-interval-ms", env = "NEUTRINO_HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
     pub heartbeat_interval_ms: u32,
 
     /// Client endpoint(s) to bind (`tcp://HOST:PORT` or `ipc://PATH`); repeatable.

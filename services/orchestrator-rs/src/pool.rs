@@ -15,6 +15,7 @@ use crate::broker::{BrokerHandle, Command, Event, Load};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rundir::RunDir;
+use crate::scheduler::recycle_reason;
 use crate::supervisor::start_zygote;
 use crate::zygote::{kill_group, StartError, Zygote};
 
@@ -39,8 +40,9 @@ pub struct Pool<'a> {
     forking: HashMap<String, Instant>,
     /// Ready workers taking tasks, with when they became ready.
     live: HashMap<String, Instant>,
-    /// Workers being retired: their exit is expected and not replaced (already was).
-    retiring: HashSet<String>,
+    /// The spare worker kept ready while recycling is on (forking or ready), which takes a
+    /// recycled worker's place at once, so recycling never leaves the pool short.
+    standby: Option<String>,
     /// Workers the broker killed (timeout, cancel, silence): replaced, but not a crash.
     killed: HashSet<String>,
     /// How many workers the pool wants now (between --min-workers and --max-workers).
@@ -79,7 +81,7 @@ impl<'a> Pool<'a> {
             next_worker: 1,
             forking: HashMap::new(),
             live: HashMap::new(),
-            retiring: HashSet::new(),
+            standby: None,
             killed: HashSet::new(),
             target,
             early_exits: 0,
@@ -102,9 +104,15 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Workers that exist or are on their way (not counting retiring ones).
+    /// Workers being forked to take tasks (not the standby).
+    fn regular_forking(&self) -> u32 {
+        let standby_forking = self.standby.as_ref().is_some_and(|id| self.forking.contains_key(id));
+        self.forking.len() as u32 - u32::from(standby_forking)
+    }
+
+    /// Workers that take tasks or are on their way (not retiring ones, not the standby).
     fn capacity(&self) -> u32 {
-        (self.live.len() + self.forking.len()) as u32 + self.owed
+        self.live.len() as u32 + self.regular_forking() + self.owed
     }
 
     pub async fn serve(
@@ -113,6 +121,7 @@ impl<'a> Pool<'a> {
         mut events: UnboundedReceiver<Event>,
     ) -> anyhow::Result<ExitCode> {
         self.fork(self.target).await?;
+        self.ensure_standby().await?;
         info!("Waiting for worker to connect...");
         let mut hangup = signal(SignalKind::hangup())?;
         let mut stage = Stage::Serving;
@@ -139,7 +148,7 @@ impl<'a> Pool<'a> {
                 _ = hangup.recv() => self.reload().await?,
                 event = events.recv() => match event {
                     Some(Event::WorkerReady { worker_id, pid }) => self.on_ready(worker_id, pid),
-                    Some(Event::Retiring { worker_id, reason }) => self.on_retiring(worker_id, reason, serving).await?,
+                    Some(Event::Recycled { worker_id, promoted, .. }) => self.on_recycled(worker_id, promoted, serving).await?,
                     Some(Event::Killed { worker_id, .. }) => {
                         self.killed.insert(worker_id);
                     }
@@ -172,6 +181,7 @@ impl<'a> Pool<'a> {
 
     fn on_ready(&mut self, worker_id: String, pid: u32) {
         info!("Worker {worker_id} connected (pid={pid})");
+        let standby = self.standby.as_deref() == Some(worker_id.as_str());
         match self.forking.remove(&worker_id) {
             Some(at) => {
                 let took = at.elapsed();
@@ -179,6 +189,9 @@ impl<'a> Pool<'a> {
                 info!("Worker {worker_id} ready! ({:.1} ms from fork request)", took.as_secs_f64() * 1e3);
             }
             None => info!("Worker {worker_id} ready!"),
+        }
+        if standby {
+            return info!("Worker {worker_id} is the standby");
         }
         self.live.insert(worker_id, Instant::now());
         if !self.announced && self.live.len() as u32 >= self.target {
@@ -192,21 +205,45 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// A worker is being recycled: fork its replacement now, before it leaves.
-    async fn on_retiring(&mut self, worker_id: String, reason: &str, serving: bool) -> anyhow::Result<()> {
+    /// A worker was recycled (it finishes what it holds, then exits 0). The standby took its
+    /// place if one was ready; fork the next standby, or a replacement if none was.
+    async fn on_recycled(&mut self, worker_id: String, promoted: Option<String>, serving: bool) -> anyhow::Result<()> {
         self.live.remove(&worker_id);
-        self.retiring.insert(worker_id);
-        if serving {
-            debug!(reason, "forking a replacement for a retiring worker");
-            self.fork(1).await?;
+        if !serving {
+            return Ok(());
         }
-        Ok(())
+        match promoted {
+            Some(spare) => {
+                self.standby = None;
+                self.live.insert(spare, Instant::now());
+            }
+            None => self.fork(1).await?,
+        }
+        self.ensure_standby().await
+    }
+
+    fn wants_standby(&self) -> bool {
+        let limits = self.config.limits();
+        limits.max_tasks > 0 || limits.max_rss_kb > 0 || limits.max_lifetime.is_some()
+    }
+
+    /// Forks a standby if recycling is on and there is none.
+    async fn ensure_standby(&mut self) -> anyhow::Result<()> {
+        if self.standby.is_some() || !self.wants_standby() {
+            return Ok(());
+        }
+        let id = self.worker_id();
+        info!("Spawning worker {id} (standby)");
+        self.broker.send(Command::Standby { worker_id: id.clone() });
+        self.forking.insert(id.clone(), Instant::now());
+        self.standby = Some(id.clone());
+        self.send_fork(vec![id]).await
     }
 
     /// Elastic pool: grow while tasks wait and no worker is idle; shrink a long-idle worker.
     async fn on_load(&mut self, load: Load) -> anyhow::Result<()> {
         let (min, max) = (self.config.min_workers(), self.config.max_workers());
-        if load.queue_depth > 0 && load.idle == 0 && self.forking.is_empty() && self.capacity() < max {
+        if load.queue_depth > 0 && load.idle == 0 && self.regular_forking() == 0 && self.capacity() < max {
             self.target = (self.target + 1).min(max);
             info!("Growing the pool to {} workers ({} tasks waiting)", self.target, load.queue_depth);
             self.fork(1).await?;
@@ -215,8 +252,7 @@ impl<'a> Pool<'a> {
                 self.target -= 1;
                 info!("Shrinking the pool to {} workers ({worker_id} idle for {idle_for:.0?})", self.target);
                 self.live.remove(&worker_id);
-                self.retiring.insert(worker_id.clone());
-                self.broker.send(Command::Retire { worker_id });
+                self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
             }
         }
         Ok(())
@@ -245,8 +281,13 @@ impl<'a> Pool<'a> {
         self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone(), how: how.clone() });
         let forked_at = self.forking.remove(&m.worker_id);
         let ready_at = self.live.remove(&m.worker_id);
-        if self.retiring.remove(&m.worker_id) {
-            debug!(worker = %m.worker_id, "retired worker exited ({how})");
+        let was_standby = self.standby.as_deref() == Some(m.worker_id.as_str());
+        if was_standby {
+            self.standby = None;
+        }
+        if m.exit_code == Some(0) && m.signal.is_none() {
+            // Workers exit 0 only when told to: retired (recycled, pool shrinking) or stopping.
+            debug!(worker = %m.worker_id, "worker exited cleanly ({how})");
             return Ok(None);
         }
         if !serving {
@@ -273,7 +314,14 @@ impl<'a> Pool<'a> {
         self.early_exits = if early { self.early_exits + 1 } else { 0 };
         if self.early_exits == 0 {
             warn!("Worker {} (pid={}) exited ({how}); replacing it", m.worker_id, m.pid);
-            self.fork(1).await?;
+            if was_standby {
+                self.ensure_standby().await?;
+            } else {
+                self.fork(1).await?;
+            }
+        } else if was_standby {
+            // The next recycling forks another; no loop of broken spares meanwhile.
+            error!("Standby worker {} (pid={}) exited ({how}) soon after starting", m.worker_id, m.pid);
         } else {
             let delay = backoff(CRASH_BACKOFF_FIRST, self.early_exits);
             error!(
@@ -307,7 +355,7 @@ impl<'a> Pool<'a> {
         kill_group(self.zygote.pid);
         self.live.clear();
         self.forking.clear();
-        self.retiring.clear();
+        self.standby = None;
         self.killed.clear();
         self.owed = 0;
         self.owed_at = None;
@@ -330,6 +378,7 @@ impl<'a> Pool<'a> {
         std::mem::replace(&mut self.zygote, zygote).reap().await;
         self.send_task_options(ready);
         self.fork(self.target).await?;
+        self.ensure_standby().await?;
         Ok(None)
     }
 
@@ -369,10 +418,20 @@ impl<'a> Pool<'a> {
         let extra: Vec<String> = self.live.keys().take(capacity.saturating_sub(target) as usize).cloned().collect();
         for worker_id in extra {
             self.live.remove(&worker_id);
-            self.retiring.insert(worker_id.clone());
-            self.broker.send(Command::Retire { worker_id });
+            self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
         }
-        Ok(())
+        if !self.wants_standby() {
+            if let Some(worker_id) = self.standby.take() {
+                self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
+            }
+        }
+        self.ensure_standby().await
+    }
+
+    fn worker_id(&mut self) -> String {
+        let id = format!("worker-{:03}", self.next_worker);
+        self.next_worker += 1;
+        id
     }
 
     async fn fork(&mut self, count: u32) -> anyhow::Result<()> {
@@ -381,15 +440,18 @@ impl<'a> Pool<'a> {
         }
         let ids: Vec<String> = (0..count)
             .map(|_| {
-                let id = format!("worker-{:03}", self.next_worker);
-                self.next_worker += 1;
+                let id = self.worker_id();
                 info!("Spawning worker {id}");
                 self.forking.insert(id.clone(), Instant::now());
                 id
             })
             .collect();
+        self.send_fork(ids).await
+    }
+
+    async fn send_fork(&mut self, worker_ids: Vec<String>) -> anyhow::Result<()> {
         let heartbeat_ms = (self.config.heartbeat_interval_ms > 0).then_some(self.config.heartbeat_interval_ms);
-        self.zygote.send(&Fork { worker_ids: ids, heartbeat_ms }).await
+        self.zygote.send(&Fork { worker_ids, heartbeat_ms }).await
     }
 }
 

@@ -9,7 +9,7 @@
 mod clients;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
@@ -45,8 +45,10 @@ pub enum Command {
     TaskOptions(HashMap<String, TaskOptions>),
     /// New recycling limits (SIGHUP).
     SetLimits(Limits),
-    /// Retire this worker (the pool is shrinking).
-    Retire { worker_id: String },
+    /// Retire this worker (the pool is shrinking, or a reload lowered its size).
+    Retire { worker_id: String, reason: &'static str },
+    /// The worker about to be forked under this id is a standby (see `Scheduler::promote_standby`).
+    Standby { worker_id: String },
     /// Stop accepting, answer queued tasks with `shutting_down`, report `Drained` when idle.
     Drain,
     /// Answer whatever is still queued or in flight and end the thread.
@@ -60,10 +62,12 @@ pub enum Event {
         worker_id: String,
         pid: u32,
     },
-    /// The worker gets no new tasks and will be shut down; fork its replacement now.
-    Retiring {
+    /// The worker reached a recycling limit and gets no new tasks; `promoted` is the standby
+    /// that took its place at once (fork a new standby), or `None` (fork a replacement).
+    Recycled {
         worker_id: String,
         reason: &'static str,
+        promoted: Option<String>,
     },
     /// The broker killed this worker (timeout, cancel, silence): its exit is expected.
     Killed {
@@ -143,6 +147,7 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
         commands: rx,
         sched: Scheduler::new(config.policy),
         task_options: HashMap::new(),
+        standby_ids: HashSet::new(),
         max_payload: config.max_message_bytes as usize,
         idle_spin: config.idle_spin,
         liveness: config.liveness,
@@ -182,6 +187,8 @@ struct Broker {
     commands: mpsc::Receiver<Command>,
     sched: Scheduler<zmq::Message>,
     task_options: HashMap<String, TaskOptions>,
+    /// Ids announced as standbys, until they report ready.
+    standby_ids: HashSet<String>,
     max_payload: usize,
     idle_spin: Duration,
     liveness: Option<Duration>,
@@ -306,7 +313,10 @@ impl Broker {
                 Command::ZygoteLost => self.on_zygote_lost(),
                 Command::TaskOptions(options) => self.task_options = options,
                 Command::SetLimits(limits) => self.sched.set_limits(limits),
-                Command::Retire { worker_id } => self.retire(&worker_id),
+                Command::Retire { worker_id, reason } => self.retire(&worker_id, reason),
+                Command::Standby { worker_id } => {
+                    self.standby_ids.insert(worker_id);
+                }
                 Command::Drain => self.answer_queued(),
                 Command::Stop => return Flow::Stop,
             }

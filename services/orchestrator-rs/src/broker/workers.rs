@@ -43,7 +43,8 @@ impl Broker {
     }
 
     fn on_ready(&mut self, identity: Vec<u8>, msg: WorkerReady) {
-        let answers = self.sched.worker_ready(identity, msg.pid, msg.credits, Instant::now());
+        let standby = self.standby_ids.remove(&msg.worker_id);
+        let answers = self.sched.worker_ready(identity, msg.pid, msg.credits, standby, Instant::now());
         self.answer_all(answers);
         let _ = self.events.send(Event::WorkerReady { worker_id: msg.worker_id, pid: msg.pid });
     }
@@ -58,7 +59,7 @@ impl Broker {
             self.metrics.observe_worker_rss(rss);
         }
         if let Some(reason) = self.sched.heard_from(worker, msg.rss_kb, now) {
-            self.retiring(worker, reason);
+            self.recycle_due(worker, reason);
         }
     }
 
@@ -97,7 +98,7 @@ impl Broker {
             Finished::Dropped => debug!(task_id = msg.task_id, "result for a task nobody waits for; dropped"),
         }
         if let Some(reason) = self.sched.check_recycle(worker, now) {
-            self.retiring(worker, reason);
+            self.recycle_due(worker, reason);
         }
         Ok(())
     }
@@ -159,7 +160,7 @@ impl Broker {
             }
         }
         for (worker, reason) in self.sched.expired_lifetimes(now) {
-            self.retiring(&worker, reason);
+            self.recycle_due(&worker, reason);
         }
         for worker in self.sched.to_shut_down() {
             debug!(worker = %name(&worker), "sending Shutdown to a retired worker");
@@ -169,17 +170,24 @@ impl Broker {
         }
     }
 
-    /// A worker gets no new tasks from now on: the supervisor forks its replacement.
-    fn retiring(&mut self, worker: &[u8], reason: &'static str) {
-        info!("Recycling worker {} ({reason})", name(worker));
+    /// A worker reached a recycling limit (the scheduler retired it): a standby takes its
+    /// place at once if one is ready, and the supervisor forks the next standby or replacement.
+    fn recycle_due(&mut self, worker: &[u8], reason: &'static str) {
+        let promoted = self.sched.promote_standby(Instant::now()).map(|id| name(&id));
+        match &promoted {
+            Some(spare) => info!("Recycling worker {} ({reason}); standby {spare} takes its place", name(worker)),
+            None => info!("Recycling worker {} ({reason})", name(worker)),
+        }
         self.metrics.recycled(reason);
-        let _ = self.events.send(Event::Retiring { worker_id: name(worker), reason });
+        let _ = self.events.send(Event::Recycled { worker_id: name(worker), reason, promoted });
     }
 
-    pub(super) fn retire(&mut self, worker_id: &str) {
-        if self.sched.retire(worker_id.as_bytes(), recycle_reason::IDLE) {
-            info!("Retiring idle worker {worker_id}");
-            self.metrics.recycled(recycle_reason::IDLE);
+    pub(super) fn retire(&mut self, worker_id: &str, reason: &'static str) {
+        if self.sched.retire(worker_id.as_bytes(), reason) {
+            debug!(worker = %worker_id, reason, "retiring");
+            if reason == recycle_reason::IDLE {
+                self.metrics.recycled(reason);
+            }
         }
     }
 

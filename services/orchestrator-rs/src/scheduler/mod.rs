@@ -140,10 +140,11 @@ impl<P> InFlight<P> {
 /// Counts of workers by state, for `Pong` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WorkerCounts {
-    /// Connected and taking tasks (not retiring).
+    /// Connected and taking tasks (not retiring, not standby).
     pub ready: u32,
     pub idle: u32,
     pub retiring: u32,
+    pub standby: u32,
 }
 
 /// Scheduling knobs (from the command line).
@@ -222,14 +223,30 @@ impl<P: Payload> Scheduler<P> {
 
     // ---- workers ---------------------------------------------------------------------------
 
-    /// A worker announced itself (`WorkerReady`). A known identity is replaced (its held tasks
-    /// failed: the returned answers).
-    pub fn worker_ready(&mut self, identity: Vec<u8>, pid: u32, credits: u32, now: Instant) -> Vec<Answer> {
+    /// A worker announced itself (`WorkerReady`); a `standby` takes no tasks until promoted.
+    /// A known identity is replaced (its held tasks failed: the returned answers).
+    pub fn worker_ready(
+        &mut self,
+        identity: Vec<u8>,
+        pid: u32,
+        credits: u32,
+        standby: bool,
+        now: Instant,
+    ) -> Vec<Answer> {
         let answers = self.worker_failed(&identity, Failure::WorkerDied("the worker restarted".into()), now);
         let window = credits.clamp(1, self.policy.window.max(1));
         let lifetime = self.policy.limits.lifetime_for_new_worker();
-        self.workers.insert(identity, Worker::new(pid, window, lifetime, now));
+        self.workers.insert(identity, Worker::new(pid, window, lifetime, standby, now));
         answers
+    }
+
+    /// Puts a ready standby to work (a worker was just recycled); returns its identity.
+    pub fn promote_standby(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let (id, w) = self.workers.iter_mut().find(|(_, w)| w.standby)?;
+        w.standby = false;
+        w.ready_at = now;
+        w.idle_since = now;
+        Some(id.clone())
     }
 
     /// Any message from a worker: it is alive. A heartbeat may carry its RSS; returns the
@@ -351,19 +368,21 @@ impl<P: Payload> Scheduler<P> {
         Finished::Reply(f.origin())
     }
 
-    /// Checks the recycling limits of one worker (after it answered a task).
+    /// Checks the recycling limits of one worker (after it answered a task): retires it and
+    /// returns the reason, the first time one is reached.
     pub fn check_recycle(&mut self, identity: &[u8], now: Instant) -> Option<&'static str> {
         let limits = &self.policy.limits;
         self.workers.get_mut(identity)?.check_limits(limits, now)
     }
 
-    /// Workers newly due for recycling by age.
+    /// Workers newly retired by age.
     pub fn expired_lifetimes(&mut self, now: Instant) -> Vec<(Vec<u8>, &'static str)> {
         let limits = &self.policy.limits;
         self.workers.iter_mut().filter_map(|(id, w)| w.check_limits(limits, now).map(|r| (id.clone(), r))).collect()
     }
 
-    /// Marks a worker to be retired (an elastic pool shrinking); false if it is unknown.
+    /// Marks a worker to be retired: it gets no new tasks and is shut down once it holds none
+    /// (its replacement is ready, or the pool is shrinking). False if unknown or already retiring.
     pub fn retire(&mut self, identity: &[u8], reason: &'static str) -> bool {
         match self.workers.get_mut(identity) {
             Some(w) if w.retiring.is_none() => {
@@ -419,7 +438,7 @@ impl<P: Payload> Scheduler<P> {
             [
                 self.front_deadline(w),
                 liveness.map(|l| w.last_seen + l),
-                w.lifetime.filter(|_| w.retiring.is_none()).map(|l| w.ready_at + l),
+                w.lifetime.filter(|_| w.retiring.is_none() && !w.standby).map(|l| w.ready_at + l),
             ]
         });
         retry.into_iter().chain(workers.flatten()).min()
@@ -429,7 +448,7 @@ impl<P: Payload> Scheduler<P> {
     pub fn longest_idle(&self, now: Instant) -> Option<(Vec<u8>, Duration)> {
         self.workers
             .iter()
-            .filter(|(_, w)| w.held.is_empty() && w.retiring.is_none())
+            .filter(|(_, w)| w.held.is_empty() && w.retiring.is_none() && !w.standby)
             .map(|(id, w)| (id.clone(), now.duration_since(w.idle_since)))
             .max_by_key(|(_, d)| *d)
     }
@@ -590,6 +609,8 @@ impl<P: Payload> Scheduler<P> {
         for w in self.workers.values() {
             if w.retiring.is_some() {
                 c.retiring += 1;
+            } else if w.standby {
+                c.standby += 1;
             } else {
                 c.ready += 1;
                 c.idle += u32::from(w.held.is_empty());

@@ -39,7 +39,7 @@ fn assignments(s: &mut Scheduler<u32>, now: Instant) -> Vec<Assignment<u32>> {
 }
 
 fn ready(s: &mut Scheduler<u32>, id: &[u8], now: Instant) {
-    assert!(s.worker_ready(id.to_vec(), 10, 8, now).is_empty());
+    assert!(s.worker_ready(id.to_vec(), 10, 8, false, now).is_empty());
 }
 
 #[test]
@@ -50,7 +50,7 @@ fn a_task_waits_until_a_worker_is_ready_then_is_pushed() {
     ready(&mut s, b"w1", now);
     let a = s.next_assignment(now).unwrap();
     assert_eq!((a.worker.as_slice(), a.payload, a.attempt), (&b"w1"[..], 1, 1));
-    assert_eq!(s.worker_counts(), WorkerCounts { ready: 1, idle: 0, retiring: 0 });
+    assert_eq!(s.worker_counts(), WorkerCounts { ready: 1, idle: 0, retiring: 0, standby: 0 });
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn nothing_is_pipelined_behind_a_long_or_unknown_task() {
 #[test]
 fn the_worker_window_is_capped_by_its_credits() {
     let (mut s, now) = (sched(8, 100), Instant::now());
-    s.worker_ready(b"w1".to_vec(), 10, 2, now);
+    s.worker_ready(b"w1".to_vec(), 10, 2, false, now);
     s.observe_run_time("short", 20);
     for i in 1..=5 {
         s.submit(task(i, "short")).unwrap();
@@ -247,7 +247,20 @@ fn a_worker_over_its_task_limit_retires_and_is_shut_down_when_empty() {
     assert!(s.next_assignment(now).is_none(), "a retiring worker gets nothing new");
     assert_eq!(s.to_shut_down(), vec![b"w1".to_vec()]);
     assert!(s.to_shut_down().is_empty(), "shut down once");
-    assert_eq!(s.worker_counts(), WorkerCounts { ready: 0, idle: 0, retiring: 1 });
+    assert_eq!(s.worker_counts(), WorkerCounts { ready: 0, idle: 0, retiring: 1, standby: 0 });
+}
+
+#[test]
+fn a_standby_takes_no_tasks_until_promoted() {
+    let (mut s, now) = (sched(1, 10), Instant::now());
+    s.worker_ready(b"spare".to_vec(), 11, 8, true, now);
+    s.submit(task(1, "a")).unwrap();
+    assert!(s.next_assignment(now).is_none());
+    assert!(s.longest_idle(now).is_none(), "a standby is never shrunk away");
+    assert_eq!(s.worker_counts().standby, 1);
+    assert_eq!(s.promote_standby(now), Some(b"spare".to_vec()));
+    assert_eq!(s.next_assignment(now).unwrap().worker, b"spare".to_vec());
+    assert_eq!(s.promote_standby(now), None);
 }
 
 #[test]

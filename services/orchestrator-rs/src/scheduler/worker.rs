@@ -31,10 +31,13 @@ pub(super) struct Worker {
     pub retiring: Option<&'static str>,
     /// `Shutdown` was sent (after its last assignment was answered).
     pub shutdown_sent: bool,
+    /// A spare, ready but taking no tasks until it replaces a worker that is recycled, so
+    /// recycling never leaves the pool short while a replacement starts.
+    pub standby: bool,
 }
 
 impl Worker {
-    pub fn new(pid: u32, window: u32, lifetime: Option<Duration>, now: Instant) -> Self {
+    pub fn new(pid: u32, window: u32, lifetime: Option<Duration>, standby: bool, now: Instant) -> Self {
         Worker {
             pid,
             window,
@@ -50,6 +53,7 @@ impl Worker {
             idle_since: now,
             retiring: None,
             shutdown_sent: false,
+            standby,
         }
     }
 
@@ -59,13 +63,15 @@ impl Worker {
 
     /// Can take a task now: idle, or (for a short task) window left and only short tasks held.
     pub fn can_take(&self, short: bool) -> bool {
-        self.retiring.is_none()
+        !self.standby
+            && self.retiring.is_none()
             && (self.held.is_empty() || (short && self.long_held == 0 && self.in_flight() < self.window))
     }
 
-    /// Marks the worker for retirement if a limit is reached; returns the reason the first time.
+    /// Retires the worker if a recycling limit is reached; returns the reason the first time.
+    /// A standby's clock starts when it is promoted.
     pub fn check_limits(&mut self, limits: &Limits, now: Instant) -> Option<&'static str> {
-        if self.retiring.is_some() {
+        if self.retiring.is_some() || self.standby {
             return None;
         }
         let reason = if limits.max_tasks > 0 && self.tasks_done >= limits.max_tasks {

@@ -33,6 +33,7 @@ fmt:
 
 bench: setup
 	uv run python benchmarks/dispatch.py --json
+	uv run python benchmarks/lifecycle.py --json
 
 clean:
 	cargo clean

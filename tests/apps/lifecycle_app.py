@@ -1,6 +1,7 @@
 """Tasks that misbehave on purpose, for the lifecycle tests."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,8 @@ def leak(mb: int) -> int:
 @app.task()
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task()
+def exit_with(code: int) -> None:
+    sys.exit(code)

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use neutrino_protocol::{decode_meta, ExitCode, Fork, Forked, MessageType, WorkerExited, ZygoteReady};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
@@ -19,10 +19,8 @@ use crate::scheduler::recycle_reason;
 use crate::supervisor::start_zygote;
 use crate::zygote::{kill_group, StartError, Zygote};
 
-/// A worker that exits sooner than this after it was forked (or before it was ready) crashed at
-/// start: its replacement is backed off, so a broken worker cannot fork-loop.
-const EARLY_EXIT: Duration = Duration::from_secs(2);
-/// First backoff after an early exit, doubled per consecutive one, capped.
+/// A worker that exits before it was ready could not start: its replacement is backed off,
+/// starting here and doubling per consecutive failure, so a broken worker cannot fork-loop.
 const CRASH_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Same for restarting a zygote that died.
@@ -45,6 +43,8 @@ pub struct Pool<'a> {
     standby: Option<String>,
     /// Workers the broker killed (timeout, cancel, silence): replaced, but not a crash.
     killed: HashSet<String>,
+    /// Workers we retired (recycled, pool shrinking): their exit is expected, not replaced.
+    retired: HashSet<String>,
     /// How many workers the pool wants now (between --min-workers and --max-workers).
     target: u32,
     /// Consecutive workers that crashed at start, and replacements owed after a backoff.
@@ -83,6 +83,7 @@ impl<'a> Pool<'a> {
             live: HashMap::new(),
             standby: None,
             killed: HashSet::new(),
+            retired: HashSet::new(),
             target,
             early_exits: 0,
             owed: 0,
@@ -118,18 +119,21 @@ impl<'a> Pool<'a> {
     pub async fn serve(
         &mut self,
         mut shutdown: impl Future<Output = ()> + Unpin,
+        mut hangup: Signal,
         mut events: UnboundedReceiver<Event>,
     ) -> anyhow::Result<ExitCode> {
         self.fork(self.target).await?;
         self.ensure_standby().await?;
         info!("Waiting for worker to connect...");
-        let mut hangup = signal(SignalKind::hangup())?;
         let mut stage = Stage::Serving;
         let mut grace: Option<tokio::time::Instant> = None;
         loop {
             let serving = matches!(stage, Stage::Serving);
             let owed_at = self.owed_at.map(tokio::time::Instant::from_std);
             tokio::select! {
+                // Broker events before the zygote's messages: a worker's `Recycled`/`Killed`
+                // then usually precedes its `WorkerExited` (on_exit copes with either order).
+                biased;
                 _ = &mut shutdown, if serving => {
                     info!("Draining: no new tasks; running tasks get {:?} to finish", self.config.grace_period());
                     self.broker.send(Command::Drain);
@@ -180,8 +184,13 @@ impl<'a> Pool<'a> {
     }
 
     fn on_ready(&mut self, worker_id: String, pid: u32) {
-        info!("Worker {worker_id} connected (pid={pid})");
         let standby = self.standby.as_deref() == Some(worker_id.as_str());
+        if !standby && !self.forking.contains_key(&worker_id) {
+            // Its exit was handled first (the broker read this ready message while draining
+            // the socket for that exit): nothing to count.
+            return debug!(worker = %worker_id, "ready message from a worker already gone");
+        }
+        info!("Worker {worker_id} connected (pid={pid})");
         match self.forking.remove(&worker_id) {
             Some(at) => {
                 let took = at.elapsed();
@@ -209,6 +218,7 @@ impl<'a> Pool<'a> {
     /// place if one was ready; fork the next standby, or a replacement if none was.
     async fn on_recycled(&mut self, worker_id: String, promoted: Option<String>, serving: bool) -> anyhow::Result<()> {
         self.live.remove(&worker_id);
+        self.retired.insert(worker_id);
         if !serving {
             return Ok(());
         }
@@ -252,6 +262,7 @@ impl<'a> Pool<'a> {
                 self.target -= 1;
                 info!("Shrinking the pool to {} workers ({worker_id} idle for {idle_for:.0?})", self.target);
                 self.live.remove(&worker_id);
+                self.retired.insert(worker_id.clone());
                 self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
             }
         }
@@ -279,56 +290,56 @@ impl<'a> Pool<'a> {
             _ => "unknown status".to_owned(),
         };
         self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone(), how: how.clone() });
-        let forked_at = self.forking.remove(&m.worker_id);
+        self.forking.remove(&m.worker_id);
         let ready_at = self.live.remove(&m.worker_id);
         let was_standby = self.standby.as_deref() == Some(m.worker_id.as_str());
         if was_standby {
             self.standby = None;
         }
-        if m.exit_code == Some(0) && m.signal.is_none() {
-            // Workers exit 0 only when told to: retired (recycled, pool shrinking) or stopping.
-            debug!(worker = %m.worker_id, "worker exited cleanly ({how})");
-            return Ok(None);
-        }
-        if !serving {
+        let was_killed = self.killed.remove(&m.worker_id);
+        if self.retired.remove(&m.worker_id) || !serving {
+            // Retired (its place was already filled or given up), or we are stopping.
             debug!(worker = %m.worker_id, "worker exited ({how})");
-            return Ok(None);
-        }
-        if self.killed.remove(&m.worker_id) {
-            info!("Worker {} (pid={}) was killed; replacing it", m.worker_id, m.pid);
-            self.fork(1).await?;
             return Ok(None);
         }
         let code = m.exit_code.and_then(|c| ExitCode::from_code(c as i32));
         if let Some(code) = code.filter(|c| !c.restartable() && *c != ExitCode::Ok) {
+            // Only the framework exits 2, 3 or 4 (a task's sys.exit() becomes 1).
             error!(
                 "Worker {} exited with {code:?} ({how}); a new worker would fail the same way, stopping",
                 m.worker_id
             );
             return Ok(Some(code));
         }
-        let early = match (ready_at, forked_at) {
-            (Some(ready), _) => ready.elapsed() < EARLY_EXIT,
-            (None, _) => true, // never became ready
-        };
+        // A worker that never became ready could not start: back off. One that a task killed
+        // (a crash, os._exit) is replaced at once; its task was answered or retried.
+        let early = ready_at.is_none() && !was_killed;
         self.early_exits = if early { self.early_exits + 1 } else { 0 };
-        if self.early_exits == 0 {
+        if was_killed {
+            info!("Worker {} (pid={}) was killed; replacing it", m.worker_id, m.pid);
+        } else if !early {
             warn!("Worker {} (pid={}) exited ({how}); replacing it", m.worker_id, m.pid);
-            if was_standby {
+        }
+        if was_standby {
+            if !early {
                 self.ensure_standby().await?;
             } else {
-                self.fork(1).await?;
+                // The next recycling forks another; no loop of broken spares meanwhile.
+                error!("Standby worker {} (pid={}) exited ({how}) before it was ready", m.worker_id, m.pid);
             }
-        } else if was_standby {
-            // The next recycling forks another; no loop of broken spares meanwhile.
-            error!("Standby worker {} (pid={}) exited ({how}) soon after starting", m.worker_id, m.pid);
-        } else {
+            return Ok(None);
+        }
+        // Replace up to the target (not one per exit), so capacity cannot creep.
+        let deficit = self.target.saturating_sub(self.capacity());
+        if !early {
+            self.fork(deficit).await?;
+        } else if deficit > 0 {
             let delay = backoff(CRASH_BACKOFF_FIRST, self.early_exits);
             error!(
-                "Worker {} (pid={}) exited ({how}) {} time(s) in a row soon after starting; next replacement in {delay:.1?}",
+                "Worker {} (pid={}) exited ({how}) {} time(s) in a row before it was ready; next replacement in {delay:.1?}",
                 m.worker_id, m.pid, self.early_exits
             );
-            self.owe(1, delay);
+            self.owe(deficit, delay);
         }
         Ok(None)
     }
@@ -357,6 +368,7 @@ impl<'a> Pool<'a> {
         self.forking.clear();
         self.standby = None;
         self.killed.clear();
+        self.retired.clear();
         self.owed = 0;
         self.owed_at = None;
         tokio::select! {
@@ -418,10 +430,12 @@ impl<'a> Pool<'a> {
         let extra: Vec<String> = self.live.keys().take(capacity.saturating_sub(target) as usize).cloned().collect();
         for worker_id in extra {
             self.live.remove(&worker_id);
+            self.retired.insert(worker_id.clone());
             self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
         }
         if !self.wants_standby() {
             if let Some(worker_id) = self.standby.take() {
+                self.retired.insert(worker_id.clone());
                 self.broker.send(Command::Retire { worker_id, reason: recycle_reason::IDLE });
             }
         }
@@ -451,7 +465,11 @@ impl<'a> Pool<'a> {
 
     async fn send_fork(&mut self, worker_ids: Vec<String>) -> anyhow::Result<()> {
         let heartbeat_ms = (self.config.heartbeat_interval_ms > 0).then_some(self.config.heartbeat_interval_ms);
-        self.zygote.send(&Fork { worker_ids, heartbeat_ms }).await
+        if let Err(e) = self.zygote.send(&Fork { worker_ids, heartbeat_ms }).await {
+            // The zygote is gone: its closed link (read side) restarts it and forks the pool.
+            warn!("cannot ask the zygote to fork: {e:#}");
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use neutrino_protocol::{ExitCode, ZygoteReady};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::unbounded_channel;
 use tracing::{debug, error, info, warn};
 
@@ -58,6 +59,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         info!("Accepting tasks on {f}");
     }
 
+    // Installed now: SIGHUP's default action would kill us while the app imports.
+    let hangup = signal(SignalKind::hangup())?;
     tokio::pin!(shutdown);
     let start = tokio::select! {
         start = start_zygote(&config, &run_dir) => start,
@@ -85,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let mut pool = Pool::new(config.clone(), &run_dir, zygote, ready, broker, metrics, started);
-    let outcome = pool.serve(&mut shutdown, events).await;
+    let outcome = pool.serve(&mut shutdown, hangup, events).await;
     let (zygote, broker) = pool.into_parts();
     match zygote.stop().await {
         Some(0) => debug!("zygote stopped"),

@@ -54,8 +54,10 @@ def worker_main(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterabl
         _shed_zygote(spec, inherited_fds, sigmask)
         gc.enable()
         code = _serve(spec)
-    except SystemExit as exc:  # sys.exit() inside a task: exit as the interpreter would
-        code = ExitCode.OK if exc.code is None else exc.code if isinstance(exc.code, int) else ExitCode.FAILURE
+    except SystemExit as exc:  # sys.exit() inside a task
+        # Exit codes 2-4 mean framework failures the supervisor acts on (SPEC.md §7); a task's
+        # own sys.exit(n) must not look like one, so any non-zero code becomes 1.
+        code = ExitCode.OK if exc.code in (None, 0) else ExitCode.FAILURE
     except BaseException:
         log.exception("worker %s crashed", spec.worker_id)
     finally:

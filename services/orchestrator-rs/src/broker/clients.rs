@@ -13,6 +13,9 @@ use crate::scheduler::{
     Answer, Cancelled, Failure, Origin, Task, TaskPolicy, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S,
 };
 
+/// Longest timeout or backoff honoured (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
 #[derive(serde::Deserialize)]
 struct IdOnly {
     id: u64,
@@ -89,7 +92,10 @@ impl Broker {
     /// The app's defaults for this task, overridden by the call's own options.
     fn policy_for(&self, msg: &SubmitTask) -> TaskPolicy {
         let defaults = self.task_options.get(&msg.task);
-        let pick = |call: Option<f64>, app: Option<f64>| call.or(app).filter(|v| v.is_finite() && *v > 0.0);
+        // A call's value that makes no sense falls back to the app's; both are capped at a day,
+        // so no deadline arithmetic can overflow.
+        let valid = |v: Option<f64>| v.filter(|v| v.is_finite() && *v > 0.0).map(|v| v.min(MAX_SECONDS));
+        let pick = |call: Option<f64>, app: Option<f64>| valid(call).or(valid(app));
         TaskPolicy {
             timeout_s: pick(msg.timeout_s, defaults.and_then(|d| d.timeout_s)),
             retries: msg.retries.or(defaults.and_then(|d| d.retries)).unwrap_or(0),

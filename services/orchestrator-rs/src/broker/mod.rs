@@ -259,8 +259,8 @@ impl Broker {
     /// Block until the next time-based duty (retry due, timeout, silence, lifetime), or forever.
     fn poll_timeout_ms(&self, now: Instant) -> i64 {
         let mut next = self.sched.next_deadline(self.liveness);
-        if self.sched.worker_counts().ready > 0 {
-            // keep the load report flowing for the elastic pool while there are workers
+        if self.sched.worker_counts().ready > 0 || self.sched.queue_depth() > 0 {
+            // keep the load report flowing for the elastic pool (also to grow from zero workers)
             next = Some(
                 next.map_or(self.last_load.0 + LOAD_REPORT_EVERY, |n| n.min(self.last_load.0 + LOAD_REPORT_EVERY)),
             );

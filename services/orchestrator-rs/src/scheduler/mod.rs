@@ -208,16 +208,18 @@ impl<P: Payload> Scheduler<P> {
         Ok(())
     }
 
-    /// Moves tasks whose retry delay is over to the front of the queue.
+    /// Moves tasks whose retry delay is over to the front of the queue, earliest due first.
     pub fn release_due_retries(&mut self, now: Instant) {
-        while let Some(Reverse((due, key))) = self.delayed.peek().copied() {
-            if due > now {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, key))) = self.delayed.peek().copied() {
+            if at > now {
                 break;
             }
             self.delayed.pop();
-            if let Some(task) = self.delayed_tasks.remove(&key) {
-                self.queue.push_front(task);
-            }
+            due.extend(self.delayed_tasks.remove(&key));
+        }
+        for task in due.into_iter().rev() {
+            self.queue.push_front(task);
         }
     }
 
@@ -427,7 +429,7 @@ impl<P: Payload> Scheduler<P> {
     fn front_deadline(&self, w: &Worker) -> Option<Instant> {
         let f = self.in_flight.get(w.held.front()?)?;
         let timeout = f.policy.timeout_s?;
-        Some(w.front_since + Duration::from_secs_f64(timeout.max(0.0)))
+        w.front_since.checked_add(Duration::from_secs_f64(timeout.clamp(0.0, 86_400.0)))
     }
 
     /// The next moment something time-based is due (a retry, a timeout, a silent worker, an
@@ -472,6 +474,9 @@ impl<P: Payload> Scheduler<P> {
     /// Picks the next queued task and the worker for it, if any worker can take it now.
     /// Call until it returns `None` after every event.
     pub fn next_assignment(&mut self, now: Instant) -> Option<Assignment<P>> {
+        if self.draining {
+            return None; // what is still queued (requeued, retried) is answered when we stop
+        }
         let short = self.is_short(&self.queue.front()?.name);
         let identity = self.pick_worker(short)?;
         let task = self.queue.pop_front()?;
@@ -563,10 +568,17 @@ impl<P: Payload> Scheduler<P> {
         if w.held.front() == Some(&task_id) {
             return Cancelled::Kill { worker: f.worker.clone(), pid: w.pid };
         }
-        // Held behind the running task: it has not started. Answer now, drop its result later.
+        // Held behind the running task: it has not started. Answer now, drop its result later
+        // (the worker may still run it: it cannot be taken back from the worker's socket).
         f.cancelled = true;
         let origin = Origin { client: f.client.clone(), client_task_id: f.client_task_id, attempts: f.attempt - 1 };
-        cancelled(origin)
+        Cancelled::Answer(Answer {
+            origin,
+            error: ErrorInfo::neutrino(
+                error_kind::CANCELLED,
+                "cancelled before it started (its worker may still run it)",
+            ),
+        })
     }
 
     /// Stops accepting tasks and hands back everything still waiting (queued or for a retry).

@@ -191,6 +191,9 @@ impl<'a> Pool<'a> {
             return debug!(worker = %worker_id, "ready message from a worker already gone");
         }
         info!("Worker {worker_id} connected (pid={pid})");
+        // A worker started: whatever kept failing (workers, the zygote) works again.
+        self.early_exits = 0;
+        self.zygote_restarts = 0;
         match self.forking.remove(&worker_id) {
             Some(at) => {
                 let took = at.elapsed();

@@ -71,13 +71,16 @@ class Orchestrator:
         return [int(p) for p in re.findall(r"pid=(\d+)", self.log)]
 
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (then SIGKILL) by pid, and remove the test's temp dir; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return code
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -151,7 +154,6 @@ def orchestrators() -> Iterator[list[Orchestrator]]:
     yield started
     for orch in started:
         orch.stop()
-        shutil.rmtree(orch.run_dir, ignore_errors=True)
 
 
 @pytest.fixture

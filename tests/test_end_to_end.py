@@ -133,7 +133,9 @@ def test_sigterm_leaves_no_process_and_no_socket_file(start) -> None:
     assert len(pids) == 3, orch.log  # zygote + 2 workers
     run_dir = orch.run_dir / "run"
     assert (run_dir / "backend.sock").exists()
-    assert orch.stop() == 0
+    assert (orch.run_dir / "frontend.sock").exists()
+    orch.proc.send_signal(signal.SIGTERM)  # not orch.stop(), which also removes the test's temp dir
+    assert orch.proc.wait(timeout=30) == 0
     for pid in pids:
         assert not _alive(pid), f"pid {pid} outlived the orchestrator"
     assert not run_dir.exists()

@@ -61,9 +61,11 @@ def test_a_task_past_its_timeout_is_killed_and_answered_timeout(start) -> None:
     orch = start(workers=1, app=APP)
     with Client(orch.address) as client:
         first = client.call("pid")
-        queued = client.submit("add", 2, 2)
+        overrun = client.submit("slow", 30.0)  # the decorator's timeout is 0.5 s
+        busy(client)
+        queued = client.submit("add", 2, 2)  # waits behind it, survives the kill
         with pytest.raises(TaskTimeoutError, match="timeout") as err:
-            client.call("slow", 30.0)  # the decorator's timeout is 0.5 s
+            overrun.result(timeout=30)
         assert err.value.kind == "timeout"
         assert queued.result(timeout=30) == 4
         assert client.call("pid") != first, "the overrunning worker was replaced"

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
 
-from .app import MAX_RETRIES
+from .app import MAX_RETRIES, Task
 from .codec import pack_args, unpack_result
 from .errors import (
     AddressError,
@@ -117,6 +117,11 @@ def check_max_payload(max_payload_bytes: int) -> int:
     if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
         raise ValueError(f"max_payload_bytes must be an int >= 1, got {max_payload_bytes!r}")
     return max_payload_bytes
+
+
+def task_name(name: str | Task[..., Any]) -> str:
+    """A task's wire name, from its name or its `Task` object."""
+    return name.name if isinstance(name, Task) else name
 
 
 def submit_frames(

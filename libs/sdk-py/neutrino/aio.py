@@ -112,7 +112,7 @@ class AsyncClient:
     ) -> AsyncTaskFuture:
         """`submit()` with per-call overrides of the task's `timeout` (seconds per attempt) and `retries`."""
         _frontend.check_options(timeout_s, retries)
-        task = name.name if isinstance(name, Task) else name
+        task = _frontend.task_name(name)
         task_id = next(self._ids)
         frames = _frontend.submit_frames(
             task_id, task, args, kwargs or {}, timeout_s, retries, max_payload_bytes=self.max_payload_bytes

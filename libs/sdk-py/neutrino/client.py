@@ -154,7 +154,7 @@ class Client:
 
     def call(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a task and return its value; raise its TaskError/RejectedError, or NeutrinoTimeoutError."""
-        task = _task_name(name)
+        task = _frontend.task_name(name)
         task_id = next(self._ids)
         frames = _frontend.submit_frames(task_id, task, args, kwargs, max_payload_bytes=self.max_payload_bytes)
         fut = TaskFuture(task_id, task, self._cancel)
@@ -187,7 +187,7 @@ class Client:
     ) -> TaskFuture:
         """`submit()` with per-call overrides of the task's `timeout` (seconds per attempt) and `retries`."""
         _frontend.check_options(timeout_s, retries)
-        task = _task_name(name)
+        task = _frontend.task_name(name)
         task_id = next(self._ids)
         frames = _frontend.submit_frames(
             task_id, task, args, kwargs or {}, timeout_s, retries, max_payload_bytes=self.max_payload_bytes
@@ -463,7 +463,3 @@ def _settle_one(fut: Future[Any], value: Any, exc: BaseException | None) -> None
             fut.set_exception(exc)
     except InvalidStateError:
         pass  # cancelled by its owner between the reply and now
-
-
-def _task_name(name: str | Task[..., Any]) -> str:
-    return name.name if isinstance(name, Task) else name

@@ -36,8 +36,8 @@ pub struct Pool<'a> {
     next_worker: u32,
     /// Workers we asked for and that are not ready yet, with when we asked.
     forking: HashMap<String, Instant>,
-    /// Ready workers taking tasks, with when they became ready.
-    live: HashMap<String, Instant>,
+    /// Ready workers taking tasks.
+    live: HashSet<String>,
     /// The spare worker kept ready while recycling is on (forking or ready), which takes a
     /// recycled worker's place at once, so recycling never leaves the pool short.
     standby: Option<String>,
@@ -80,7 +80,7 @@ impl<'a> Pool<'a> {
             started,
             next_worker: 1,
             forking: HashMap::new(),
-            live: HashMap::new(),
+            live: HashSet::new(),
             standby: None,
             killed: HashSet::new(),
             retired: HashSet::new(),
@@ -205,7 +205,7 @@ impl<'a> Pool<'a> {
         if standby {
             return info!("Worker {worker_id} is the standby");
         }
-        self.live.insert(worker_id, Instant::now());
+        self.live.insert(worker_id);
         if !self.announced && self.live.len() as u32 >= self.target {
             self.announced = true;
             let n = self.live.len();
@@ -228,7 +228,7 @@ impl<'a> Pool<'a> {
         match promoted {
             Some(spare) => {
                 self.standby = None;
-                self.live.insert(spare, Instant::now());
+                self.live.insert(spare);
             }
             None => self.fork(1).await?,
         }
@@ -294,7 +294,7 @@ impl<'a> Pool<'a> {
         };
         self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone(), how: how.clone() });
         self.forking.remove(&m.worker_id);
-        let ready_at = self.live.remove(&m.worker_id);
+        let was_ready = self.live.remove(&m.worker_id);
         let was_standby = self.standby.as_deref() == Some(m.worker_id.as_str());
         if was_standby {
             self.standby = None;
@@ -316,7 +316,7 @@ impl<'a> Pool<'a> {
         }
         // A worker that never became ready could not start: back off. One that a task killed
         // (a crash, os._exit) is replaced at once; its task was answered or retried.
-        let early = ready_at.is_none() && !was_killed;
+        let early = !was_ready && !was_killed;
         self.early_exits = if early { self.early_exits + 1 } else { 0 };
         if was_killed {
             info!("Worker {} (pid={}) was killed; replacing it", m.worker_id, m.pid);
@@ -430,7 +430,7 @@ impl<'a> Pool<'a> {
         if capacity < target {
             self.fork(target - capacity).await?;
         }
-        let extra: Vec<String> = self.live.keys().take(capacity.saturating_sub(target) as usize).cloned().collect();
+        let extra: Vec<String> = self.live.iter().take(capacity.saturating_sub(target) as usize).cloned().collect();
         for worker_id in extra {
             self.live.remove(&worker_id);
             self.retired.insert(worker_id.clone());

@@ -64,7 +64,6 @@ impl Broker {
     }
 
     fn on_result(&mut self, worker: &[u8], parts: &mut Vec<zmq::Message>, now: Instant) -> Result<(), ProtocolError> {
-        self.sched.heard_from(worker, None, now);
         let msg = match decode_frames::<TaskResult, _>(&parts[1..]) {
             Ok((msg, _)) => msg,
             Err(e) => {

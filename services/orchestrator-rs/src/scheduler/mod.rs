@@ -335,6 +335,9 @@ impl<P: Payload> Scheduler<P> {
         retry: Option<Option<f64>>,
         now: Instant,
     ) -> Finished {
+        if let Some(w) = self.workers.get_mut(identity) {
+            w.last_seen = now; // any message counts as a heartbeat
+        }
         match self.in_flight.get(&task_id) {
             Some(f) if f.worker == identity => {}
             _ => return Finished::Dropped,
@@ -350,7 +353,6 @@ impl<P: Payload> Scheduler<P> {
             if w.held.is_empty() {
                 w.idle_since = now;
             }
-            w.last_seen = now;
         }
         if let Some(us) = run_us {
             self.observe_run_time(&f.name, us);

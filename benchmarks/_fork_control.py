@@ -4,6 +4,7 @@ Run as a script (from the repository root) in one of two modes:
 
     python benchmarks/_fork_control.py fork --children N [--freeze] MODULE
     python benchmarks/_fork_control.py hold MODULE
+    python benchmarks/_fork_control.py churn --children N MODULE
 
 `fork` imports MODULE with the collector off (as the zygote does), optionally calls gc.freeze(),
 then forks N children that each turn the collector on and run a full gc.collect(). `hold`
@@ -12,6 +13,11 @@ Once every process has collected, one JSON line goes to stdout (`{"parent": pid,
 [pids], "import": {...}}`) and the processes stay up, idle, until SIGTERM, so the caller can read
 their memory from /proc. Children leave when the parent does: they block on a pipe whose only
 write end the parent holds.
+
+`churn` is the floor under recycling: it imports MODULE as the zygote does (collector off,
+gc.freeze()), then forks N children one after another that each leave at once through
+os._exit, and prints the CPU one such fork costs, parent and child together. No worker can be
+replaced for less, whatever it does once started.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import gc
 import importlib
 import json
 import os
+import resource
 import signal
 import sys
+import time
 from typing import Any
 
 
@@ -75,6 +83,41 @@ def hold(module: str) -> None:
     _report({"parent": os.getpid(), "children": [], "import": info})
 
 
+def churn(module: str, children: int) -> None:
+    info = _import(module)
+    gc.freeze()
+    before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    elapsed = time.perf_counter() - started
+    after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def cpu_ms(before: resource.struct_rusage, after: resource.struct_rusage) -> float:
+        return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000 / children
+
+    parent, child = cpu_ms(before_self, after_self), cpu_ms(before_children, after_children)
+    with open("/proc/self/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    print(
+        json.dumps(
+            {
+                "forks": children,
+                "parent_rss_kb": rss_kb,
+                "cpu_ms_per_fork": round(parent + child, 3),
+                "parent_cpu_ms": round(parent, 3),
+                "child_cpu_ms": round(child, 3),
+                "wall_ms_per_fork": round(elapsed * 1000 / children, 3),
+                "import": info,
+            }
+        ),
+        flush=True,
+    )
+
+
 def _report(document: dict[str, Any]) -> None:
     print(json.dumps(document), flush=True)
     while True:
@@ -83,7 +126,7 @@ def _report(document: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["fork", "hold"])
+    parser.add_argument("mode", choices=["fork", "hold", "churn"])
     parser.add_argument("module", help="the module to import, e.g. benchmarks.apps.big_import")
     parser.add_argument("--children", type=int, default=8)
     parser.add_argument("--freeze", action="store_true", help="gc.freeze() before forking")
@@ -91,6 +134,8 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     if opts.mode == "fork":
         fork(opts.module, opts.children, opts.freeze)
+    elif opts.mode == "churn":
+        churn(opts.module, opts.children)
     else:
         hold(opts.module)
 

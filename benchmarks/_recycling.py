@@ -3,6 +3,11 @@
 Two orchestrators for the quickstart app, one plain and one recycling its workers, are up at once
 and measured in alternating rounds (as in dispatch.py). Recycles are counted from the recycling
 orchestrator's log; its "ready!" lines for workers beyond the initial pool time the replacements.
+
+The floor under any recycling ratio: a replacement costs at least one fork and one exit of a
+process the zygote's size (`_fork_control.py churn`, f ms of CPU). With the plain orchestrator
+keeping every core busy at P tasks/s, recycling every N tasks can at best reach
+1 / (1 + f * P / (cores * N)); `fork_floor.ratio_bound` reports it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import contextlib
 import math
 import re
 import statistics
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +62,21 @@ def replacement_starts(log_path: Path, initial_workers: int) -> dict[str, Any]:
         "max": values[-1],
         "min": values[0],
     }
+
+
+def fork_floor(tasks_per_s: float | None, max_tasks_per_worker: int, forks: int = 300) -> dict[str, Any]:
+    """CPU of a bare fork + exit of the app's process, and the recycling ratio it allows at best."""
+    argv = [sys.executable, str(REPO / "benchmarks" / "_fork_control.py"), "churn", "--children", str(forks)]
+    done = subprocess.run([*argv, "examples.quickstart.app"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        return {"error": f"_fork_control.py churn exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+    floor: dict[str, Any] = json.loads(done.stdout)
+    cores = os.cpu_count() or 1
+    if tasks_per_s:
+        fork_share = floor["cpu_ms_per_fork"] / 1000 * tasks_per_s / (cores * max_tasks_per_worker)
+        floor["ratio_bound"] = round(1 / (1 + fork_share), 3)
+        floor["cores"] = cores
+    return floor
 
 
 def recycling(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
@@ -103,8 +126,11 @@ def recycling(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict
     ]
     report["recycled"]["recycles_expected_about"] = report["recycled"]["tasks_run"] // opts.max_tasks_per_worker
     report["replacement_start_ms"] = replacement_starts(args["recycled"]["log_path"], RECYCLE_APP_WORKERS)
+    report["fork_floor"] = fork_floor(plain, opts.max_tasks_per_worker)
     log(
         f"recycling: plain {plain} tasks/s, recycled {recycled} tasks/s, ratio {report['ratio']}, "
-        f"{report['recycled']['recycles_logged']} recycles; replacement start {report['replacement_start_ms']}"
+        f"{report['recycled']['recycles_logged']} recycles; replacement start {report['replacement_start_ms']}; "
+        f"a bare fork costs {report['fork_floor'].get('cpu_ms_per_fork')} ms CPU, "
+        f"bounding the ratio at {report['fork_floor'].get('ratio_bound')}"
     )
     return report

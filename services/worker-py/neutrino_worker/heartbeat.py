@@ -3,8 +3,11 @@ while a task keeps the main thread busy (SPEC.md §4.3 `Heartbeat`).
 
 The thread owns a second DEALER on the worker's context (sockets are not thread-safe, contexts
 are), with routing id `<worker_id>/hb`, connected to the same backend endpoint. It sends
-`Heartbeat(worker_id, rss_kb)` at once and then every interval. The main thread never touches it:
-the per-task path takes no lock and pays nothing for it.
+`Heartbeat(worker_id, rss_kb)` every interval, the first one interval after start: `WorkerReady`
+already told the orchestrator the worker is alive, and a worker recycled within its first
+interval (every few milliseconds, under `--max-tasks-per-worker` with short tasks) then never
+opens the socket, which measured about a quarter of a short-lived worker's cost. The main thread
+never touches it: the per-task path takes no lock and pays nothing for it.
 
 Why it keeps beating through a long CPU-bound task: when another thread waits for the GIL,
 CPython makes the running thread hand it over every switch interval (`sys.getswitchinterval()`,
@@ -61,6 +64,8 @@ class HeartbeatThread:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._stopping.wait(self._interval_s):
+            return  # stopped within the first interval: nothing was ever opened
         sock = self._ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.ROUTING_ID, f"{self._worker_id}/hb".encode())

@@ -49,6 +49,27 @@ def test_thread_beats_from_its_own_routing_id_and_stops(inproc: tuple[zmq.Contex
     assert beat.stop()
 
 
+def test_first_beat_waits_one_interval(inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str]) -> None:
+    ctx, router, endpoint = inproc
+    beat = HeartbeatThread(ctx, endpoint, "w-8", interval_ms=200)
+    started = time.monotonic()
+    beat.start()
+    identity, _ = recv_beat(router)
+    assert identity == b"w-8/hb"
+    assert time.monotonic() - started >= 0.19, "WorkerReady already said the worker is alive"
+    assert beat.stop()
+
+
+def test_stopped_within_the_first_interval_sends_nothing(
+    inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str],
+) -> None:
+    ctx, router, endpoint = inproc
+    beat = HeartbeatThread(ctx, endpoint, "w-9", interval_ms=60_000)
+    beat.start()
+    assert beat.stop(), "stop() wakes the first wait at once"
+    assert not router.poll(100), "a short-lived worker never opens the heartbeat socket"
+
+
 def test_interval_must_be_positive(inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str]) -> None:
     ctx, _, endpoint = inproc
     with pytest.raises(ValueError, match="at least 1 ms"):
@@ -58,7 +79,7 @@ def test_interval_must_be_positive(inproc: tuple[zmq.Context[Any], zmq.Socket[An
 def test_heartbeats_continue_while_a_cpu_bound_task_runs(orchestrator: FakeOrchestrator) -> None:
     orchestrator.start_ready()
     orchestrator.fork("w-1", heartbeat_ms=100)
-    identity, msg = orchestrator.recv_backend()  # the first beat is sent at once
+    identity, msg = orchestrator.recv_backend()  # the first beat comes one interval after start
     assert identity == "w-1/hb" and isinstance(msg, Heartbeat)
     orchestrator.assign("w-1", 1, "spin", 1.0)
     assigned = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
 import signal
 import urllib.request
 from pathlib import Path
@@ -273,3 +274,56 @@ def test_metrics_endpoint_reports_queue_outcomes_latency_and_workers(start) -> N
     assert 'neutrino_orchestrator_tasks_total{outcome="task_error"} 1' in body
     assert "neutrino_orchestrator_dispatch_latency_seconds_count 2" in body
     assert 'neutrino_orchestrator_workers{state="idle"} 2' in body
+
+
+def test_describe_returns_each_tasks_schemas(start) -> None:
+    orch = start()
+    with Client(orch.address) as client:
+        catalog = client.describe(timeout_s=30)
+    assert list(catalog) == ["add", "noop", "sleep", "cpu", "fail", "greet", "echo"]
+    add = catalog["add"]
+    assert add["params"] == {
+        "additionalProperties": False,
+        "properties": {"x": {"title": "X", "type": "integer"}, "y": {"title": "Y", "type": "integer"}},
+        "required": ["x", "y"],
+        "title": "add",
+        "type": "object",
+    }
+    assert (add["result"], add["doc"], add["options"], add["http"]) == ({"type": "integer"}, "", {}, True)
+    assert catalog["greet"]["result"] == {"type": "string"}, "async tasks describe what they return"
+    assert catalog["fail"]["params"]["properties"]["message"]["default"] == "boom"
+    assert catalog["noop"]["doc"] == "Does nothing: the benchmark task that measures pure dispatch overhead."
+    assert re.search(r"Task catalog received from zygote \d+: 7 tasks", orch.log)
+
+
+def test_the_catalog_is_forwarded_byte_for_byte(start, raw) -> None:
+    from examples.quickstart.app import app
+
+    orch = start()
+    with Client(orch.address) as client:
+        client.describe(timeout_s=30)  # until the zygote has reported it
+    sock = raw(orch.address)
+    sock.send_multipart(p.DescribeTasks(nonce=5).encode())
+    assert sock.poll(10_000), "no answer to DescribeTasks"
+    frames = sock.recv_multipart()
+    reply = p.decode(frames)
+    assert isinstance(reply, p.TaskCatalog)
+    assert (reply.nonce, reply.ready, reply.tasks) == (5, True, list(app.tasks))
+    # What the zygote packed, as this process packs it from the same app.
+    assert frames[2] == msgpack.packb(app.catalog(), use_bin_type=True)
+
+
+def test_describe_waits_while_the_app_imports(raw) -> None:
+    orch = start_orchestrator(workers=1, app="tests.apps.slow_app:app", wait_ready=False)
+    try:
+        sock = raw(orch.address)
+        sock.send_multipart(p.DescribeTasks(nonce=1).encode())
+        assert sock.poll(10_000), "no answer to DescribeTasks"
+        frames = sock.recv_multipart()
+        assert p.decode(frames) == p.TaskCatalog(nonce=1, ready=False, tasks=[])
+        assert len(frames) == 2, "no payload before the zygote reported its catalog"
+        with Client(orch.address) as client:
+            assert client.describe(timeout_s=30)["double"]["doc"] == "Twice n."
+            assert client.call("double", 21) == 42
+    finally:
+        orch.stop()

@@ -173,10 +173,14 @@ def test_a_dead_zygote_is_restarted(start) -> None:
     orch = start(workers=1, app=APP)
     zygote = int(re.search(r"Zygote ready \(pid=(\d+)", orch.log)[1])
     with Client(orch.address) as client:
+        catalog = client.describe(timeout_s=30)
         os.kill(zygote, signal.SIGKILL)
         orch.wait_for(r"zygote .*died; restarting", timeout=30)
         orch.wait_for(r"Worker worker-002 ready", timeout=60)
         assert client.call("add", 2, 3) == 5
+        restarted = int(re.findall(r"Zygote ready \(pid=(\d+)", orch.log)[-1])
+        orch.wait_for(rf"Task catalog received from zygote {restarted}:", timeout=30)
+        assert client.describe(timeout_s=30) == catalog
 
 
 def test_workers_that_crash_at_start_are_backed_off_not_restart_looped(tmp_path: Path) -> None:

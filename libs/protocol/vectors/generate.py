@@ -20,6 +20,26 @@ ARGS_ADD = msgpack.packb([[1, 2], {}])  # add(1, 2)
 RESULT_3 = msgpack.packb(3)
 TB = 'Traceback (most recent call last):\n  File "app.py", line 9, in fail\nValueError: boom\n'
 ERR = {"kind": "task_error", "ename": "ValueError", "evalue": "boom", "traceback": TB}
+# A task catalog payload (SPEC.md §3.2), byte for byte as the SDK builds it for
+# `def add(x: int, y: int) -> int`.
+CATALOG = msgpack.packb(
+    {
+        "add": {
+            "params": {
+                "additionalProperties": False,
+                "properties": {"x": {"title": "X", "type": "integer"}, "y": {"title": "Y", "type": "integer"}},
+                "required": ["x", "y"],
+                "title": "add",
+                "type": "object",
+            },
+            "result": {"type": "integer"},
+            "doc": "",
+            "options": {},
+            "http": True,
+            "positional_only": [],
+        }
+    }
+)
 
 VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
     "frontend": [
@@ -63,6 +83,21 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
         (8, "cancel", "CancelTask", {"id": 11}, ""),
         (9, "ping", "Ping", {"nonce": 1}, ""),
         (10, "pong", "Pong", {"nonce": 1, "queue_depth": 300, "workers": 2, "idle_workers": 0, "draining": False}, ""),
+        (11, "describe tasks", "DescribeTasks", {"nonce": 2}, ""),
+        (
+            12,
+            "task catalog not ready",
+            "TaskCatalog",
+            {"nonce": 2, "ready": False, "tasks": []},
+            "the zygote has not reported its catalog yet: no payload",
+        ),
+        (
+            13,
+            "task catalog",
+            "TaskCatalog",
+            {"nonce": 3, "ready": True, "tasks": ["add"], "payload_hex": CATALOG.hex()},
+            "the payload is the zygote's ZygoteCatalog payload, byte for byte",
+        ),
     ],
     "backend": [
         (
@@ -149,6 +184,20 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
             "keys in sorted order; empty options are an empty map",
         ),
         (9, "fork with heartbeat", "Fork", {"worker_ids": ["worker-003"], "heartbeat_ms": 1000}, ""),
+        (
+            10,
+            "zygote catalog",
+            "ZygoteCatalog",
+            {"tasks": ["add"], "build_ms": 180.5, "payload_hex": CATALOG.hex()},
+            "on the stream, the payload is a second length-prefixed record",
+        ),
+        (
+            11,
+            "empty zygote catalog",
+            "ZygoteCatalog",
+            {"tasks": [], "build_ms": 0.25, "payload_hex": msgpack.packb({}).hex()},
+            "what a zygote sends when building its catalog failed",
+        ),
     ],
 }
 
@@ -194,12 +243,50 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
             "meta",
             "attempts, pid, credits, retries, workers are uint32",
         ),
+        (118, "describe without nonce", [H(0x08), msgpack.packb({}).hex()], "meta", ""),
+        (
+            119,
+            "catalog ready without payload",
+            [H(0x09), msgpack.packb({"nonce": 1, "ready": True, "tasks": ["add"]}).hex()],
+            "frame_count",
+            "",
+        ),
+        (
+            120,
+            "catalog not ready with payload",
+            [H(0x09), msgpack.packb({"nonce": 1, "ready": False, "tasks": []}).hex(), "80"],
+            "frame_count",
+            "",
+        ),
+        (
+            121,
+            "catalog tasks not strings",
+            [H(0x09), msgpack.packb({"nonce": 1, "ready": True, "tasks": [1]}).hex(), "80"],
+            "meta",
+            "",
+        ),
     ],
     "backend": [
         (
             117,
             "pid over 32 bits",
             [H(0x10), msgpack.packb({"worker_id": "w", "pid": 2**32, "credits": 1, "tasks": []}).hex()],
+            "meta",
+            "",
+        ),
+    ],
+    "control": [
+        (
+            122,
+            "zygote catalog without payload",
+            [H(0x25), msgpack.packb({"tasks": [], "build_ms": 1.0}).hex()],
+            "frame_count",
+            "",
+        ),
+        (
+            123,
+            "zygote catalog build_ms not a number",
+            [H(0x25), msgpack.packb({"tasks": [], "build_ms": "1"}).hex(), "80"],
             "meta",
             "",
         ),

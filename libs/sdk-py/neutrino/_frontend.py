@@ -13,12 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import zmq
-from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
+from neutrino_protocol import CancelTask, DescribeTasks, Ping, Pong, SubmitTask, TaskCatalog, TaskRejected, TaskReply
 
 from .app import MAX_RETRIES, Task
-from .codec import pack_args, unpack_result
+from .codec import pack_args, unpack_catalog, unpack_result
 from .errors import (
     AddressError,
+    CatalogNotReadyError,
+    NeutrinoTimeoutError,
     NotSupportedError,
     PayloadTooLargeError,
     ProtocolError,
@@ -168,6 +170,17 @@ def ping_frames(nonce: int) -> list[bytes]:
     return Ping(nonce=nonce).encode()
 
 
+def describe_frames(nonce: int) -> list[bytes]:
+    return DescribeTasks(nonce=nonce).encode()
+
+
+# How long describe() waits before asking again while the orchestrator has no catalog yet:
+# doubling from the first value to the second. The zygote builds the catalog within a few
+# hundred ms of start, so the first retries are quick; the cap keeps a long wait cheap.
+DESCRIBE_RETRY_FIRST_S = 0.02
+DESCRIBE_RETRY_MAX_S = 0.5
+
+
 def outcome(msg: TaskReply | TaskRejected) -> tuple[Any, BaseException | None]:
     """(value, None) for a successful reply, (None, exception) otherwise.
 
@@ -185,6 +198,28 @@ def outcome(msg: TaskReply | TaskRejected) -> tuple[Any, BaseException | None]:
     if err is None:  # decode() guarantees it for status "error"; kept total for the type checker
         return None, ProtocolError(f"TaskReply {msg.id} has status {msg.status!r} and no error", kind="meta")
     return None, error_from_reply(err.kind, err.ename, err.evalue, err.traceback, msg.attempts, msg.id)
+
+
+def catalog_of(msg: TaskCatalog) -> dict[str, dict[str, Any]] | None:
+    """What `describe()` returns: the task catalog (SPEC.md TaskCatalog); None while not ready.
+    Raises ProtocolError on a payload that is not a map of maps."""
+    if not msg.ready:
+        return None
+    return unpack_catalog(msg.payload or b"")
+
+
+def describe_timeout(address: str, timeout_s: float, answered: bool) -> NeutrinoTimeoutError:
+    """The error `describe()` raises when `timeout_s` ran out; `answered`: whether the orchestrator
+    answered at all (then only its catalog was missing)."""
+    if answered:
+        return CatalogNotReadyError(
+            f"orchestrator at {address} has no task catalog yet after {timeout_s}s (its zygote is still "
+            "importing the app or building the catalog, or restarting); call describe() again or raise timeout_s"
+        )
+    return NeutrinoTimeoutError(
+        f"orchestrator at {address} did not answer DescribeTasks within {timeout_s}s; check that it is "
+        "running, listening on that address, and at least as new as this SDK (protocol revision 1.3)"
+    )
 
 
 def pong_info(msg: Pong) -> dict[str, Any]:

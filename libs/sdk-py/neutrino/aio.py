@@ -22,7 +22,7 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
-from neutrino_protocol import Pong, TaskRejected, TaskReply
+from neutrino_protocol import Pong, TaskCatalog, TaskRejected, TaskReply
 
 from . import _frontend
 from .app import Task
@@ -124,18 +124,36 @@ class AsyncClient:
     async def ping(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The orchestrator's load: queue_depth, workers, idle_workers, draining."""
         _frontend.check_options(timeout_s, None)
-        nonce = next(self._ids)
-        fut: asyncio.Future[Any] = self._bind_loop().create_future()
-        self._send(self._pings, nonce, fut, _frontend.ping_frames(nonce))
         try:
-            result: dict[str, Any] = await _wait(fut, timeout_s)
+            result: dict[str, Any] = _frontend.pong_info(await self._ask(_frontend.ping_frames, timeout_s))
         except NeutrinoTimeoutError:
-            self._pings.pop(nonce, None)
             raise NeutrinoTimeoutError(
                 f"orchestrator at {self.address} did not answer a ping within {timeout_s}s; "
                 "check that it is running and listening on that address"
             ) from None
         return result
+
+    async def describe(self, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+        """The tasks the orchestrator's app registered, with their JSON Schemas; see `Client.describe`."""
+        _frontend.check_options(timeout_s, None)
+        loop = self._bind_loop()
+        deadline = loop.time() + timeout_s
+        retry_s = _frontend.DESCRIBE_RETRY_FIRST_S
+        answered = False
+        while True:
+            try:
+                msg = await self._ask(_frontend.describe_frames, max(0.0, deadline - loop.time()))
+            except NeutrinoTimeoutError:
+                raise _frontend.describe_timeout(self.address, timeout_s, answered) from None
+            catalog = _frontend.catalog_of(msg)
+            if catalog is not None:
+                return catalog
+            answered = True
+            left = deadline - loop.time()
+            if left <= 0:
+                raise _frontend.describe_timeout(self.address, timeout_s, answered)
+            await asyncio.sleep(min(retry_s, left))
+            retry_s = min(2 * retry_s, _frontend.DESCRIBE_RETRY_MAX_S)
 
     def cancel(self, task_id: int) -> None:
         """Ask the orchestrator to cancel a submitted task, queued or running; see `Client.cancel`.
@@ -178,6 +196,18 @@ class AsyncClient:
         await self.aclose()
 
     # -- internals --------------------------------------------------------------------------
+
+    async def _ask(self, frames_for: Callable[[int], list[bytes]], timeout_s: float) -> Any:
+        """Send a request answered by nonce (Ping, DescribeTasks) and return the answer message;
+        a bare NeutrinoTimeoutError (the caller words it) when none comes within `timeout_s`."""
+        nonce = next(self._ids)
+        fut: asyncio.Future[Any] = self._bind_loop().create_future()
+        self._send(self._pings, nonce, fut, frames_for(nonce))
+        try:
+            return await _wait(fut, timeout_s)
+        except NeutrinoTimeoutError:
+            self._pings.pop(nonce, None)
+            raise
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
@@ -236,9 +266,9 @@ class AsyncClient:
             value, error = _frontend.outcome(msg) if fut is not None else (None, None)
             if fut is not None and type(msg) is TaskReply:
                 fut.attempts = msg.attempts  # type: ignore[attr-defined]
-        elif isinstance(msg, Pong):
+        elif isinstance(msg, (Pong, TaskCatalog)):
             fut = self._pings.pop(msg.nonce, None)
-            value, error = _frontend.pong_info(msg), None
+            value, error = msg, None  # the asking coroutine reads it (see _ask)
         else:
             _log.debug("ignoring %s from %s", type(msg).__name__, self.address)
             return

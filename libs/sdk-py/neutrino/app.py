@@ -4,7 +4,8 @@
 decorated, so a mistake fails at import time with a message naming the fix, never when the first
 task runs on a worker. There is no global app: workers load the one named on their command line.
 The zygote sends each task's options to the orchestrator (`ZygoteReady.task_options`, SPEC.md
-§4.4), which enforces timeouts and schedules retries (SPEC.md §6 rules 5-6).
+§4.4), which enforces timeouts and schedules retries (SPEC.md §6 rules 5-6), and then the app's
+`catalog()` (`ZygoteCatalog`), which clients read with `Client.describe()`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .schema import TaskEntry, task_catalog
 
 __all__ = ["App", "Task"]
 
@@ -204,6 +207,12 @@ class App:
             return self.add_task(f, **options)
 
         return decorate
+
+    def catalog(self) -> dict[str, TaskEntry]:
+        """Each task's description, by name: JSON Schemas of its parameters and result, the first
+        paragraph of its docstring, its options (see `neutrino.schema` for the shape). Plain data
+        that msgpack and JSON encode. Imports pydantic on first use."""
+        return task_catalog(self._tasks)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} tasks={sorted(self._tasks)}>"

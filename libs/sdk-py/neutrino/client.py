@@ -20,9 +20,10 @@ So a `submit()` that sends also drains, settling whatever replies it meets (outs
 because settling runs user callbacks, which may call back into the client).
 
 Who is the receiver:
-- a `call()` (or `ping()`) thread, when no other call is receiving: it polls and drains on its
-  own thread until its reply arrives. This saves the thread hop of waiting on a Future: against
-  a raw pyzmq send+recv loop, measured ~1.35-1.7x with the hop and ~1.1-1.3x without;
+- a `call()` (or `ping()`, `describe()`) thread, when no other call is receiving: it polls and
+  drains on its own thread until its reply arrives. This saves the thread hop of waiting on a
+  Future: against a raw pyzmq send+recv loop, measured ~1.35-1.7x with the hop and ~1.1-1.3x
+  without;
 - otherwise the background I/O thread, but only while futures are pending and no call receives.
   An idle I/O thread polls only its wake-up fd, so a loop of `call()`s never wakes it.
 
@@ -46,7 +47,7 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
-from neutrino_protocol import Message, Pong, TaskRejected, TaskReply
+from neutrino_protocol import Message, Pong, TaskCatalog, TaskRejected, TaskReply
 
 from . import _frontend
 from ._waker import Waker
@@ -127,6 +128,7 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, Future[Any]] = {}
+        # Requests answered by nonce (Ping, DescribeTasks); their ids come from the same counter.
         self._pings: dict[int, Future[Any]] = {}
         self._closed = False
         # The future a call()/ping() thread is receiving for, None when no call receives.
@@ -199,19 +201,42 @@ class Client:
     def ping(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The orchestrator's load: queue_depth, workers, idle_workers, draining."""
         _frontend.check_options(timeout_s, None)
-        nonce = next(self._ids)
-        fut: Future[Any] = Future()
-        receiving = self._send(self._pings, nonce, fut, _frontend.ping_frames(nonce), become_receiver=True)
         try:
-            result: dict[str, Any] = self._wait(fut, receiving, timeout_s)
+            result: dict[str, Any] = _frontend.pong_info(self._ask(_frontend.ping_frames, timeout_s))
         except NeutrinoTimeoutError:
-            with self._lock:
-                self._pings.pop(nonce, None)
             raise NeutrinoTimeoutError(
                 f"orchestrator at {self.address} did not answer a ping within {timeout_s}s; "
                 "check that it is running and listening on that address"
             ) from None
         return result
+
+    def describe(self, timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+        """The tasks the orchestrator's app registered: task name -> {"params": JSON Schema of the
+        named arguments, "result": JSON Schema of the return value, "doc", "options", "http",
+        "positional_only"} (the shape is documented in `neutrino.schema`).
+
+        Right after the orchestrator starts, its zygote may not have reported the catalog yet; this
+        asks again until it has. Raises CatalogNotReadyError when it still has none after
+        `timeout_s`, NeutrinoTimeoutError when the orchestrator does not answer at all.
+        """
+        _frontend.check_options(timeout_s, None)
+        deadline = time.monotonic() + timeout_s
+        retry_s = _frontend.DESCRIBE_RETRY_FIRST_S
+        answered = False
+        while True:
+            try:
+                msg = self._ask(_frontend.describe_frames, max(0.0, deadline - time.monotonic()))
+            except NeutrinoTimeoutError:
+                raise _frontend.describe_timeout(self.address, timeout_s, answered) from None
+            catalog = _frontend.catalog_of(msg)
+            if catalog is not None:
+                return catalog
+            answered = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _frontend.describe_timeout(self.address, timeout_s, answered)
+            time.sleep(min(retry_s, left))
+            retry_s = min(2 * retry_s, _frontend.DESCRIBE_RETRY_MAX_S)
 
     def cancel(self, task_id: int) -> None:
         """Ask the orchestrator to cancel a submitted task, whether queued or running (a running
@@ -286,6 +311,19 @@ class Client:
         if settled:
             self._settle(settled, wake)
         return receiving
+
+    def _ask(self, frames_for: Callable[[int], list[bytes]], timeout_s: float) -> Any:
+        """Send a request answered by nonce (Ping, DescribeTasks) and return the answer message;
+        a bare NeutrinoTimeoutError (the caller words it) when none comes within `timeout_s`."""
+        nonce = next(self._ids)
+        fut: Future[Any] = Future()
+        receiving = self._send(self._pings, nonce, fut, frames_for(nonce), become_receiver=True)
+        try:
+            return self._wait(fut, receiving, timeout_s)
+        except NeutrinoTimeoutError:
+            with self._lock:
+                self._pings.pop(nonce, None)
+            raise
 
     def _wait(self, fut: Future[Any], receiving: bool, timeout_s: float | None) -> Any:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -385,7 +423,7 @@ class Client:
             kind = type(msg)
             if kind is TaskReply or kind is TaskRejected:
                 fut = self._pending.pop(msg.id, None)  # type: ignore[attr-defined]
-            elif kind is Pong:
+            elif kind is Pong or kind is TaskCatalog:
                 fut = self._pings.pop(msg.nonce, None)  # type: ignore[attr-defined]
             else:  # TaskAccepted (we never ask for acks) or a message type meant for someone else
                 _log.debug("ignoring %s from %s", kind.__name__, self.address)
@@ -401,8 +439,8 @@ class Client:
 
     def _settle(self, settled: _Settled, wake_receiver: bool) -> None:
         for fut, msg in settled:
-            if type(msg) is Pong:
-                _settle_one(fut, _frontend.pong_info(msg), None)
+            if type(msg) is Pong or type(msg) is TaskCatalog:
+                _settle_one(fut, msg, None)  # the asking thread reads it (see _ask)
                 continue
             if type(msg) is TaskReply:
                 # Before the future settles, so its callbacks and waiters see it.

@@ -16,7 +16,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["pack_args", "pack_result", "unpack_args", "unpack_result"]
+__all__ = ["pack_args", "pack_result", "unpack_args", "unpack_catalog", "unpack_result"]
 
 _HINT = "pass plain data: None, bool, int (64-bit), float, str, bytes, and lists/tuples and dicts of those"
 
@@ -56,6 +56,14 @@ def pack_result(value: Any) -> bytes:
 def unpack_result(payload: bytes) -> Any:
     """Decode a result payload; ProtocolError if it is not valid msgpack."""
     return _unpack(payload, "result")
+
+
+def unpack_catalog(payload: bytes) -> dict[str, dict[str, Any]]:
+    """Decode a task catalog payload (SPEC.md §3.2): a map from task name to its description."""
+    value = _unpack(payload, "task catalog")
+    if not (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items())):
+        raise ProtocolError("task catalog payload must be a map from task name to a map")
+    return value
 
 
 def _unpack(payload: bytes, what: str) -> Any:

@@ -10,6 +10,7 @@ Layout:
     │   └── BusyError, DrainingError, InvalidRequestError, PayloadTooLargeError
     ├── ProtocolError             a peer sent a malformed message or payload
     ├── NeutrinoTimeoutError      a client gave up waiting (also a TimeoutError)
+    │   └── CatalogNotReadyError  the orchestrator answered, but has no task catalog yet
     ├── ClientClosedError         the client was closed while a task was pending
     ├── AddressError              an orchestrator address the client cannot use (also a ValueError)
     └── NotSupportedError         a feature this version does not have yet (also a NotImplementedError)
@@ -221,6 +222,11 @@ class ProtocolError(NeutrinoError, ValueError):
 
 class NeutrinoTimeoutError(NeutrinoError, TimeoutError):
     """The client stopped waiting for an answer (the task may still run; it was asked to cancel)."""
+
+
+class CatalogNotReadyError(NeutrinoTimeoutError):
+    """`describe()` gave up: the orchestrator answered, but its zygote had not reported the task
+    catalog yet (the app is still importing, the catalog is being built, or the zygote restarts)."""
 
 
 class ClientClosedError(NeutrinoError):

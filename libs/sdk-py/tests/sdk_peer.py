@@ -13,6 +13,9 @@ what it calls:
     garbage     a malformed frame, a TaskReply for an unknown id, then ok args[0]
     hold        no answer until release_held(), or a CancelTask (answered `cancelled`, attempts 0)
 
+DescribeTasks is answered `ready: false` while `not_ready_answers` is above zero (counting down),
+then with `catalog` (None: never answered, like an orchestrator that predates the message).
+
 Tests wait on `wait_for(predicate)`, which wakes on every message the peer records.
 """
 
@@ -22,15 +25,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import zmq
 from neutrino.codec import pack_result, unpack_args
 from neutrino_protocol import (
     CancelTask,
+    DescribeTasks,
     ErrorInfo,
     MessageType,
     Ping,
     Pong,
     SubmitTask,
+    TaskCatalog,
     TaskRejected,
     TaskReply,
     decode,
@@ -61,6 +67,9 @@ class Peer:
         self.submits: list[SubmitTask] = []
         self.cancels: list[int] = []
         self.pings = 0
+        self.describes = 0
+        self.catalog: dict[str, Any] | None = {}
+        self.not_ready_answers = 0
         self.senders: list[bytes] = []
         self._held: list[tuple[bytes, SubmitTask]] = []
         self._thread = threading.Thread(target=self._run, name="sdk-test-peer", daemon=True)
@@ -116,10 +125,19 @@ class Peer:
                 self.cancels.append(msg.id)
             elif isinstance(msg, Ping):
                 self.pings += 1
+            elif isinstance(msg, DescribeTasks):
+                self.describes += 1
             self._cond.notify_all()
         if isinstance(msg, Ping):
             pong = Pong(nonce=msg.nonce, queue_depth=3, workers=2, idle_workers=1, draining=False)
             self._send(ident, pong.encode())
+        elif isinstance(msg, DescribeTasks):
+            if self.not_ready_answers > 0:
+                self.not_ready_answers -= 1
+                self._send(ident, TaskCatalog(nonce=msg.nonce, ready=False, tasks=[]).encode())
+            elif self.catalog is not None:
+                payload = msgpack.packb(self.catalog, use_bin_type=True)
+                self._send(ident, TaskCatalog(msg.nonce, True, list(self.catalog), payload).encode())
         elif isinstance(msg, CancelTask):
             # As the orchestrator does for a task it still holds; other ids are ignored.
             for i, (held_ident, held) in enumerate(self._held):

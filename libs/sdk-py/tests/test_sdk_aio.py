@@ -11,6 +11,7 @@ from neutrino import (
     AsyncClient,
     AsyncTaskFuture,
     BusyError,
+    CatalogNotReadyError,
     ClientClosedError,
     NeutrinoTimeoutError,
     PayloadTooLargeError,
@@ -35,6 +36,20 @@ def test_call_and_ping(peer: Peer) -> None:
         assert await client.call("add", 1, 2) == 3
         assert await client.call("echo", k=b"v") == {"k": b"v"}
         assert await client.ping() == {"queue_depth": 3, "workers": 2, "idle_workers": 1, "draining": False}
+
+    run(peer, body)
+
+
+def test_describe_waits_for_the_catalog(peer: Peer) -> None:
+    catalog = {"noop": {"params": {"type": "object"}, "result": {"type": "null"}, "doc": "", "options": {}}}
+    peer.catalog, peer.not_ready_answers = catalog, 2
+
+    async def body(client: AsyncClient) -> None:
+        assert await client.describe() == catalog
+        assert peer.describes == 3
+        peer.not_ready_answers = 10**6
+        with pytest.raises(CatalogNotReadyError):
+            await client.describe(timeout_s=0.1)
 
     run(peer, body)
 

@@ -12,6 +12,7 @@ import pytest
 from neutrino import (
     App,
     BusyError,
+    CatalogNotReadyError,
     Client,
     ClientClosedError,
     DrainingError,
@@ -311,3 +312,34 @@ def test_routing_id_survives_a_reconnect() -> None:
 def test_ping_timeout(tmp_path: Path) -> None:
     with Client(f"ipc://{tmp_path}/nobody.sock") as client, pytest.raises(NeutrinoTimeoutError, match="a ping"):
         client.ping(timeout_s=0.1)
+
+
+CATALOG = {
+    "add": {"params": {"type": "object", "title": "add"}, "result": {"type": "integer"}, "doc": "", "options": {}}
+}
+
+
+def test_describe_returns_the_catalog(client: Client, peer: Peer) -> None:
+    peer.catalog = CATALOG
+    assert client.describe() == CATALOG
+    assert client.call("add", 1, 2) == 3, "describe shares the socket with calls"
+
+
+def test_describe_asks_again_until_the_catalog_is_ready(client: Client, peer: Peer) -> None:
+    peer.catalog, peer.not_ready_answers = CATALOG, 3
+    assert client.describe(timeout_s=10) == CATALOG
+    assert peer.describes == 4
+
+
+def test_describe_gives_up_on_a_catalog_that_never_comes(client: Client, peer: Peer) -> None:
+    peer.not_ready_answers = 10**6
+    with pytest.raises(CatalogNotReadyError, match="no task catalog yet") as info:
+        client.describe(timeout_s=0.2)
+    assert isinstance(info.value, NeutrinoTimeoutError)
+
+
+def test_describe_without_an_answer_times_out(client: Client, peer: Peer) -> None:
+    peer.catalog = None  # an orchestrator that does not know DescribeTasks ignores it
+    with pytest.raises(NeutrinoTimeoutError, match="DescribeTasks") as info:
+        client.describe(timeout_s=0.2)
+    assert not isinstance(info.value, CatalogNotReadyError)

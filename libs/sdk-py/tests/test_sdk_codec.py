@@ -6,7 +6,7 @@ import enum
 
 import msgpack
 import pytest
-from neutrino.codec import pack_args, pack_result, unpack_args, unpack_result
+from neutrino.codec import pack_args, pack_result, unpack_args, unpack_catalog, unpack_result
 from neutrino.errors import ProtocolError
 
 
@@ -77,3 +77,11 @@ def test_pickle_is_never_involved() -> None:
     except ProtocolError:
         return
     assert not callable(value)
+
+
+def test_unpack_catalog_checks_the_shape() -> None:
+    catalog = {"add": {"params": {"type": "object"}, "result": {}}}
+    assert unpack_catalog(msgpack.packb(catalog)) == catalog
+    for bad in (msgpack.packb([1]), msgpack.packb({"add": 1}), msgpack.packb({1: {}}), b"\xc1"):
+        with pytest.raises(ProtocolError, match="task catalog"):
+            unpack_catalog(bad)

@@ -8,6 +8,7 @@
 //! - [`pool`]: the worker pool: replacements, crash backoff, elastic sizing, zygote restarts.
 //! - [`broker`]: the ZeroMQ thread (the only code touching `zmq`): sockets and message handling.
 //! - [`scheduler`]: queue, workers and in-flight tasks as plain data (SPEC.md §6).
+//! - [`catalog`]: the task catalog from the zygote, served to clients as bytes.
 //! - [`zygote`]: the zygote process and its control link.
 //! - [`rundir`]: the private directory for ipc sockets.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
@@ -16,6 +17,7 @@
 //! The wire format is `libs/protocol/SPEC.md`.
 
 pub mod broker;
+pub mod catalog;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -6,18 +6,19 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use neutrino_protocol::{decode_meta, ExitCode, Fork, Forked, MessageType, WorkerExited, ZygoteReady};
+use neutrino_protocol::{decode_meta, ExitCode, Fork, Forked, MessageType, WorkerExited, ZygoteCatalog, ZygoteReady};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::{BrokerHandle, Command, Event, Load};
+use crate::catalog::CatalogBytes;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rundir::RunDir;
 use crate::scheduler::recycle_reason;
 use crate::supervisor::start_zygote;
-use crate::zygote::{kill_group, StartError, Zygote};
+use crate::zygote::{kill_group, ControlMessage, StartError, Zygote};
 
 /// A worker that exits before it was ready could not start: its replacement is backed off,
 /// starting here and doubling per consecutive failure, so a broken worker cannot fork-loop.
@@ -162,8 +163,8 @@ impl<'a> Pool<'a> {
                     None => anyhow::bail!("the broker thread stopped unexpectedly"),
                 },
                 msg = self.zygote.recv() => match msg {
-                    Ok(Some((code, meta))) => {
-                        if let Some(exit) = self.on_control(code, &meta, serving).await? {
+                    Ok(Some(msg)) => {
+                        if let Some(exit) = self.on_control(msg, serving).await? {
                             self.broker.send(Command::Drain);
                             return Ok(exit);
                         }
@@ -273,16 +274,36 @@ impl<'a> Pool<'a> {
     }
 
     /// Returns an exit code when the orchestrator must stop (a worker exit that no restart fixes).
-    async fn on_control(&mut self, code: u8, meta: &[u8], serving: bool) -> anyhow::Result<Option<ExitCode>> {
+    async fn on_control(&mut self, msg: ControlMessage, serving: bool) -> anyhow::Result<Option<ExitCode>> {
+        let ControlMessage { code, meta, payload } = msg;
         match MessageType::from_code(code) {
             Some(MessageType::Forked) => {
-                let m: Forked = decode_meta(meta)?;
+                let m: Forked = decode_meta(&meta)?;
                 debug!(worker = %m.worker_id, pid = m.pid, "forked");
             }
-            Some(MessageType::WorkerExited) => return self.on_exit(decode_meta(meta)?, serving).await,
+            Some(MessageType::WorkerExited) => return self.on_exit(decode_meta(&meta)?, serving).await,
+            Some(MessageType::ZygoteCatalog) => self.on_catalog(&meta, payload),
             _ => debug!(code, "ignoring control message"),
         }
         Ok(None)
+    }
+
+    /// The zygote's task catalog: handed to the broker as bytes, never decoded here. A malformed
+    /// one costs only `DescribeTasks` answers, so it is logged, not fatal.
+    fn on_catalog(&mut self, meta: &[u8], payload: Option<Vec<u8>>) {
+        let (m, payload) = match (decode_meta::<ZygoteCatalog>(meta), payload) {
+            (Ok(m), Some(payload)) => (m, payload),
+            (Err(e), _) => return warn!("ignoring a malformed task catalog from the zygote: {e}"),
+            (Ok(_), None) => return warn!("ignoring a task catalog without its payload record"),
+        };
+        info!(
+            "Task catalog received from zygote {}: {} tasks, {} bytes, built in {:.1} ms",
+            self.zygote.pid,
+            m.tasks.len(),
+            payload.len(),
+            m.build_ms
+        );
+        self.broker.send(Command::Catalog(CatalogBytes { tasks: m.tasks, payload }));
     }
 
     async fn on_exit(&mut self, m: WorkerExited, serving: bool) -> anyhow::Result<Option<ExitCode>> {

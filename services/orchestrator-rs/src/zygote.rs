@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use neutrino_protocol::{
-    decode_control, decode_meta, encode_control, ErrorInfo, Message, MessageType, Shutdown, ZygoteFailed, ZygoteReady,
-    CONTROL_MAX_BYTES,
+    control_payload_follows, decode_control, decode_meta, encode_control, ErrorInfo, Message, MessageType, Shutdown,
+    ZygoteFailed, ZygoteReady, CONTROL_MAX_BYTES, CONTROL_MAX_PAYLOAD_BYTES,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -31,13 +31,22 @@ pub enum StartError {
     Other(#[from] anyhow::Error),
 }
 
+/// One message from the zygote: its type code, meta bytes, and the payload record that follows
+/// it for the types that carry one (SPEC.md §3; only `ZygoteCatalog`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlMessage {
+    pub code: u8,
+    pub meta: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+}
+
 pub struct Zygote {
     child: Child,
     pub pid: u32,
     writer: OwnedWriteHalf,
     /// Messages read by a dedicated task: `recv()` stays cancel-safe inside `select!`, which a
     /// length-then-body read on the stream itself would not be.
-    messages: mpsc::Receiver<anyhow::Result<(u8, Vec<u8>)>>,
+    messages: mpsc::Receiver<anyhow::Result<ControlMessage>>,
 }
 
 impl Zygote {
@@ -74,7 +83,7 @@ impl Zygote {
         let (tx, messages) = mpsc::channel(64);
         tokio::spawn(read_messages(reader, tx));
         let mut zygote = Zygote { child, pid, writer, messages };
-        let (code, meta) =
+        let ControlMessage { code, meta, .. } =
             zygote.recv().await?.ok_or_else(|| anyhow!("the zygote closed the control link at start"))?;
         match MessageType::from_code(code) {
             Some(MessageType::ZygoteReady) => {
@@ -93,9 +102,8 @@ impl Zygote {
         self.writer.write_all(&encode_control(msg)).await.context("control link write")
     }
 
-    /// Next message as (type code, meta bytes); `None` when the zygote closed the link.
-    /// Cancel-safe.
-    pub async fn recv(&mut self) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
+    /// Next message; `None` when the zygote closed the link. Cancel-safe.
+    pub async fn recv(&mut self) -> anyhow::Result<Option<ControlMessage>> {
         self.messages.recv().await.transpose()
     }
 
@@ -127,7 +135,7 @@ impl Zygote {
 }
 
 /// Reads length-prefixed control messages until EOF or an error (which it forwards).
-async fn read_messages(mut reader: OwnedReadHalf, tx: mpsc::Sender<anyhow::Result<(u8, Vec<u8>)>>) {
+async fn read_messages<R: AsyncRead + Unpin>(mut reader: R, tx: mpsc::Sender<anyhow::Result<ControlMessage>>) {
     loop {
         let message = async {
             let len = match reader.read_u32().await {
@@ -141,7 +149,18 @@ async fn read_messages(mut reader: OwnedReadHalf, tx: mpsc::Sender<anyhow::Resul
             let mut body = vec![0; len];
             reader.read_exact(&mut body).await?;
             let (code, meta) = decode_control(&body)?;
-            Ok(Some((code, meta.to_vec())))
+            let payload = if control_payload_follows(code) {
+                let len = reader.read_u32().await? as usize;
+                if len > CONTROL_MAX_PAYLOAD_BYTES {
+                    bail!("control payload of {len} bytes exceeds {CONTROL_MAX_PAYLOAD_BYTES}");
+                }
+                let mut payload = vec![0; len];
+                reader.read_exact(&mut payload).await?;
+                Some(payload)
+            } else {
+                None
+            };
+            Ok(Some(ControlMessage { code, meta: meta.to_vec(), payload }))
         };
         let item = match message.await {
             Ok(Some(m)) => Ok(m),
@@ -160,5 +179,49 @@ pub fn kill_group(pgid: u32) {
     // SAFETY: killpg has no memory-safety preconditions; ESRCH (already gone) is fine.
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use neutrino_protocol::{encode_control_with_payload, Forked, ZygoteCatalog};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_payload_record_arrives_with_its_message_byte_for_byte() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(read_messages(ours, tx));
+        let catalog = ZygoteCatalog { tasks: vec!["add".into()], build_ms: 1.5 };
+        let payload = b"\x81\xa3add\x80";
+        let mut stream = encode_control_with_payload(&catalog, payload);
+        stream.extend(encode_control(&Forked { worker_id: "w-1".into(), pid: 7 }));
+        // Written in pieces: the reader must wait for the whole payload record.
+        for chunk in stream.chunks(5) {
+            theirs.write_all(chunk).await.unwrap();
+        }
+        drop(theirs);
+
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(first.code, MessageType::ZygoteCatalog as u8);
+        assert_eq!(decode_meta::<ZygoteCatalog>(&first.meta).unwrap(), catalog);
+        assert_eq!(first.payload.as_deref(), Some(&payload[..]));
+        let second = rx.recv().await.unwrap().unwrap();
+        assert_eq!((second.code, second.payload), (MessageType::Forked as u8, None));
+        assert!(rx.recv().await.is_none(), "EOF ends the stream");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_payload_record_is_an_error() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(read_messages(ours, tx));
+        let mut stream = encode_control(&ZygoteCatalog { tasks: vec![], build_ms: 0.0 });
+        stream.extend(((CONTROL_MAX_PAYLOAD_BYTES + 1) as u32).to_be_bytes());
+        theirs.write_all(&stream).await.unwrap();
+        let err = rx.recv().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
     }
 }

@@ -1,13 +1,24 @@
-"""The zygote's end of the control link: u32 length-prefixed messages over a Unix stream socket (SPEC §3)."""
+"""The zygote's end of the control link: u32 length-prefixed records over a Unix stream socket (SPEC §3).
+
+A message is one record (header and meta), followed by a second (its payload) for the types that
+carry one (`ZygoteCatalog`, which only the zygote sends)."""
 
 from __future__ import annotations
 
 import logging
 import socket
 
-from neutrino_protocol import Message, ProtocolError, decode_control, encode_control
+from neutrino_protocol import (
+    CONTROL_MAX_BYTES,
+    CONTROL_MAX_PAYLOAD_BYTES,
+    Message,
+    ProtocolError,
+    control_payload_follows,
+    decode_control,
+    encode_control,
+)
 
-MAX_BODY_BYTES = 1 << 20  # SPEC §3: a control message body is at most 1 MiB
+MAX_BODY_BYTES = CONTROL_MAX_BYTES  # SPEC §3: a control message body is at most 1 MiB
 _RECV_BYTES = 64 * 1024
 
 log = logging.getLogger("neutrino.zygote")
@@ -58,10 +69,22 @@ class ControlLink:
                 raise LinkClosed(f"control message of {size} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
             if len(buffer) < 4 + size:
                 break
+            end = 4 + size
+            payload = None
+            if size >= 4 and control_payload_follows(buffer[7]):
+                if len(buffer) < end + 4:
+                    break
+                payload_size = int.from_bytes(buffer[end : end + 4], "big")
+                if payload_size > CONTROL_MAX_PAYLOAD_BYTES:
+                    raise LinkClosed(f"control payload of {payload_size} bytes exceeds the limit")
+                if len(buffer) < end + 4 + payload_size:
+                    break
+                payload = bytes(buffer[end + 4 : end + 4 + payload_size])
+                end += 4 + payload_size
             body = bytes(buffer[4 : 4 + size])
-            del buffer[: 4 + size]
+            del buffer[:end]
             try:
-                messages.append(decode_control(body))
+                messages.append(decode_control(body, payload))
             except ProtocolError as exc:
                 if exc.kind == "version":
                     raise LinkClosed(str(exc)) from exc

@@ -3,8 +3,8 @@
 Run by the orchestrator as
 `python -m neutrino_worker.zygote --app MODULE:ATTR --app-dir DIR --control PATH --backend ENDPOINT`.
 It speaks the control link (SPEC §4.4): ZygoteReady (with each task's options) or ZygoteFailed
-once, then Fork → Forked, WorkerExited whenever a worker dies, and Shutdown. It never creates a
-ZeroMQ context; workers do, after fork.
+once, then Fork → Forked, WorkerExited whenever a worker dies, and Shutdown; once, after the first
+Forks, ZygoteCatalog (catalog.py). It never creates a ZeroMQ context; workers do, after fork.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from neutrino_protocol import (
     ZygoteReady,
 )
 
+from .catalog import CatalogTimer, build_catalog
 from .children import Children
 from .config import ZygoteConfig, parse_args, setup_logging
 from .control import ControlLink, LinkClosed
@@ -40,7 +41,7 @@ from .runner import TaskSpec
 from .worker import WorkerSpec, worker_main
 
 if TYPE_CHECKING:
-    from neutrino import Task
+    from neutrino import App, Task
 
 log = logging.getLogger("neutrino.zygote")
 
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(ExitCode.APP_IMPORT)
     tasks = loaded.app.tasks
     gc.freeze()
-    zygote = Zygote(link, config, tasks)
+    zygote = Zygote(link, config, tasks, loaded.app)
     try:
         link.send(
             ZygoteReady(
@@ -106,10 +107,11 @@ def _ignore_signal(signum: int, frame: FrameType | None) -> None:
 
 
 class Zygote:
-    def __init__(self, link: ControlLink, config: ZygoteConfig, tasks: Mapping[str, TaskSpec]) -> None:
+    def __init__(self, link: ControlLink, config: ZygoteConfig, tasks: Mapping[str, TaskSpec], app: App) -> None:
         self._link = link
         self._config = config
         self._tasks = tasks
+        self._app = app
         self._children = Children()
         self._pid = os.getpid()  # taken here, not in the child, so a child can tell if we died during fork
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -124,9 +126,11 @@ class Zygote:
         poller = select.poll()
         poller.register(self._link.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        catalog = CatalogTimer(time.monotonic())
         try:
             while True:
-                for fd, _ in poller.poll():
+                events = poller.poll(catalog.wait_ms(time.monotonic()))
+                for fd, _ in events:
                     if fd == self._wake_r:
                         signals = self._drain_signals()
                         if signal.SIGCHLD in signals:
@@ -139,10 +143,14 @@ class Zygote:
                         if type(msg) is Fork:
                             for worker_id in msg.worker_ids:
                                 self._fork(worker_id, msg.heartbeat_ms)
+                            catalog.forked()
                         elif type(msg) is Shutdown:
                             return self._shutdown(msg.graceful)
                         else:
                             log.debug("ignoring %s on the control link", type(msg).__name__)
+                if catalog.due(time.monotonic(), quiet=not events):
+                    catalog.done()
+                    self._link.send(build_catalog(self._app))
         except LinkClosed as exc:
             log.warning("%s; killing %d workers", exc, len(self._children))
             self._stop(signal.SIGKILL, report=False)

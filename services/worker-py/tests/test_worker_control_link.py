@@ -6,7 +6,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from neutrino_protocol import Fork, Forked, Shutdown, encode_control
+from neutrino_protocol import Fork, Forked, Shutdown, ZygoteCatalog, encode_control
 from neutrino_worker.control import MAX_BODY_BYTES, ControlLink, LinkClosed
 
 
@@ -66,3 +66,22 @@ def test_other_protocol_version_closes_the_link(pair: tuple[ControlLink, socket.
     peer.sendall(len(body).to_bytes(4, "big") + body)
     with pytest.raises(LinkClosed, match="version"):
         link.receive()
+
+
+def test_a_payload_record_follows_its_message(pair: tuple[ControlLink, socket.socket]) -> None:
+    link, peer = pair
+    catalog = ZygoteCatalog(tasks=["add"], build_ms=1.5, payload=b"\x81\xa3add\x80")
+    stream = encode_control(catalog) + encode_control(Shutdown(graceful=True))
+    body_end = int.from_bytes(stream[:4], "big") + 4
+    peer.sendall(stream[: body_end + 2])  # the message, and part of its payload record
+    assert link.receive() == []
+    peer.sendall(stream[body_end + 2 :])
+    assert link.receive() == [catalog, Shutdown(graceful=True)]
+
+
+def test_send_writes_the_payload_as_a_second_record(pair: tuple[ControlLink, socket.socket]) -> None:
+    link, peer = pair
+    link.send(ZygoteCatalog(tasks=[], build_ms=0.5, payload=b"\x80"))
+    data = peer.recv(1024)
+    size = int.from_bytes(data[:4], "big")
+    assert data[4 + size :] == b"\x00\x00\x00\x01\x80"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from typing import Any
+from unittest.mock import ANY
 
 import msgpack
 import pytest
@@ -17,6 +18,7 @@ from neutrino_protocol import (
     TaskResult,
     WorkerExited,
     WorkerReady,
+    ZygoteCatalog,
     ZygoteFailed,
     ZygoteReady,
 )
@@ -294,3 +296,41 @@ def test_quickstart_app_serves(orchestrator: FakeOrchestrator, app: str, app_dir
     orchestrator.assign("w-1", 100, "fail")
     error = result_of(orchestrator, "w-1", 100).error
     assert error is not None and (error.kind, error.ename, error.evalue) == ("task_error", "ValueError", "boom")
+
+
+def test_catalog_comes_after_the_first_forks(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    orchestrator.send_control(Fork(["w-1", "w-2"]))
+    # Served before the catalog is built: it must not delay the first workers.
+    assert [orchestrator.recv_control() for _ in range(2)] == [Forked("w-1", ANY), Forked("w-2", ANY)]
+    catalog = orchestrator.expect(ZygoteCatalog)
+    assert set(catalog.tasks) == GOOD_TASKS and catalog.build_ms > 0
+    assert catalog.payload is not None
+    entries = msgpack.unpackb(catalog.payload, raw=False)
+    assert list(entries) == catalog.tasks
+    assert entries["add"]["params"]["required"] == ["x", "y"]
+    assert entries["add"]["result"] == {"type": "integer"}
+    assert entries["flaky"]["options"]["retries"] == 2
+    assert entries["spin"]["doc"].startswith("Pure-Python CPU work")
+    # the workers forked before it are unaffected, and later forks still work
+    ready = [orchestrator.recv_backend() for _ in range(2)]
+    assert {identity for identity, msg in ready if isinstance(msg, WorkerReady)} == {"w-1", "w-2"}
+    orchestrator.assign("w-1", 1, "add", 1, 2)
+    assert value(result_of(orchestrator, "w-1", 1)) == 3
+    orchestrator.fork("w-3")
+
+
+def test_catalog_without_forks_comes_within_a_second(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    catalog = orchestrator.expect(ZygoteCatalog, timeout=5)
+    assert set(catalog.tasks) == GOOD_TASKS
+
+
+def test_a_catalog_that_cannot_be_built_is_sent_empty(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready("bad_catalog_app:app")
+    orchestrator.fork("w-1")
+    catalog = orchestrator.expect(ZygoteCatalog)
+    assert (catalog.tasks, catalog.payload) == ([], b"\x80")
+    assert "RuntimeError: no schemas today" in orchestrator.log()
+    orchestrator.assign("w-1", 1, "add", 2, 2)
+    assert value(result_of(orchestrator, "w-1", 1)) == 4

@@ -25,7 +25,9 @@ from neutrino_protocol import (
     Message,
     TaskAssignment,
     WorkerReady,
+    ZygoteCatalog,
     ZygoteReady,
+    control_payload_follows,
     decode,
     decode_control,
     encode_control,
@@ -85,6 +87,7 @@ class FakeOrchestrator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: socket.socket | None = None
         self._buffer = b""
+        self.catalogs: list[ZygoteCatalog] = []
 
     # zygote process
 
@@ -125,11 +128,15 @@ class FakeOrchestrator:
         assert self.conn is not None
         deadline = time.monotonic() + timeout
         while True:
-            if len(self._buffer) >= 4:
-                size = int.from_bytes(self._buffer[:4], "big")
-                if len(self._buffer) >= 4 + size:
-                    body, self._buffer = self._buffer[4 : 4 + size], self._buffer[4 + size :]
+            records = self._records(2)
+            if records:
+                body, *payload = records
+                if not control_payload_follows(body[3]):
+                    self._buffer = self._buffer[4 + len(body) :]
                     return decode_control(body)
+                if payload:
+                    self._buffer = self._buffer[8 + len(body) + len(payload[0]) :]
+                    return decode_control(body, payload[0])
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no control message within {timeout} s:\n{self.log()}")
@@ -142,10 +149,31 @@ class FakeOrchestrator:
                 raise EOFError(f"control link closed by the zygote:\n{self.log()}")
             self._buffer += data
 
+    def _records(self, most: int) -> list[bytes]:
+        """Up to `most` complete length-prefixed records at the head of the buffer (not consumed)."""
+        records, at = [], 0
+        while len(records) < most and len(self._buffer) >= at + 4:
+            size = int.from_bytes(self._buffer[at : at + 4], "big")
+            if len(self._buffer) < at + 4 + size:
+                break
+            records.append(self._buffer[at + 4 : at + 4 + size])
+            at += 4 + size
+        return records
+
     def expect(self, cls: type[M], timeout: float = TIMEOUT_S) -> M:
-        msg = self.recv_control(timeout)
-        assert isinstance(msg, cls), f"expected {cls.__name__}, got {msg!r}:\n{self.log()}"
-        return msg
+        """The next control message, which must be a `cls`. The ZygoteCatalog, which the zygote
+        sends whenever its link goes quiet after the first Fork, is set aside in `catalogs` unless
+        asked for."""
+        deadline = time.monotonic() + timeout
+        if cls is ZygoteCatalog and self.catalogs:
+            return self.catalogs.pop(0)  # type: ignore[return-value]
+        while True:
+            msg = self.recv_control(max(0.0, deadline - time.monotonic()))
+            if isinstance(msg, ZygoteCatalog) and cls is not ZygoteCatalog:
+                self.catalogs.append(msg)
+                continue
+            assert isinstance(msg, cls), f"expected {cls.__name__}, got {msg!r}:\n{self.log()}"
+            return msg
 
     def close_control(self) -> None:
         assert self.conn is not None

@@ -4,26 +4,42 @@ libs/protocol/SPEC.md is the authority; vectors/*.json pin the bytes.
 """
 
 from .backend import Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady
-from .control import Fork, Forked, WorkerExited, ZygoteFailed, ZygoteReady
+from .control import Fork, Forked, WorkerExited, ZygoteCatalog, ZygoteFailed, ZygoteReady
 from .errors import ErrorKind, ExitCode, RejectReason
 from .frames import (
+    CONTROL_MAX_BYTES,
+    CONTROL_MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     ErrorInfo,
     Message,
     MessageType,
     ProtocolError,
     TaskOptions,
+    control_payload_follows,
     decode,
     decode_control,
     encode_control,
     header,
     parse_header,
 )
-from .frontend import CancelTask, Ping, Pong, SubmitTask, TaskAccepted, TaskRejected, TaskReply
+from .frontend import (
+    CancelTask,
+    DescribeTasks,
+    Ping,
+    Pong,
+    SubmitTask,
+    TaskAccepted,
+    TaskCatalog,
+    TaskRejected,
+    TaskReply,
+)
 
 __all__ = [
+    "CONTROL_MAX_BYTES",
+    "CONTROL_MAX_PAYLOAD_BYTES",
     "PROTOCOL_VERSION",
     "CancelTask",
+    "DescribeTasks",
     "ErrorInfo",
     "ErrorKind",
     "ExitCode",
@@ -40,14 +56,17 @@ __all__ = [
     "SubmitTask",
     "TaskAccepted",
     "TaskAssignment",
+    "TaskCatalog",
     "TaskOptions",
     "TaskRejected",
     "TaskReply",
     "TaskResult",
     "WorkerExited",
     "WorkerReady",
+    "ZygoteCatalog",
     "ZygoteFailed",
     "ZygoteReady",
+    "control_payload_follows",
     "decode",
     "decode_control",
     "encode_control",

@@ -48,3 +48,13 @@ class WorkerExited(Message):
     pid: U32
     exit_code: U32 | None = None
     signal: U32 | None = None
+
+
+@message
+@dataclass(slots=True)
+class ZygoteCatalog(Message):
+    TYPE = MessageType.ZYGOTE_CATALOG
+    PAYLOAD = "always"
+    tasks: list[str]
+    build_ms: float
+    payload: bytes | None = None

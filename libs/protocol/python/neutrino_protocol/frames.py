@@ -12,6 +12,9 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origi
 import msgpack
 
 PROTOCOL_VERSION = 1
+# Largest control-link message body (header + meta), and largest payload record (SPEC.md §3).
+CONTROL_MAX_BYTES = 1 << 20
+CONTROL_MAX_PAYLOAD_BYTES = 16 << 20
 _unpackb = msgpack.unpackb
 _packb = functools.partial(msgpack.packb, use_bin_type=True)
 SIGNATURE = b"NT"
@@ -25,6 +28,8 @@ class MessageType(enum.IntEnum):
     CANCEL_TASK = 0x05
     PING = 0x06
     PONG = 0x07
+    DESCRIBE_TASKS = 0x08
+    TASK_CATALOG = 0x09
     WORKER_READY = 0x10
     TASK_ASSIGNMENT = 0x11
     TASK_RESULT = 0x12
@@ -35,6 +40,7 @@ class MessageType(enum.IntEnum):
     FORK = 0x22
     FORKED = 0x23
     WORKER_EXITED = 0x24
+    ZYGOTE_CATALOG = 0x25
 
 
 # An unsigned integer that must fit 32 bits (SPEC.md §3.1); plain `int` fields are 64-bit.
@@ -69,8 +75,8 @@ class Message:
     """Base of every message dataclass: subclasses set TYPE and, if they carry one, HAS_PAYLOAD."""
 
     TYPE: ClassVar[MessageType]
-    # When the message has a payload frame: "never", "always", or "when_ok" (exactly when
-    # meta status is "ok").
+    # When the message has a payload frame: "never", "always", "when_ok" (exactly when meta
+    # `status` is "ok"), or "when_ready" (exactly when meta `ready` is true).
     PAYLOAD: ClassVar[str] = "never"
     _FIELDS: ClassVar[tuple[tuple[str, Any, bool], ...]] = ()
     _HEADER: ClassVar[bytes] = b""
@@ -81,16 +87,20 @@ class Message:
 
     def encode(self) -> list[bytes]:
         frames = [self._HEADER, _packb(self.meta())]
-        if self.PAYLOAD != "never" and self._wants_payload(getattr(self, "status", None)):
+        if self.PAYLOAD != "never" and self._wants_payload():
             payload = getattr(self, "payload", None)
             if payload is None:
                 raise ValueError(f"{type(self).__name__} needs a payload")
             frames.append(payload)
         return frames
 
-    @classmethod
-    def _wants_payload(cls, status: Any) -> bool:
-        return cls.PAYLOAD == "always" or (cls.PAYLOAD == "when_ok" and status == "ok")
+    def _wants_payload(self) -> bool:
+        rule = self.PAYLOAD
+        if rule == "when_ok":
+            return getattr(self, "status", None) == "ok"
+        if rule == "when_ready":
+            return getattr(self, "ready", None) is True
+        return rule == "always"
 
 
 @dataclasses.dataclass(slots=True)
@@ -218,6 +228,9 @@ def _compile_decoder(cls: type[Message]) -> Any:
         error = args[[n for n, _, _ in cls._FIELDS].index("error")]
         lines.append(f"    _check_status(cls, {status}, {error})")
         lines.append(f"    n = 3 if {status} == 'ok' else 2")
+    elif cls.PAYLOAD == "when_ready":
+        ready = args[[n for n, _, _ in cls._FIELDS].index("ready")]
+        lines.append(f"    n = 3 if {ready} else 2")
     else:
         lines.append(f"    n = {3 if cls.PAYLOAD == 'always' else 2}")
     lines.append("    if len(frames) != n: _bad_count(cls, n, len(frames))")
@@ -309,13 +322,27 @@ def decode(frames: list[bytes]) -> Message:
     return cls._decode_meta(meta, frames)  # type: ignore[attr-defined, no-any-return]
 
 
-def decode_control(data: bytes) -> Message:
-    """Decode one control-link message body (the bytes after the u32 length prefix)."""
-    return decode([data[:4], data[4:]])
+def control_payload_follows(code: int) -> bool:
+    """Whether a control-link message of this type code is followed by a payload record (SPEC.md §3)."""
+    cls = _REGISTRY.get(code)
+    return cls is not None and cls.PAYLOAD == "always"
+
+
+def decode_control(data: bytes, payload: bytes | None = None) -> Message:
+    """Decode one control-link message: its body (the bytes after the u32 length prefix) and, for
+    the types that carry one (`control_payload_follows`), the payload record that came next."""
+    frames = [data[:4], data[4:]]
+    if payload is not None:
+        frames.append(payload)
+    return decode(frames)
 
 
 def encode_control(msg: Message) -> bytes:
-    """Frame a control-link message: u32 big-endian length, header, meta (SPEC.md §3)."""
-    head, meta = msg.encode()
+    """Frame a control-link message: u32 big-endian length, header and meta; then, when the
+    message has a payload, a second record: u32 big-endian length, payload (SPEC.md §3)."""
+    head, meta, *payload = msg.encode()
     body = head + meta
-    return len(body).to_bytes(4, "big") + body
+    out = len(body).to_bytes(4, "big") + body
+    for record in payload:
+        out += len(record).to_bytes(4, "big") + record
+    return out

@@ -71,3 +71,21 @@ class Pong(Message):
     workers: U32
     idle_workers: U32
     draining: bool
+
+
+@message
+@dataclass(slots=True)
+class DescribeTasks(Message):
+    TYPE = MessageType.DESCRIBE_TASKS
+    nonce: int
+
+
+@message
+@dataclass(slots=True)
+class TaskCatalog(Message):
+    TYPE = MessageType.TASK_CATALOG
+    PAYLOAD = "when_ready"
+    nonce: int
+    ready: bool
+    tasks: list[str]
+    payload: bytes | None = None

@@ -47,9 +47,21 @@ def test_valid_case_decodes_to_fields(case: dict[str, Any]) -> None:
     frames = [bytes.fromhex(f) for f in case["frames"]]
     assert p.decode(frames) == build(case)
     if "stream" in case:
-        stream = bytes.fromhex(case["stream"])
-        assert int.from_bytes(stream[:4], "big") == len(stream) - 4
-        assert p.decode_control(stream[4:]) == build(case)
+        records = split_records(bytes.fromhex(case["stream"]))
+        body, *payload = records
+        assert p.control_payload_follows(body[3]) == bool(payload)
+        assert p.decode_control(body, *payload) == build(case)
+
+
+def split_records(stream: bytes) -> list[bytes]:
+    """A control-link byte stream as its u32 length-prefixed records (SPEC.md §3)."""
+    records = []
+    while stream:
+        size = int.from_bytes(stream[:4], "big")
+        assert len(stream) >= 4 + size
+        records.append(stream[4 : 4 + size])
+        stream = stream[4 + size :]
+    return records
 
 
 @pytest.mark.parametrize("case", load("invalid"))

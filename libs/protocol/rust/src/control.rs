@@ -62,3 +62,12 @@ pub struct WorkerExited {
     pub signal: Option<u32>,
 }
 impl_message!(WorkerExited, Never);
+
+/// Payload (always, as a second record on the stream): the task catalog, task name →
+/// description. The orchestrator forwards it without decoding it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZygoteCatalog {
+    pub tasks: Vec<String>,
+    pub build_ms: f64,
+}
+impl_message!(ZygoteCatalog, Always);

@@ -6,8 +6,10 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 pub const SIGNATURE: [u8; 2] = *b"NT";
-/// Largest control-link message body (SPEC.md §3).
+/// Largest control-link message body: header and meta (SPEC.md §3).
 pub const CONTROL_MAX_BYTES: usize = 1 << 20;
+/// Largest control-link payload record (SPEC.md §3): a task catalog can outgrow a meta map.
+pub const CONTROL_MAX_PAYLOAD_BYTES: usize = 16 << 20;
 pub const STATUS_OK: &str = "ok";
 pub const STATUS_ERROR: &str = "error";
 
@@ -22,6 +24,8 @@ pub enum MessageType {
     CancelTask = 0x05,
     Ping = 0x06,
     Pong = 0x07,
+    DescribeTasks = 0x08,
+    TaskCatalog = 0x09,
     WorkerReady = 0x10,
     TaskAssignment = 0x11,
     TaskResult = 0x12,
@@ -32,6 +36,7 @@ pub enum MessageType {
     Fork = 0x22,
     Forked = 0x23,
     WorkerExited = 0x24,
+    ZygoteCatalog = 0x25,
 }
 
 impl MessageType {
@@ -45,6 +50,8 @@ impl MessageType {
             0x05 => CancelTask,
             0x06 => Ping,
             0x07 => Pong,
+            0x08 => DescribeTasks,
+            0x09 => TaskCatalog,
             0x10 => WorkerReady,
             0x11 => TaskAssignment,
             0x12 => TaskResult,
@@ -55,6 +62,7 @@ impl MessageType {
             0x22 => Fork,
             0x23 => Forked,
             0x24 => WorkerExited,
+            0x25 => ZygoteCatalog,
             _ => return None,
         })
     }
@@ -67,6 +75,8 @@ pub enum PayloadRule {
     Always,
     /// Exactly when the meta field `status` is `"ok"`.
     WhenOk,
+    /// Exactly when the meta field `ready` is `true`.
+    WhenReady,
 }
 
 /// A malformed message. The variant names match the vectors' failure classes.
@@ -112,12 +122,18 @@ pub trait Message: Serialize + DeserializeOwned {
             PayloadRule::Never => false,
             PayloadRule::Always => true,
             PayloadRule::WhenOk => self.status() == Some(STATUS_OK),
+            PayloadRule::WhenReady => self.ready(),
         }
     }
 
     /// The `status` field, for messages whose payload depends on it.
     fn status(&self) -> Option<&str> {
         None
+    }
+
+    /// The `ready` field, for messages whose payload depends on it.
+    fn ready(&self) -> bool {
+        false
     }
 
     /// Checks beyond field types (e.g. `status` values); called after decoding.
@@ -191,6 +207,22 @@ pub fn encode_control<M: Message>(msg: &M) -> Vec<u8> {
     out
 }
 
+/// Frames a control-link message that carries a payload: the message as [`encode_control`]
+/// frames it, then the payload as a second record (u32 big-endian length, bytes).
+pub fn encode_control_with_payload<M: Message>(msg: &M, payload: &[u8]) -> Vec<u8> {
+    let mut out = encode_control(msg);
+    out.reserve(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Whether a control-link message of this type code is followed by a payload record
+/// (SPEC.md §3). Only `ZygoteCatalog` is.
+pub fn control_payload_follows(code: u8) -> bool {
+    code == MessageType::ZygoteCatalog as u8
+}
+
 /// Splits a control-link body (after the length prefix) into its type code and meta bytes.
 pub fn decode_control(body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
     if body.len() < 4 {
@@ -200,7 +232,8 @@ pub fn decode_control(body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
 }
 
 /// Implements [`Message`] for a meta struct: `impl_message!(Name, PayloadRule)`. With `WhenOk`
-/// the struct has `status` and `error` fields, checked by [`validate_status`].
+/// the struct has `status` and `error` fields, checked by [`validate_status`]; with `WhenReady`
+/// a `ready` field.
 #[macro_export]
 macro_rules! impl_message {
     ($name:ident, WhenOk) => {
@@ -213,6 +246,16 @@ macro_rules! impl_message {
             }
             fn validate(&self) -> Result<(), $crate::frame::ProtocolError> {
                 $crate::frame::validate_status(Self::NAME, &self.status, self.error.is_some())
+            }
+        }
+    };
+    ($name:ident, WhenReady) => {
+        impl $crate::frame::Message for $name {
+            const TYPE: $crate::frame::MessageType = $crate::frame::MessageType::$name;
+            const PAYLOAD: $crate::frame::PayloadRule = $crate::frame::PayloadRule::WhenReady;
+            const NAME: &'static str = stringify!($name);
+            fn ready(&self) -> bool {
+                self.ready
             }
         }
     };

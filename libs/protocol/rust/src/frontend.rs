@@ -66,3 +66,18 @@ pub struct Pong {
     pub draining: bool,
 }
 impl_message!(Pong, Never);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeTasks {
+    pub nonce: u64,
+}
+impl_message!(DescribeTasks, Never);
+
+/// Payload: the task catalog (task name → description), only when `ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCatalog {
+    pub nonce: u64,
+    pub ready: bool,
+    pub tasks: Vec<String>,
+}
+impl_message!(TaskCatalog, WhenReady);

@@ -9,7 +9,8 @@
 //! - [`error`]: the shared `Error` structure, error kinds, rejection reasons, exit codes.
 //! - [`frontend`]: client ↔ orchestrator messages.
 //! - [`backend`]: worker ↔ orchestrator messages.
-//! - [`control`]: zygote ↔ orchestrator messages (length-prefixed stream).
+//! - [`control`]: zygote ↔ orchestrator messages (length-prefixed stream; a payload, when a
+//!   message has one, is a second record).
 
 pub mod backend;
 pub mod control;
@@ -18,10 +19,13 @@ pub mod frame;
 pub mod frontend;
 
 pub use backend::{Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady};
-pub use control::{Fork, Forked, TaskOptions, WorkerExited, ZygoteFailed, ZygoteReady};
+pub use control::{Fork, Forked, TaskOptions, WorkerExited, ZygoteCatalog, ZygoteFailed, ZygoteReady};
 pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
 pub use frame::{
-    decode_control, decode_frames, decode_meta, encode_control, encode_meta, header, parse_header, Message,
-    MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES, PROTOCOL_VERSION, SIGNATURE, STATUS_ERROR, STATUS_OK,
+    control_payload_follows, decode_control, decode_frames, decode_meta, encode_control, encode_control_with_payload,
+    encode_meta, header, parse_header, Message, MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES,
+    CONTROL_MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, SIGNATURE, STATUS_ERROR, STATUS_OK,
 };
-pub use frontend::{CancelTask, Ping, Pong, SubmitTask, TaskAccepted, TaskRejected, TaskReply};
+pub use frontend::{
+    CancelTask, DescribeTasks, Ping, Pong, SubmitTask, TaskAccepted, TaskCatalog, TaskRejected, TaskReply,
+};

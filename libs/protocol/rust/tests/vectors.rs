@@ -36,7 +36,12 @@ fn check_valid<M: Message + PartialEq + std::fmt::Debug>(name: &str, case: &Valu
     }
     assert_eq!(frames, hex_frames(case), "{name}: encoded bytes differ");
     if let Some(stream) = case.get("stream") {
-        assert_eq!(hex::encode(encode_control(&msg)), stream.as_str().unwrap(), "{name}: stream differs");
+        let encoded = match frames.get(2) {
+            Some(payload) => encode_control_with_payload(&msg, payload),
+            None => encode_control(&msg),
+        };
+        assert_eq!(hex::encode(encoded), stream.as_str().unwrap(), "{name}: stream differs");
+        assert_eq!(control_payload_follows(M::TYPE as u8), frames.len() == 3, "{name}");
     }
 
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
@@ -66,6 +71,8 @@ macro_rules! every_message {
             CancelTask,
             Ping,
             Pong,
+            DescribeTasks,
+            TaskCatalog,
             WorkerReady,
             TaskAssignment,
             TaskResult,
@@ -75,7 +82,8 @@ macro_rules! every_message {
             ZygoteFailed,
             Fork,
             Forked,
-            WorkerExited
+            WorkerExited,
+            ZygoteCatalog
         )
     };
 }

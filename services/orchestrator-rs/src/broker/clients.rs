@@ -1,10 +1,10 @@
-//! Frontend messages: `SubmitTask`, `CancelTask`, `Ping`, and every reply to a client.
+//! Frontend messages: `SubmitTask`, `CancelTask`, `Ping`, `DescribeTasks`, and every reply to a client.
 
 use std::time::Instant;
 
 use neutrino_protocol::{
-    decode_frames, parse_header, reject_reason, CancelTask, ErrorInfo, Message, MessageType, Ping, Pong, ProtocolError,
-    SubmitTask, TaskAccepted, TaskRejected, TaskReply, STATUS_ERROR,
+    decode_frames, parse_header, reject_reason, CancelTask, DescribeTasks, ErrorInfo, Message, MessageType, Ping, Pong,
+    ProtocolError, SubmitTask, TaskAccepted, TaskRejected, TaskReply, STATUS_ERROR,
 };
 use tracing::debug;
 
@@ -35,6 +35,9 @@ impl Broker {
             Some(MessageType::SubmitTask) => self.on_submit(&client, parts),
             Some(MessageType::CancelTask) => frames::<CancelTask>(parts).map(|m| self.on_cancel(&client, m.id)),
             Some(MessageType::Ping) => frames::<Ping>(parts).map(|m| self.on_ping(&client, m.nonce)),
+            Some(MessageType::DescribeTasks) => {
+                frames::<DescribeTasks>(parts).map(|m| self.on_describe(&client, m.nonce))
+            }
             Some(other) => Err(ProtocolError::Meta(format!("{other:?} is not a client message"))),
             None => {
                 debug!(code, "ignoring unknown message type from a client");
@@ -126,6 +129,11 @@ impl Broker {
             draining: self.sched.is_draining(),
         };
         self.send_client(client, &pong, None);
+    }
+
+    fn on_describe(&mut self, client: &[u8], nonce: u64) {
+        let (reply, payload) = self.catalog.reply(nonce);
+        self.send_client(client, &reply, payload.map(zmq::Message::from));
     }
 
     fn reject(&mut self, client: &[u8], id: u64, reason: &str, message: &str) {

@@ -3,7 +3,7 @@
 //! a command channel plus a wake-up socket that `zmq::poll` watches beside the ZeroMQ sockets.
 //!
 //! - `mod.rs`: setup, the poll loop, commands from the tokio side, sending.
-//! - `clients.rs`: frontend messages (submit, cancel, ping) and replies.
+//! - `clients.rs`: frontend messages (submit, cancel, ping, describe) and replies.
 //! - `workers.rs`: backend messages, timeouts, liveness, recycling, killing workers.
 
 mod clients;
@@ -21,6 +21,7 @@ use neutrino_protocol::{encode_meta, error_kind, header, ErrorInfo, Message, Tas
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::error;
 
+use crate::catalog::{Catalog, CatalogBytes};
 use crate::metrics::Metrics;
 use crate::scheduler::{Limits, Origin, Payload, Policy, Scheduler};
 
@@ -43,6 +44,8 @@ pub enum Command {
     ZygoteLost,
     /// The app's per-task defaults, from `ZygoteReady`.
     TaskOptions(HashMap<String, TaskOptions>),
+    /// The app's task catalog, from `ZygoteCatalog` (served to `DescribeTasks`).
+    Catalog(CatalogBytes),
     /// New recycling limits (SIGHUP).
     SetLimits(Limits),
     /// Retire this worker (the pool is shrinking, or a reload lowered its size).
@@ -147,6 +150,7 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
         commands: rx,
         sched: Scheduler::new(config.policy),
         task_options: HashMap::new(),
+        catalog: Catalog::default(),
         standby_ids: HashSet::new(),
         max_payload: config.max_message_bytes as usize,
         idle_spin: config.idle_spin,
@@ -187,6 +191,7 @@ struct Broker {
     commands: mpsc::Receiver<Command>,
     sched: Scheduler<zmq::Message>,
     task_options: HashMap<String, TaskOptions>,
+    catalog: Catalog,
     /// Ids announced as standbys, until they report ready.
     standby_ids: HashSet<String>,
     max_payload: usize,
@@ -312,6 +317,7 @@ impl Broker {
                 Command::WorkerExited { worker_id, how } => self.on_worker_exited(&worker_id, &how),
                 Command::ZygoteLost => self.on_zygote_lost(),
                 Command::TaskOptions(options) => self.task_options = options,
+                Command::Catalog(catalog) => self.catalog.set(catalog),
                 Command::SetLimits(limits) => self.sched.set_limits(limits),
                 Command::Retire { worker_id, reason } => self.retire(&worker_id, reason),
                 Command::Standby { worker_id } => {

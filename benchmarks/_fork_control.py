@@ -86,7 +86,10 @@ def hold(module: str) -> None:
 def churn(module: str, children: int) -> None:
     info = _import(module)
     gc.freeze()
-    before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_self, before_children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     started = time.perf_counter()
     for _ in range(children):
         pid = os.fork()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
+import os
 import re
 import statistics
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -60,7 +60,9 @@ def targets(report: dict[str, Any]) -> dict[str, bool | None]:
         "memory_ratio_under_1.2": check(get("memory", "neutrino", "ratio"), lambda r: r < 1.2),
         "recycling_throughput_at_least_0.9x": check(get("recycling", "ratio"), lambda r: r >= 0.9),
         # Whether the 0.9 target is within reach at all: a bare fork + exit per recycle allows this much.
-        "recycling_0.9x_reachable_past_bare_fork": check(get("recycling", "fork_floor", "ratio_bound"), lambda r: r >= 0.9),
+        "recycling_0.9x_reachable_past_bare_fork": check(
+            get("recycling", "fork_floor", "ratio_bound"), lambda r: r >= 0.9
+        ),
         "replacement_start_p50_under_10ms": check(get("recycling", "replacement_start_ms", "p50"), lambda ms: ms < 10),
     }
 

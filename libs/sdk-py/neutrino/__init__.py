@@ -8,6 +8,7 @@ from .app import App, Task
 from .client import Client, TaskFuture
 from .errors import (
     AddressError,
+    AuthenticationError,
     BadArgumentsError,
     BusyError,
     CatalogNotReadyError,
@@ -25,6 +26,7 @@ from .errors import (
     TaskCancelledError,
     TaskError,
     TaskTimeoutError,
+    UnavailableError,
     UnknownTaskError,
     WorkerDiedError,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "App",
     "AsyncClient",
     "AsyncTaskFuture",
+    "AuthenticationError",
     "BadArgumentsError",
     "BusyError",
     "CatalogNotReadyError",
@@ -56,6 +59,7 @@ __all__ = [
     "TaskError",
     "TaskFuture",
     "TaskTimeoutError",
+    "UnavailableError",
     "UnknownTaskError",
     "WorkerDiedError",
 ]

@@ -42,8 +42,8 @@ def check_address(address: str) -> str:
     scheme, sep, rest = address.partition("://")
     if scheme in ("http", "https") and sep:
         raise NotSupportedError(
-            f"{address!r} is an HTTP gateway address; this SDK version talks to orchestrators only. "
-            "Connect to an orchestrator frontend instead, e.g. Client('tcp://127.0.0.1:5555')"
+            f"{address!r} is an HTTP gateway address, which only the threaded Client speaks: use "
+            f"neutrino.Client({address!r}), or connect to an orchestrator frontend (tcp://HOST:PORT)"
         )
     if scheme == "tcp" and sep:
         match = _TCP.match(address)

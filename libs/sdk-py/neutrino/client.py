@@ -111,6 +111,15 @@ class Client:
     a context manager or call `close()`, which fails tasks still waiting with ClientClosedError.
     """
 
+    def __new__(cls, address: str, *args: Any, **kwargs: Any) -> Client:
+        # An http(s):// address is a gateway: the same interface over HTTP (see _http.py), with an
+        # optional `token=` (or NEUTRINO_TOKEN) for its bearer auth.
+        if cls is Client and isinstance(address, str) and address.startswith(("http://", "https://")):
+            from ._http import HttpClient
+
+            return HttpClient(address, *args, **kwargs)  # type: ignore[return-value]
+        return super().__new__(cls)
+
     def __init__(
         self,
         address: str,

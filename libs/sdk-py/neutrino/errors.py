@@ -11,6 +11,8 @@ Layout:
     ├── ProtocolError             a peer sent a malformed message or payload
     ├── NeutrinoTimeoutError      a client gave up waiting (also a TimeoutError)
     │   └── CatalogNotReadyError  the orchestrator answered, but has no task catalog yet
+    ├── AuthenticationError       the HTTP gateway refused the bearer token
+    ├── UnavailableError          the HTTP gateway, or any task pod behind it, cannot be reached
     ├── ClientClosedError         the client was closed while a task was pending
     ├── AddressError              an orchestrator address the client cannot use (also a ValueError)
     └── NotSupportedError         a feature this version does not have yet (also a NotImplementedError)
@@ -227,6 +229,14 @@ class NeutrinoTimeoutError(NeutrinoError, TimeoutError):
 class CatalogNotReadyError(NeutrinoTimeoutError):
     """`describe()` gave up: the orchestrator answered, but its zygote had not reported the task
     catalog yet (the app is still importing, the catalog is being built, or the zygote restarts)."""
+
+
+class AuthenticationError(NeutrinoError):
+    """The gateway refused the client's bearer token (HTTP 401); pass `Client(..., token=...)` or set NEUTRINO_TOKEN."""
+
+
+class UnavailableError(NeutrinoError):
+    """The gateway cannot be reached, or has no task pod to run on (HTTP 503); retry later."""
 
 
 class ClientClosedError(NeutrinoError):

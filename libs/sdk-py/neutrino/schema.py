@@ -23,6 +23,7 @@ pays for pydantic only once its first workers are forked.
 from __future__ import annotations
 
 import inspect
+import logging
 import typing
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from .app import Task
 
 __all__ = ["describe_task", "task_catalog"]
+
+_log = logging.getLogger("neutrino.schema")
 
 TaskEntry = dict[str, Any]
 _EMPTY = inspect.Parameter.empty
@@ -95,6 +98,13 @@ def _params_schema(name: str, signature: inspect.Signature, hints: Mapping[str, 
             continue
         annotation = hints.get(param.name, Any)
         if not _describable(annotation):
+            _log.warning(
+                "task %s: pydantic cannot describe the type of parameter %r (%r); the HTTP gateway will accept "
+                "any value for it (on Python < 3.12, a TypedDict must come from typing_extensions)",
+                name,
+                param.name,
+                annotation,
+            )
             annotation = Any
         default = ... if param.default is _EMPTY else param.default
         # Fields named by position, the parameter name as the alias: a parameter may be called

@@ -33,10 +33,18 @@ def test_bad_addresses_say_what_to_write(address: str, words: str) -> None:
         check_address(address)
 
 
-def test_http_gateway_addresses_are_not_supported_yet() -> None:
+def test_http_gateway_addresses_give_the_http_client() -> None:
+    from neutrino import AsyncClient
+    from neutrino._http import HttpClient
+
     for address in ("http://gateway:8000", "https://gateway"):
-        with pytest.raises(NotSupportedError, match=r"HTTP gateway.*Client\('tcp://"):
-            Client(address)
+        client = Client(address)
+        assert isinstance(client, HttpClient) and client.address == address
+        client.close()
+    with pytest.raises(AddressError, match="gateway URL"):
+        Client("http://")
+    with pytest.raises(NotSupportedError, match=r"only the threaded Client"):
+        AsyncClient("http://gateway:8000")
 
 
 def test_per_call_options_are_checked() -> None:

@@ -1,0 +1,37 @@
+"""`neutrino-gateway` / `python -m neutrino_gateway`: parse the settings, serve until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from .config import ConfigError, load
+from .server import run
+
+
+def main() -> None:
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"neutrino-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=config.log_level, format="[%(levelname)s] %(name)s: %(message)s")
+    if config.no_auth:
+        logging.getLogger("neutrino.gateway").warning(
+            "auth is off (--no-auth): anyone who can reach the port can run tasks"
+        )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(config, stop)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

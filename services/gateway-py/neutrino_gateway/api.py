@@ -1,0 +1,364 @@
+"""The HTTP API (aiohttp): routes, body and query parsing, content negotiation, auth, the error shape.
+
+JSON by default; msgpack when the body is `application/msgpack`, and in answers when `Accept`
+asks for it (or the body was msgpack and `Accept` says nothing). In msgpack answers the task's
+result goes out as the bytes the worker packed, never decoded here. In JSON answers, values JSON
+cannot hold are converted: bytes become base64 text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import errors, metrics, openapi
+from .catalog import Catalog
+from .config import Config
+from .errors import ApiError
+from .pool import PodPool
+from .runs import Runs, http_error_of
+from .store import Run
+
+log = logging.getLogger("neutrino.gateway")
+
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_RETRIES = 100
+MAX_KEY_LENGTH = 255
+# Task failure kinds (SPEC.md §5) that are the caller's doing get a 4xx; the rest are the task's: 500.
+STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Api:
+    def __init__(self, config: Config, runs: Runs, catalog: Catalog, pool: PodPool) -> None:
+        self.config = config
+        self.runs = runs
+        self.catalog = catalog
+        self.pool = pool
+        self._tokens = [token.encode() for token in config.auth_tokens]
+        self._openapi: tuple[int, bytes] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self.middleware])
+        app.router.add_post("/v1/tasks/{name}", self.run_task)
+        app.router.add_get("/v1/tasks", self.list_tasks)
+        app.router.add_get("/v1/runs/{id}", self.get_run)
+        app.router.add_delete("/v1/runs/{id}", self.cancel_run)
+        app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    # -- middleware: auth, deadline, error shape, metrics ---------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        try:
+            if not self.config.no_auth and request.path not in OPEN_PATHS:
+                self._check_token(request)
+            async with asyncio.timeout(self.config.request_deadline_s):
+                response = await handler(request)
+        except ApiError as exc:
+            response = self._error(request, exc)
+        except web.HTTPRequestEntityTooLarge:
+            response = self._error(request, errors.too_large(self.config.max_body_bytes))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            response = self._error(request, ApiError(exc.status, kind, exc.reason, headers=dict(exc.headers)))
+        except TimeoutError:
+            response = self._error(
+                request, ApiError(504, "deadline_exceeded", "the request ran past the gateway's per-request deadline")
+            )
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            response = self._error(
+                request, ApiError(500, "internal", "the gateway failed on this request; see its log")
+            )
+        metrics.REQUESTS.labels(route, str(response.status)).inc()
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    def _check_token(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise errors.unauthorized("send Authorization: Bearer <token>")
+        presented = token.strip().encode()
+        # compare_digest against every token: the time taken says nothing about which one nearly matched.
+        if not any([hmac.compare_digest(presented, known) for known in self._tokens]):
+            raise errors.unauthorized("the bearer token is not one this gateway accepts")
+
+    def _error(self, request: web.Request, exc: ApiError) -> web.Response:
+        response = self._respond(request, exc.body(), exc.status)
+        response.headers.update(exc.headers)
+        return response
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def run_task(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        info = self.catalog.get(name)
+        if info is None:
+            if not self.catalog.known:
+                raise errors.unavailable("the task list is not known yet: no task pod has answered; retry shortly")
+            raise errors.not_found("unknown_task", f"no task named {name!r}; GET /v1/tasks lists the tasks")
+        query = request.query
+        wait_s = _number(query, "wait", self.config.default_wait_s, minimum=0.0, maximum=self.config.max_wait_s)
+        if "respond-async" in request.headers.get("Prefer", ""):
+            wait_s = 0.0
+        timeout_s = _number(query, "timeout", None, minimum=0.0, exclusive=True)
+        retries = _integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise errors.validation_failed(
+                [
+                    {
+                        "loc": ["header", "Idempotency-Key"],
+                        "msg": f"must be 1 to {MAX_KEY_LENGTH} characters",
+                        "type": "string_length",
+                    }
+                ]
+            )
+        body = await self._body(request)
+        problems = info.errors(body)
+        if problems:
+            raise errors.validation_failed(problems)
+        run = self.runs.by_idempotency_key(key) if key is not None else None
+        if run is not None and run.task != name:
+            raise ApiError(
+                409, "idempotency_conflict", f"Idempotency-Key {key!r} was used for task {run.task!r}; use a new key"
+            )
+        if run is None:
+            run = await self.runs.submit(name, body, timeout_s, retries, key)
+        run.http_waiting = wait_s > 0
+        try:
+            finished = await self.runs.wait(run, wait_s)
+        finally:
+            run.http_waiting = False
+        if (rejected := http_error_of(run)) is not None:
+            raise rejected
+        if not finished:
+            response = self._respond(request, self._record(run), 202)
+            response.headers["Location"] = f"/v1/runs/{run.id}"
+            return response
+        if run.status == "succeeded":
+            return self._success(request, run)
+        raise self._failure(run)
+
+    async def list_tasks(self, request: web.Request) -> web.StreamResponse:
+        if not self.catalog.known:
+            raise errors.unavailable("the task list is not known yet: no task pod has answered; retry shortly")
+        tasks = [self.catalog.tasks[name].describe() for name in sorted(self.catalog.tasks)]
+        return self._respond(request, {"tasks": tasks})
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def get_run(self, request: web.Request) -> web.StreamResponse:
+        run = self._find(request)
+        wait_s = _number(request.query, "wait", 0.0, minimum=0.0, maximum=self.config.max_wait_s)
+        if wait_s > 0 and not run.finished:
+            await self.runs.wait(run, wait_s)
+        return self._respond(request, self._record(run))
+
+    async def cancel_run(self, request: web.Request) -> web.StreamResponse:
+        run = self._find(request)
+        if not run.finished:
+            self.runs.cancel(run)
+            await self.runs.wait(run, 2.0)
+        return self._respond(request, self._record(run), 200 if run.finished else 202)
+
+    def _find(self, request: web.Request) -> Run:
+        run = self.runs.get(request.match_info["id"])
+        if run is None:
+            raise errors.not_found("unknown_run", f"no run with id {request.match_info['id']!r} (or it expired)")
+        return run
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        if self._openapi is None or self._openapi[0] != self.catalog.version:
+            document = openapi.build(self.catalog, auth=not self.config.no_auth, max_wait_s=self.config.max_wait_s)
+            self._openapi = (self.catalog.version, json.dumps(document).encode())
+        return web.Response(body=self._openapi[1], content_type="application/json")
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        usable = [pod.address for pod in self.pool.usable()]
+        ready = bool(usable) and self.catalog.known
+        body = {
+            "ready": ready,
+            "task_pods": usable,
+            "task_pods_known": len(self.pool.pods),
+            "catalog": self.catalog.known,
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        pods = list(self.pool.pods.values())
+        metrics.PODS.labels("up").set(sum(pod.up for pod in pods))
+        metrics.PODS.labels("down").set(sum(not pod.up for pod in pods))
+        metrics.RUNS_ACTIVE.set(len(self.runs.active))
+        response = web.Response(body=generate_latest())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    # -- bodies and answers ------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw:
+            body: Any = {}
+        elif request.content_type in _MSGPACK_TYPES:
+            try:
+                body = msgpack.unpackb(raw, raw=False)
+            except Exception as exc:
+                raise errors.bad_request(f"the body is not valid msgpack: {exc}") from None
+        elif request.content_type in (
+            "application/json",
+            "application/octet-stream",
+            "",
+        ) or request.content_type.endswith("+json"):
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
+        else:
+            raise ApiError(
+                415, "unsupported_media_type", f"send application/json or {MSGPACK}, not {request.content_type}"
+            )
+        if not isinstance(body, dict):
+            raise errors.bad_request(
+                f"the body must be an object of the task's named arguments, not {type(body).__name__}"
+            )
+        return body
+
+    def _wants_msgpack(self, request: web.Request) -> bool:
+        accept = request.headers.get("Accept", "")
+        if any(kind in accept for kind in _MSGPACK_TYPES):
+            return True
+        return (not accept or accept == "*/*") and request.content_type in _MSGPACK_TYPES
+
+    def _respond(self, request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
+        if self._wants_msgpack(request):
+            return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
+        return web.Response(body=_json_bytes(body), status=status, content_type="application/json")
+
+    def _success(self, request: web.Request, run: Run) -> web.Response:
+        if self._wants_msgpack(request):
+            # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
+            head = b"\x83" + msgpack.packb("id") + msgpack.packb(run.id) + msgpack.packb("status")
+            body = head + msgpack.packb("succeeded") + msgpack.packb("result") + (run.result or b"\xc0")
+            return web.Response(body=body, content_type=MSGPACK)
+        return web.Response(
+            body=_json_bytes({"id": run.id, "status": "succeeded", "result": _result(run)}),
+            content_type="application/json",
+        )
+
+    def _failure(self, run: Run) -> ApiError:
+        error = run.error or {}
+        kind = str(error.get("kind", "task_error"))
+        detail: dict[str, Any] = {"run_id": run.id, "kind": kind, "attempts": run.attempts}
+        if self.config.include_traceback and error.get("traceback"):
+            detail["traceback"] = error["traceback"]
+        return ApiError(
+            STATUS_OF_KIND.get(kind, 500), str(error.get("type", kind)), str(error.get("message", "")), detail
+        )
+
+    def _record(self, run: Run) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": run.id,
+            "task": run.task,
+            "status": run.status,
+            "attempts": run.attempts,
+            "created_at": _iso(run.created_at),
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+        }
+        if run.status == "succeeded":
+            record["result"] = _result(run)
+        elif run.error is not None:
+            error = dict(run.error)
+            if not self.config.include_traceback:
+                error.pop("traceback", None)
+            record["error"] = error
+        return record
+
+
+def _result(run: Run) -> Any:
+    return msgpack.unpackb(run.result, raw=False, strict_map_key=False) if run.result else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json_bytes(body: Any) -> bytes:
+    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+
+
+def _query_error(name: str, message: str, type_: str) -> ApiError:
+    return errors.validation_failed([{"loc": ["query", name], "msg": message, "type": type_}])
+
+
+def _number(
+    query: Any,
+    name: str,
+    default: float | None,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> Any:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _query_error(name, f"must be a number, got {raw!r}", "float_parsing") from None
+    if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+        raise _query_error(name, f"must be {'above' if exclusive else 'at least'} {minimum:g}", "greater_than")
+    if maximum is not None and value > maximum:
+        raise _query_error(name, f"must be at most {maximum:g}", "less_than_equal")
+    return value
+
+
+def _integer(query: Any, name: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _query_error(name, f"must be an integer, got {raw!r}", "int_parsing") from None
+    if not minimum <= value <= maximum:
+        raise _query_error(name, f"must be from {minimum} to {maximum}", "range")
+    return value

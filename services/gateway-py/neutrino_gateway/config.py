@@ -1,0 +1,189 @@
+"""Gateway settings: read once, from flags with environment fallbacks, into one frozen `Config`.
+
+Every flag has an environment variable (`NEUTRINO_GATEWAY_` + the flag name in capitals, `-` as
+`_`) so a container can be configured without a command line. Flags win over the environment.
+Units are in the names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "NEUTRINO_GATEWAY_"
+
+
+class ConfigError(ValueError):
+    """A setting the gateway cannot start with; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    orchestrators: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db_path: Path = Path("neutrino-gateway.db")
+    auth_tokens: frozenset[str] = field(default_factory=frozenset)
+    no_auth: bool = False
+    max_body_bytes: int = 16 * 2**20
+    default_wait_s: float = 30.0
+    max_wait_s: float = 300.0
+    request_deadline_s: float = 330.0  # the longest any one HTTP request may take, wait included
+    run_ttl_s: float = 24 * 3600.0
+    include_traceback: bool = False
+    ping_interval_s: float = 0.5
+    pod_timeout_s: float = 3.0  # a pod silent this long is lost: 6 pings
+    resolve_interval_s: float = 5.0
+    log_level: str = "INFO"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neutrino-gateway",
+        description="Neutrino gateway: the public HTTP API for tasks, in front of one or many orchestrators.",
+        epilog=f"Every flag can also be set from the environment: {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT=8000; "
+        f"{ENV_PREFIX}ORCHESTRATOR takes a comma-separated list, {ENV_PREFIX}AUTH_TOKEN too).",
+    )
+    p.add_argument(
+        "--orchestrator",
+        action="append",
+        default=None,
+        metavar="ADDR",
+        help="orchestrator frontend, tcp://HOST:PORT; repeatable. A HOST that is a DNS name is re-resolved "
+        "every --resolve-interval seconds and each address it resolves to is a task pod (Kubernetes headless Service)",
+    )
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    p.add_argument("--db", default=None, help="SQLite file for run records (default ./neutrino-gateway.db)")
+    p.add_argument(
+        "--auth-token", action="append", default=None, metavar="TOKEN", help="accepted bearer token; repeatable"
+    )
+    p.add_argument("--auth-token-file", default=None, help="file with one accepted bearer token per line")
+    p.add_argument(
+        "--no-auth", action="store_true", default=None, help="accept requests without a token (local development only)"
+    )
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest accepted request body (default 16 MiB)")
+    p.add_argument(
+        "--default-wait",
+        type=float,
+        default=None,
+        help="seconds a POST waits for the result when ?wait= is absent (default 30)",
+    )
+    p.add_argument("--max-wait", type=float, default=None, help="largest accepted ?wait= (default 300)")
+    p.add_argument(
+        "--request-deadline",
+        type=float,
+        default=None,
+        help="seconds any one request may take, ?wait= included; past it the answer is 504 (default 330)",
+    )
+    p.add_argument(
+        "--run-ttl",
+        type=float,
+        default=None,
+        help="seconds a finished run's record (and its Idempotency-Key) is kept (default 86400)",
+    )
+    p.add_argument(
+        "--include-traceback", action="store_true", default=None, help="put remote tracebacks in task failure answers"
+    )
+    p.add_argument(
+        "--ping-interval", type=float, default=None, help="seconds between load pings to each task pod (default 0.5)"
+    )
+    p.add_argument(
+        "--pod-timeout",
+        type=float,
+        default=None,
+        help="seconds without a pong before a task pod counts as lost (default 3)",
+    )
+    p.add_argument(
+        "--resolve-interval",
+        type=float,
+        default=None,
+        help="seconds between DNS re-resolutions of orchestrator names (default 5)",
+    )
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Parse `argv` (default sys.argv[1:]) over `env` (default os.environ) into a checked Config."""
+    env = os.environ if env is None else env
+    opts = parser().parse_args(argv)
+
+    def pick(flag_value: object, name: str) -> str | None:
+        if flag_value is not None:
+            return str(flag_value)
+        return env.get(ENV_PREFIX + name)
+
+    orchestrators = opts.orchestrator or _split(env.get(ENV_PREFIX + "ORCHESTRATOR", ""))
+    if not orchestrators:
+        raise ConfigError("no task pod to send runs to: pass --orchestrator tcp://HOST:PORT (repeatable)")
+    for address in orchestrators:
+        if not address.startswith("tcp://") or address.count(":") < 2:
+            raise ConfigError(f"--orchestrator {address!r}: write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    tokens = set(opts.auth_token or _split(env.get(ENV_PREFIX + "AUTH_TOKEN", "")))
+    token_file = pick(opts.auth_token_file, "AUTH_TOKEN_FILE")
+    if token_file:
+        try:
+            tokens.update(line.strip() for line in Path(token_file).read_text().splitlines() if line.strip())
+        except OSError as exc:
+            raise ConfigError(f"--auth-token-file {token_file!r}: {exc.strerror}") from None
+    no_auth = opts.no_auth if opts.no_auth is not None else _truthy(env.get(ENV_PREFIX + "NO_AUTH", ""))
+    if not tokens and not no_auth:
+        raise ConfigError(
+            "no auth token configured: pass --auth-token TOKEN (or --auth-token-file), "
+            "or --no-auth to accept anyone (local development only)"
+        )
+    defaults = Config(orchestrators=())
+
+    def number(flag: object, name: str, default: float, kind: type = float, minimum: float = 0.0) -> float:
+        raw = pick(flag, name)
+        if raw is None:
+            return default
+        try:
+            value: float = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name.lower().replace('_', '-')} must be a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name.lower().replace('_', '-')} must be at least {minimum}, got {raw!r}")
+        return value
+
+    config = Config(
+        orchestrators=tuple(orchestrators),
+        host=pick(opts.host, "HOST") or defaults.host,
+        port=int(number(opts.port, "PORT", defaults.port, int, 0)),
+        db_path=Path(pick(opts.db, "DB") or defaults.db_path),
+        auth_tokens=frozenset(tokens),
+        no_auth=no_auth,
+        max_body_bytes=int(number(opts.max_body_bytes, "MAX_BODY_BYTES", defaults.max_body_bytes, int, 1)),
+        default_wait_s=number(opts.default_wait, "DEFAULT_WAIT", defaults.default_wait_s),
+        max_wait_s=number(opts.max_wait, "MAX_WAIT", defaults.max_wait_s),
+        request_deadline_s=number(opts.request_deadline, "REQUEST_DEADLINE", defaults.request_deadline_s, float, 0.1),
+        run_ttl_s=number(opts.run_ttl, "RUN_TTL", defaults.run_ttl_s, float, 1.0),
+        include_traceback=bool(
+            opts.include_traceback
+            if opts.include_traceback is not None
+            else _truthy(env.get(ENV_PREFIX + "INCLUDE_TRACEBACK", ""))
+        ),
+        ping_interval_s=number(opts.ping_interval, "PING_INTERVAL", defaults.ping_interval_s, float, 0.01),
+        pod_timeout_s=number(opts.pod_timeout, "POD_TIMEOUT", defaults.pod_timeout_s, float, 0.05),
+        resolve_interval_s=number(opts.resolve_interval, "RESOLVE_INTERVAL", defaults.resolve_interval_s, float, 0.1),
+        log_level=(pick(opts.log_level, "LOG_LEVEL") or defaults.log_level).upper(),
+    )
+    if config.default_wait_s > config.max_wait_s:
+        raise ConfigError(f"--default-wait {config.default_wait_s} is above --max-wait {config.max_wait_s}")
+    if config.max_wait_s >= config.request_deadline_s:
+        raise ConfigError("--max-wait must be below --request-deadline")
+    if config.pod_timeout_s <= config.ping_interval_s:
+        raise ConfigError("--pod-timeout must be longer than --ping-interval (a few pings)")
+    return config
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,18 @@
+"""The gateway's Prometheus metrics (prometheus-client, default registry), served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("neutrino_gateway_requests_total", "HTTP requests answered", ["route", "status"])
+LATENCY = Histogram(
+    "neutrino_gateway_request_seconds",
+    "HTTP request time, from headers read to answer",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RUNS_ACCEPTED = Counter("neutrino_gateway_runs_accepted_total", "Runs recorded and sent to a task pod")
+RUNS_REJECTED = Counter("neutrino_gateway_runs_rejected_total", "Runs refused with 429 because every task pod was busy")
+RUNS_FINISHED = Counter("neutrino_gateway_runs_finished_total", "Runs that reached an outcome", ["status"])
+RUNS_ACTIVE = Gauge("neutrino_gateway_runs_active", "Runs accepted and not finished")
+PODS = Gauge("neutrino_gateway_task_pods", "Task pods known to the gateway, by state", ["state"])

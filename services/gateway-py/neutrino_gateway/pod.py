@@ -1,0 +1,181 @@
+"""One task pod: a DEALER to its orchestrator's frontend, its load from pings, and the runs sent to it.
+
+Like the SDK's AsyncClient, the socket is read from the event loop's reader on `zmq.FD`
+(edge-triggered: whoever touches the socket drains it until `zmq.EVENTS` shows no POLLIN), which
+costs one callback per wake-up and no Future per message. Payloads pass through as bytes: the
+arguments were packed by the gateway, and results go back to HTTP clients undecoded when they
+asked for msgpack.
+
+Liveness: a ping every `ping_interval_s`; a pod that has not answered any for `pod_timeout_s` is
+lost, and the runs it held are handed back to the caller (runs.py decides: retry or fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import neutrino_protocol
+import zmq
+from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
+
+log = logging.getLogger("neutrino.gateway")
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
+# (pod, wire id, message) for TaskReply / TaskRejected; the pod's lost runs' wire ids for on_lost.
+OnMessage = Callable[["Pod", Any], None]
+
+
+class Pod:
+    """The link to one orchestrator; `submit` and `cancel` never block, answers arrive via callbacks."""
+
+    def __init__(
+        self,
+        address: str,
+        ctx: zmq.Context[Any],
+        on_message: OnMessage,
+        on_state: Callable[[Pod], None],
+        ping_interval_s: float,
+        pod_timeout_s: float,
+    ) -> None:
+        self.address = address
+        self._on_message = on_message
+        self._on_state = on_state
+        self._ping_interval_s = ping_interval_s
+        self._pod_timeout_s = pod_timeout_s
+        self._sock = ctx.socket(zmq.DEALER)
+        # Our own routing id survives reconnects, so replies in flight still find us (SPEC.md §4.2).
+        self._sock.setsockopt(zmq.ROUTING_ID, b"g-" + uuid.uuid4().bytes[:12])
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        if address.startswith("tcp://["):
+            self._sock.setsockopt(zmq.IPV6, 1)
+        self._sock.connect(address)
+        self._fd: int = self._sock.getsockopt(zmq.FD)
+        self._ids = itertools.count(1)
+        self.in_flight: dict[int, Any] = {}  # wire id -> the caller's run
+        self.up = False  # answered a ping within pod_timeout_s
+        self.draining = False
+        self.queue_depth = 0
+        self.workers = 0
+        self.idle_workers = 0
+        self.last_pong = 0.0
+        self.catalog_requested = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self.drain)
+        self._pinger = self._loop.create_task(self._ping_loop(), name=f"ping {self.address}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._sock.close(linger=0)
+
+    @property
+    def load(self) -> int:
+        """What routing compares: runs this gateway has there, plus what waits in its queue."""
+        return len(self.in_flight) + self.queue_depth
+
+    @property
+    def usable(self) -> bool:
+        return self.up and not self.draining and not self._closed
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def submit(
+        self, wire_id: int, run: Any, task: str, payload: bytes, timeout_s: float | None, retries: int | None
+    ) -> None:
+        """Send a run under `wire_id` (from new_id()). Its answer may be handled before this returns
+        (sending drains the socket), so the caller records where the run is first."""
+        self.in_flight[wire_id] = run
+        frames = SubmitTask(id=wire_id, task=task, timeout_s=timeout_s, retries=retries, payload=payload).encode()
+        self._send(frames)
+
+    def cancel(self, wire_id: int) -> None:
+        if wire_id in self.in_flight:
+            self._send(CancelTask(id=wire_id).encode())
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self._send(frames)
+
+    def forget(self, wire_id: int) -> Any:
+        return self.in_flight.pop(wire_id, None)
+
+    def _send(self, frames: list[bytes]) -> None:
+        if self._closed:
+            return
+        send = self._sock.send
+        for frame in frames[:-1]:
+            send(frame, _SNDMORE)
+        send(frames[-1])
+        self.drain()
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        if self._closed:
+            return
+        sock = self._sock
+        try:
+            while sock.getsockopt(_EVENTS) & _POLLIN:
+                self._handle(sock.recv_multipart(_NOBLOCK))
+        except Exception:  # a bug in a handler; keep serving the other runs
+            log.exception("task pod %s: reader error (continuing)", self.address)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = neutrino_protocol.decode(frames)
+        except neutrino_protocol.ProtocolError as exc:
+            level = logging.DEBUG if exc.kind == "type" else logging.WARNING
+            log.log(level, "task pod %s: ignoring malformed message: %s", self.address, exc)
+            return
+        if type(msg) is Pong:
+            self._on_pong(msg)
+        elif type(msg) is TaskReply or type(msg) is TaskRejected:
+            self._on_message(self, msg)
+        else:
+            self._on_message(self, msg)  # catalog answers and anything newer: the pool decides
+
+    def _on_pong(self, msg: Pong) -> None:
+        was_up = self.up
+        self.last_pong = time.monotonic()
+        self.queue_depth, self.workers, self.idle_workers = msg.queue_depth, msg.workers, msg.idle_workers
+        self.draining = msg.draining
+        self.up = True
+        if not was_up:
+            log.info("task pod %s is up (%d workers)", self.address, msg.workers)
+            self._on_state(self)
+
+    async def _ping_loop(self) -> None:
+        nonce = itertools.count(1)
+        started = time.monotonic()
+        while True:
+            self._send(Ping(nonce=next(nonce)).encode())
+            await asyncio.sleep(self._ping_interval_s)
+            silent_since = self.last_pong or started
+            if self.up and time.monotonic() - silent_since > self._pod_timeout_s:
+                self.up = False
+                log.warning("task pod %s lost: no pong for %.1f s", self.address, time.monotonic() - silent_since)
+                self._on_state(self)

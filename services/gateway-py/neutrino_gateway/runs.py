@@ -1,0 +1,351 @@
+"""Runs from acceptance to outcome: record, dispatch to a task pod, re-dispatch, finish, cancel, recover.
+
+The rules, in one place:
+- A run is written to the store before it is sent anywhere (`submit` returns once it is on disk).
+- A pod's `busy`/`draining` rejection, or a `shutting_down` answer (the run never started), sends
+  the run to another pod; that spends no attempt. When every usable pod refused: a caller still
+  waiting for the first answer gets 429 and the run is forgotten (it never ran, so the
+  Idempotency-Key is free again); a run already answered 202 waits in the gateway and is tried
+  again with backoff.
+- A pod that stops answering (pod.py) hands back its runs: each is sent elsewhere if its retries
+  allow (`retries` per call, else the task's default), else it fails with `pod_lost`.
+- At start-up, runs a previous gateway left queued or running are treated the same way
+  (`gateway_restarted`): re-sent when retries allow, else failed with a reason that says the
+  outcome is unknown.
+- Every outcome is written before anyone waiting on the run is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import msgpack
+from neutrino_protocol import TaskRejected, TaskReply
+
+from . import metrics
+from .catalog import Catalog
+from .errors import ApiError, busy, unavailable, validation_failed
+from .pod import Pod
+from .pool import PodPool
+from .store import Run, RunStore
+
+log = logging.getLogger("neutrino.gateway")
+
+REQUEUE_DELAY_S = (0.05, 2.0)  # backoff for runs every pod refused: first delay, cap
+EXPIRE_EVERY_S = 60.0
+
+
+class Runs:
+    def __init__(self, store: RunStore, catalog: Catalog, run_ttl_s: float) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.run_ttl_s = run_ttl_s
+        self.pool: PodPool | None = None
+        self.active: dict[str, Run] = {}  # runs not finished yet
+        self.keys: dict[str, Run] = {}  # Idempotency-Key -> run, for runs not finished yet
+        self._waiting_for_pod: list[Run] = []  # refused everywhere, or no pod usable
+        self._recovered: list[Run] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._expirer: asyncio.Task[None] | None = None
+
+    def attach(self, pool: PodPool) -> None:
+        self.pool = pool
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._recovered = list(self.store.unfinished())
+        if self._recovered:
+            log.warning(
+                "%d runs were in flight when the gateway stopped; they are re-sent or failed once a task pod answers",
+                len(self._recovered),
+            )
+        self._expirer = self._loop.create_task(self._expire_loop(), name="expire runs")
+
+    def close(self) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
+
+    # -- the API's entry points -------------------------------------------------------------
+
+    async def submit(
+        self,
+        task: str,
+        kwargs: dict[str, Any],
+        timeout_s: float | None,
+        retries: int | None,
+        idempotency_key: str | None,
+    ) -> Run:
+        """Record a run and send it; raises ApiError 503 when no task pod is usable."""
+        assert self.pool is not None
+        if not self.pool.usable():
+            raise unavailable("no task pod is reachable; check that the orchestrators are running")
+        now = time.time()
+        run = Run(
+            id=uuid.uuid4().hex,
+            task=task,
+            payload=pack_kwargs(kwargs),
+            timeout_s=timeout_s,
+            retries=retries,
+            created_at=now,
+            expires_at=now + self.run_ttl_s,
+            idempotency_key=idempotency_key,
+        )
+        # Registered before the write, so a second request with the same key in the meantime finds it.
+        self.active[run.id] = run
+        if idempotency_key is not None:
+            self.keys[idempotency_key] = run
+        self.store.stage_insert(run)
+        try:
+            await self.store.commit()
+        except BaseException:
+            self._forget(run)
+            raise
+        metrics.RUNS_ACCEPTED.inc()
+        self._dispatch(run)
+        return run
+
+    def get(self, run_id: str) -> Run | None:
+        return self.active.get(run_id) or self.store.get(run_id)
+
+    def by_idempotency_key(self, key: str) -> Run | None:
+        run = self.keys.get(key)
+        if run is not None:
+            return run
+        run = self.store.by_idempotency_key(key)
+        return None if run is None else self.active.get(run.id, run)
+
+    def _forget(self, run: Run) -> None:
+        self.active.pop(run.id, None)
+        if run.idempotency_key is not None and self.keys.get(run.idempotency_key) is run:
+            del self.keys[run.idempotency_key]
+
+    async def wait(self, run: Run, wait_s: float) -> bool:
+        """Wait up to `wait_s` for `run` to finish; True when it has."""
+        if run.finished or wait_s <= 0:
+            return run.finished
+        try:
+            async with asyncio.timeout(wait_s):
+                await run.done.wait()
+        except TimeoutError:
+            pass
+        return run.finished
+
+    def cancel(self, run: Run) -> None:
+        """Ask for `run` to stop: dropped when it waits in the gateway, else its pod interrupts it."""
+        if run.finished:
+            return
+        if run in self._waiting_for_pod or run.pod is None:
+            if run in self._waiting_for_pod:
+                self._waiting_for_pod.remove(run)
+            self._finish(run, "cancelled", error=_error("cancelled", "TaskCancelledError", "cancelled before it ran"))
+            return
+        assert self.pool is not None
+        pod = self.pool.pods.get(run.pod)
+        if pod is not None and run.wire_id is not None:
+            pod.cancel(run.wire_id)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _dispatch(self, run: Run, exclude: frozenset[str] = frozenset()) -> None:
+        assert self.pool is not None
+        pod = self.pool.choose(exclude)
+        if pod is None:
+            if exclude and self.pool.usable():
+                self._all_refused(run)
+            else:
+                run.pod, run.wire_id, run.status = None, None, "queued"
+                self._waiting_for_pod.append(run)
+            return
+        # Where the run is goes down first: sending drains the pod's socket, so the run's answer
+        # (or a refusal) may be handled before submit() returns.
+        run.pod, run.wire_id = pod.address, pod.new_id()
+        run.dispatches += 1
+        run.status = "running"
+        if run.started_at is None:
+            run.started_at = time.time()
+        run.tried = exclude | {pod.address}
+        pod.submit(run.wire_id, run, run.task, run.payload, run.timeout_s, run.retries)
+
+    def _all_refused(self, run: Run) -> None:
+        if run.attempts == 0 and run.http_waiting:
+            # The caller is still waiting for its first answer and nothing ran: tell it to come back.
+            run.rejection = busy(1)
+            self._forget(run)
+            self.store.stage_delete(run)
+            self.store.commit_soon().add_done_callback(lambda _f: run.done.set())
+            metrics.RUNS_REJECTED.inc()
+            return
+        run.pod, run.wire_id, run.status = None, None, "queued"
+        run.requeues += 1
+        delay = min(REQUEUE_DELAY_S[1], REQUEUE_DELAY_S[0] * 2 ** (run.requeues - 1))
+        assert self._loop is not None
+        self._loop.call_later(delay, self._redispatch, run)
+
+    def _redispatch(self, run: Run) -> None:
+        if not run.finished and run.id in self.active:
+            self._dispatch(run)
+
+    def _retries_left(self, run: Run) -> bool:
+        retries = run.retries
+        if retries is None:
+            info = self.catalog.get(run.task)
+            retries = int(info.options.get("retries", 0)) if info is not None else 0
+        return run.dispatches <= retries
+
+    # -- what the pods say ------------------------------------------------------------------
+
+    def on_message(self, pod: Pod, msg: Any) -> None:
+        if type(msg) is TaskReply:
+            run = pod.forget(msg.id)
+            if run is None:
+                return
+            if msg.status == "ok":
+                self._finish(run, "succeeded", attempts=msg.attempts, result=msg.payload or msgpack.packb(None))
+                return
+            error = msg.error
+            kind = error.kind if error is not None else "task_error"
+            if kind == "shutting_down":
+                # The pod drained before the run started: it never ran; send it elsewhere.
+                run.attempts += msg.attempts
+                self._dispatch(run, exclude=frozenset({pod.address}))
+                return
+            status = "cancelled" if kind == "cancelled" else "failed"
+            self._finish(
+                run,
+                status,
+                attempts=msg.attempts,
+                error=_error(
+                    kind,
+                    error.ename if error else kind,
+                    error.evalue if error else "",
+                    error.traceback if error else None,
+                ),
+            )
+        elif type(msg) is TaskRejected:
+            run = pod.forget(msg.id)
+            if run is None:
+                return
+            if msg.reason in ("busy", "draining"):
+                self._dispatch(run, exclude=run.tried | {pod.address})
+            else:
+                self._finish(run, "failed", error=_error(msg.reason, "RejectedError", msg.message))
+        else:
+            self.on_other(pod, msg)
+
+    def on_other(self, pod: Pod, msg: Any) -> None:  # replaced by the server for catalog answers
+        log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
+
+    def on_pod_state(self, pod: Pod) -> None:
+        if pod.up:
+            self._pod_up()
+            return
+        lost = list(pod.in_flight.items())
+        pod.in_flight.clear()
+        for _wire_id, run in lost:
+            self._lost(run, "pod_lost", f"task pod {pod.address} stopped answering while the run was in flight")
+
+    def _pod_up(self) -> None:
+        waiting, self._waiting_for_pod = self._waiting_for_pod, []
+        for run in waiting:
+            if not run.finished:
+                self._dispatch(run)
+
+    def recover(self) -> None:
+        """Deal with the runs a previous gateway left unfinished (once the catalog is known)."""
+        recovered, self._recovered = self._recovered, []
+        for run in recovered:
+            self.active[run.id] = run
+            if run.idempotency_key is not None:
+                self.keys[run.idempotency_key] = run
+            run.dispatches = 1  # it was (or may have been) sent once already
+            self._lost(run, "gateway_restarted", "the gateway restarted while the run was in flight")
+
+    def _lost(self, run: Run, kind: str, what: str) -> None:
+        if self._retries_left(run):
+            log.info("run %s (%s): %s; sending it again", run.id, run.task, what)
+            run.attempts += 1
+            self._dispatch(run)
+        else:
+            self._finish(
+                run,
+                "failed",
+                error=_error(
+                    kind,
+                    "RunLostError",
+                    f"{what}; it may or may not have run. The task allows no more retries: "
+                    "resubmit it if running it twice is safe, or give it retries",
+                ),
+            )
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        run: Run,
+        status: str,
+        *,
+        attempts: int = 0,
+        result: bytes | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        if run.finished:
+            return
+        run.status = status
+        run.attempts += attempts
+        run.result = result
+        run.error = error
+        run.finished_at = time.time()
+        run.expires_at = run.finished_at + self.run_ttl_s
+        run.pod, run.wire_id = None, None
+        self.store.stage_update(run)
+        metrics.RUNS_FINISHED.labels(status).inc()
+
+        def written(_f: asyncio.Future[None]) -> None:
+            self._forget(run)
+            run.done.set()
+
+        self.store.commit_soon().add_done_callback(written)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            try:
+                removed = self.store.expire()
+            except Exception:
+                log.exception("expiring old runs failed")
+                continue
+            if removed:
+                log.info("expired %d finished runs past their TTL", removed)
+
+
+def pack_kwargs(kwargs: dict[str, Any]) -> bytes:
+    """The `[args, kwargs]` payload (SPEC.md §3.2); 422 naming the argument msgpack cannot carry
+    (an integer outside 64 bits, say)."""
+    try:
+        return bytes(msgpack.packb([[], kwargs], use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        problems = []
+        for name, value in kwargs.items():
+            try:
+                msgpack.packb(value, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as bad:
+                problems.append(
+                    {"loc": ["body", name], "msg": f"cannot be sent to a worker: {bad}", "type": "value_error"}
+                )
+        raise validation_failed(problems or [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+
+
+def _error(kind: str, type_: str, message: str, traceback: str | None = None) -> dict[str, Any]:
+    error = {"kind": kind, "type": type_, "message": message}
+    if traceback:
+        error["traceback"] = traceback
+    return error
+
+
+def http_error_of(run: Run) -> ApiError | None:
+    """The 429 a caller gets when every pod refused its run before anything ran."""
+    return run.rejection if isinstance(run.rejection, ApiError) else None

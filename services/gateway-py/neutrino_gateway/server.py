@@ -1,0 +1,137 @@
+"""`run(config, shutdown)`: the gateway's parts wired together, started in order and stopped in reverse.
+
+Start: open the run store, connect to the task pods, serve HTTP. A pod that comes up is asked for
+its task catalog; the first catalog lets the runs a previous gateway left unfinished be dealt
+with (runs.py). Stop (shutdown fires): stop accepting HTTP, let handlers finish within a grace
+period, close the pod links, write the store and close it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from .api import Api
+from .catalog import Catalog
+from .config import Config
+from .pod import Pod
+from .pool import PodPool
+from .runs import Runs
+from .store import RunStore
+
+log = logging.getLogger("neutrino.gateway")
+
+CATALOG_RETRY_S = 1.0  # ask a pod again when its catalog is not ready (its zygote is still importing)
+CATALOG_REFRESH_S = 30.0  # and now and then anyway: a redeployed app may have new tasks
+SHUTDOWN_GRACE_S = 10.0
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = RunStore(config.db_path)
+        self.catalog = Catalog()
+        self.runs = Runs(self.store, self.catalog, config.run_ttl_s)
+        self.runs.on_other = self._on_other  # type: ignore[method-assign]
+        self.pool = PodPool(
+            config.orchestrators,
+            self.runs.on_message,
+            self._on_pod_state,
+            config.ping_interval_s,
+            config.pod_timeout_s,
+            config.resolve_interval_s,
+        )
+        self.runs.attach(self.pool)
+        self.api = Api(config, self.runs, self.catalog, self.pool)
+        self._catalog_asked: dict[str, float] = {}
+        self._catalog_from: dict[str, float] = {}
+        self._nonce = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.bound: list[tuple[str, int]] = []
+
+    def _on_pod_state(self, pod: Pod) -> None:
+        if pod.up:
+            self._ask_catalog(pod)
+        self.runs.on_pod_state(pod)
+
+    def _ask_catalog(self, pod: Pod) -> None:
+        from neutrino_protocol import DescribeTasks
+
+        self._nonce += 1
+        self._catalog_asked[pod.address] = time.monotonic()
+        pod.send_raw(DescribeTasks(nonce=self._nonce).encode())
+
+    def _on_other(self, pod: Pod, msg: Any) -> None:
+        from neutrino_protocol import TaskCatalog
+
+        if type(msg) is not TaskCatalog:
+            log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
+            return
+        if not msg.ready or msg.payload is None:
+            return  # asked again by the catalog loop
+        try:
+            entries = msgpack.unpackb(msg.payload, raw=False)
+        except Exception as exc:
+            log.warning("task pod %s sent an unreadable task catalog: %s", pod.address, exc)
+            return
+        if not isinstance(entries, dict):
+            log.warning("task pod %s sent a task catalog that is not a map", pod.address)
+            return
+        first = not self.catalog.known
+        self.catalog.update(pod.address, entries)
+        self._catalog_from[pod.address] = time.monotonic()
+        if first:
+            self.runs.recover()
+
+    async def _catalog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_RETRY_S)
+            now = time.monotonic()
+            for pod in self.pool.usable():
+                got = self._catalog_from.get(pod.address)
+                asked = self._catalog_asked.get(pod.address, 0.0)
+                due = CATALOG_RETRY_S if got is None else CATALOG_REFRESH_S
+                if now - max(asked, got or 0.0) >= due:
+                    self._ask_catalog(pod)
+
+    async def run(self, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        await self.runs.start()
+        await self.pool.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._catalog_loop(), name="catalog"))
+        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
+        await site.start()
+        self.bound = [address[:2] for address in runner.addresses]
+        log.info("gateway listening on %s", ", ".join(f"http://{host}:{port}" for host, port in self.bound) or "?")
+        if ready is not None:
+            ready.set()
+        try:
+            if isinstance(shutdown, asyncio.Event):
+                await shutdown.wait()
+            else:
+                await shutdown
+        finally:
+            log.info("gateway stopping")
+            await runner.cleanup()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.runs.close()
+            self.pool.close()
+            self.store.close()
+            log.info("gateway stopped")
+
+
+async def run(
+    config: Config, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    await Gateway(config).run(shutdown, ready)

@@ -1,0 +1,251 @@
+"""Run records in an embedded SQLite file (WAL): written before a run is dispatched, updated when it ends.
+
+Writes are grouped: everything staged during one turn of the event loop goes to disk in one
+transaction (`await store.commit()`), so a burst of requests costs one commit, not one each.
+WAL with `synchronous=NORMAL` survives a killed gateway (the point of the records); a power loss
+may lose the last transactions, which is the usual trade for a queue's metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    timeout_s REAL,
+    retries INTEGER,
+    status TEXT NOT NULL,
+    result BLOB,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL NOT NULL,
+    idempotency_key TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_idempotency_key ON runs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status) WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS runs_expires_at ON runs (expires_at);
+"""
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """One run: what to call, where it stands, and how it ended."""
+
+    id: str
+    task: str
+    payload: bytes  # msgpack [args, kwargs], as sent to the orchestrator
+    timeout_s: float | None
+    retries: int | None
+    created_at: float
+    expires_at: float
+    idempotency_key: str | None = None
+    status: str = "queued"
+    result: bytes | None = None  # msgpack of the return value, as the worker sent it
+    error: dict[str, Any] | None = None  # {"type", "message", "kind", "traceback"?}
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    # Not stored: where the run is now, and who waits for it.
+    pod: str | None = None
+    wire_id: int | None = None
+    dispatches: int = 0
+    tried: frozenset[str] = frozenset()  # pods that refused it since its last dispatch
+    requeues: int = 0
+    http_waiting: bool = False  # a POST still waits for its first answer (a refusal can become a 429)
+    rejection: Any = None  # the ApiError that POST gets when every pod refused the run
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class RunStore:
+    """The runs table, with writes grouped per event-loop turn."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        self._staged: list[tuple[str, tuple[Any, ...]]] = []
+        self._flush: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        self._write_staged()
+        self._db.close()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def stage_insert(self, run: Run) -> None:
+        self._staged.append(
+            (
+                "INSERT INTO runs (id, task, payload, timeout_s, retries, status, attempts, created_at, expires_at,"
+                " idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.id,
+                    run.task,
+                    run.payload,
+                    run.timeout_s,
+                    run.retries,
+                    run.status,
+                    run.attempts,
+                    run.created_at,
+                    run.expires_at,
+                    run.idempotency_key,
+                ),
+            )
+        )
+
+    def stage_update(self, run: Run) -> None:
+        self._staged.append(
+            (
+                "UPDATE runs SET status = ?, result = ?, error = ?, attempts = ?, started_at = ?, finished_at = ?,"
+                " expires_at = ? WHERE id = ?",
+                (
+                    run.status,
+                    run.result,
+                    None if run.error is None else json.dumps(run.error),
+                    run.attempts,
+                    run.started_at,
+                    run.finished_at,
+                    run.expires_at,
+                    run.id,
+                ),
+            )
+        )
+
+    def stage_delete(self, run: Run) -> None:
+        self._staged.append(("DELETE FROM runs WHERE id = ?", (run.id,)))
+
+    async def commit(self) -> None:
+        """Write everything staged so far; callers in the same loop turn share one transaction."""
+        await asyncio.shield(self.commit_soon())
+
+    def commit_soon(self) -> asyncio.Future[None]:
+        """The future of the transaction that will write everything staged so far (at the end of this loop turn)."""
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.create_future()
+            loop.call_soon(self._flush_now)
+        return self._flush
+
+    def _flush_now(self) -> None:
+        flush, self._flush = self._flush, None
+        try:
+            self._write_staged()
+        except Exception as exc:  # the disk is full or the file gone: every waiter hears it
+            if flush is not None and not flush.done():
+                flush.set_exception(exc)
+            return
+        if flush is not None and not flush.done():
+            flush.set_result(None)
+
+    def _write_staged(self) -> None:
+        staged, self._staged = self._staged, []
+        if not staged:
+            return
+        with self._transaction():
+            for sql, params in staged:
+                self._db.execute(sql, params)
+
+    def _transaction(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type: object, *_: object) -> None:
+                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+        return _Tx()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, run_id: str, now: float | None = None) -> Run | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = _from_row(row) if row is not None else None
+        if run is not None and run.expires_at <= (time.time() if now is None else now):
+            return None
+        return run
+
+    def by_idempotency_key(self, key: str, now: float | None = None) -> Run | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE idempotency_key = ?", (key,)).fetchone()
+        run = _from_row(row) if row is not None else None
+        if run is not None and run.expires_at <= (time.time() if now is None else now):
+            self._db.execute("DELETE FROM runs WHERE id = ?", (run.id,))  # expired: the key is free again
+            return None
+        return run
+
+    def unfinished(self) -> Iterator[Run]:
+        """Runs recorded as queued or running: at start-up, what a previous gateway left in flight."""
+        for row in self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE status IN ('queued', 'running')"):
+            yield _from_row(row)
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete finished runs past their TTL; returns how many."""
+        cur = self._db.execute(
+            "DELETE FROM runs WHERE expires_at <= ? AND status IN ('succeeded', 'failed', 'cancelled')",
+            (time.time() if now is None else now,),
+        )
+        return cur.rowcount
+
+
+_COLUMNS = (
+    "id, task, payload, timeout_s, retries, status, result, error, attempts, created_at, started_at, finished_at,"
+    " expires_at, idempotency_key"
+)
+
+
+def _from_row(row: tuple[Any, ...]) -> Run:
+    (
+        id_,
+        task,
+        payload,
+        timeout_s,
+        retries,
+        status,
+        result,
+        error,
+        attempts,
+        created,
+        started,
+        finished,
+        expires,
+        key,
+    ) = row
+    return Run(
+        id=id_,
+        task=task,
+        payload=payload,
+        timeout_s=timeout_s,
+        retries=retries,
+        created_at=created,
+        expires_at=expires,
+        idempotency_key=key,
+        status=status,
+        result=result,
+        error=None if error is None else json.loads(error),
+        attempts=attempts,
+        started_at=started,
+        finished_at=finished,
+    )

@@ -1,0 +1,59 @@
+"""Settings: flags over environment, and the refusals that keep a gateway from starting wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from neutrino_gateway.config import ConfigError, load
+
+POD = ["--orchestrator", "tcp://127.0.0.1:5555"]
+
+
+def test_flags() -> None:
+    config = load(
+        [*POD, "--orchestrator", "tcp://10.0.0.2:5555", "--auth-token", "a", "--auth-token", "b", "--port", "9"], env={}
+    )
+    assert config.orchestrators == ("tcp://127.0.0.1:5555", "tcp://10.0.0.2:5555")
+    assert config.auth_tokens == {"a", "b"} and config.port == 9 and not config.no_auth
+
+
+def test_environment_fills_in_and_flags_win(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t1\n\n t2 \n")
+    env = {
+        "NEUTRINO_GATEWAY_ORCHESTRATOR": "tcp://a:1, tcp://b:2",
+        "NEUTRINO_GATEWAY_AUTH_TOKEN_FILE": str(tokens),
+        "NEUTRINO_GATEWAY_PORT": "8080",
+        "NEUTRINO_GATEWAY_DB": str(tmp_path / "x.db"),
+    }
+    config = load([], env=env)
+    assert config.orchestrators == ("tcp://a:1", "tcp://b:2") and config.auth_tokens == {"t1", "t2"}
+    assert config.port == 8080 and config.db_path == tmp_path / "x.db"
+    assert load(["--port", "81"], env=env).port == 81
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--orchestrator"),
+        (["--orchestrator", "ipc:///tmp/x"], "tcp://HOST:PORT"),
+        (POD, "--no-auth"),
+        ([*POD, "--no-auth", "--default-wait", "500"], "--max-wait"),
+        ([*POD, "--no-auth", "--ping-interval", "5"], "--pod-timeout"),
+        ([*POD, "--auth-token-file", "/nonexistent/tokens"], "--auth-token-file"),
+    ],
+)
+def test_refusals_name_the_fix(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load(argv, env={})
+
+
+def test_environment_values_are_checked_too() -> None:
+    with pytest.raises(ConfigError, match="port must be a number"):
+        load([*POD, "--no-auth"], env={"NEUTRINO_GATEWAY_PORT": "many"})
+
+
+def test_no_auth_must_be_explicit() -> None:
+    assert load([*POD, "--no-auth"], env={}).no_auth
+    assert load(POD, env={"NEUTRINO_GATEWAY_NO_AUTH": "true"}).no_auth

@@ -405,3 +405,27 @@ def test_client_timeout_over_http_leaves_the_run_going(gateway: Gateway) -> None
             client.call("sleep", 1.0)
         run_id = str(timed_out.value).split()[1]
     assert gateway.request("GET", f"/v1/runs/{run_id}?wait=10").json["status"] == "succeeded"
+
+
+def test_a_restarted_pod_is_noticed_by_its_new_instance(
+    own_pods: list[Orchestrator], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    port = free_port()
+    tcp = f"tcp://127.0.0.1:{port}"
+    first = start_orchestrator("--frontend", tcp, workers=1, app=APP)
+    own_pods.append(first)
+    # A pod timeout far longer than the restart: only the new Pong.instance can tell.
+    gw = start_gateway([tcp], tmp_path / "runs.db", "--pod-timeout", "60")
+    gateways.append(gw)
+    retried = gw.request("POST", "/v1/tasks/sleep?wait=0&retries=1", {"seconds": 0.5}).json["id"]
+    lost = gw.request("POST", "/v1/tasks/sleep?wait=0&retries=0", {"seconds": 0.5}).json["id"]
+    for pid in [first.proc.pid, *first.pids()]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    first.proc.wait()
+    own_pods.append(start_orchestrator("--frontend", tcp, workers=1, app=APP))
+    run = gw.request("GET", f"/v1/runs/{retried}?wait=30").json
+    assert run["status"] == "succeeded" and run["attempts"] == 2, run
+    run = gw.request("GET", f"/v1/runs/{lost}?wait=30").json
+    assert run["status"] == "failed" and "restarted" in run["error"]["message"], run
+    gw.wait_for("task pod .* restarted")

@@ -83,6 +83,13 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
         (8, "cancel", "CancelTask", {"id": 11}, ""),
         (9, "ping", "Ping", {"nonce": 1}, ""),
         (10, "pong", "Pong", {"nonce": 1, "queue_depth": 300, "workers": 2, "idle_workers": 0, "draining": False}, ""),
+        (
+            14,
+            "pong with instance",
+            "Pong",
+            {"nonce": 2, "queue_depth": 0, "workers": 8, "idle_workers": 8, "draining": False, "instance": 2**63 + 5},
+            "instance is random per orchestrator process; a new value means it restarted",
+        ),
         (11, "describe tasks", "DescribeTasks", {"nonce": 2}, ""),
         (
             12,

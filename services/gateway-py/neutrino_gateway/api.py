@@ -94,8 +94,7 @@ class Api:
             response = self._error(
                 request, ApiError(500, "internal", "the gateway failed on this request; see its log")
             )
-        metrics.REQUESTS.labels(route, str(response.status)).inc()
-        metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        metrics.observe_request(route, response.status, time.perf_counter() - started)
         return response
 
     def _check_token(self, request: web.Request) -> None:

@@ -16,3 +16,16 @@ RUNS_REJECTED = Counter("neutrino_gateway_runs_rejected_total", "Runs refused wi
 RUNS_FINISHED = Counter("neutrino_gateway_runs_finished_total", "Runs that reached an outcome", ["status"])
 RUNS_ACTIVE = Gauge("neutrino_gateway_runs_active", "Runs accepted and not finished")
 PODS = Gauge("neutrino_gateway_task_pods", "Task pods known to the gateway, by state", ["state"])
+
+
+_request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
+def observe_request(route: str, status: int, seconds: float) -> None:
+    """Count one answered request; the labelled children are looked up once per (route, status)."""
+    children = _request_children.get((route, status))
+    if children is None:
+        children = (REQUESTS.labels(route, str(status)), LATENCY.labels(route))
+        _request_children[(route, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)

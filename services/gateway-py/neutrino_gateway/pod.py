@@ -7,7 +7,8 @@ arguments were packed by the gateway, and results go back to HTTP clients undeco
 asked for msgpack.
 
 Liveness: a ping every `ping_interval_s`; a pod that has not answered any for `pod_timeout_s` is
-lost, and the runs it held are handed back to the caller (runs.py decides: retry or fail).
+lost, and the runs it held are handed back to the caller (runs.py decides: retry or fail). So is
+one whose pongs carry a new `instance`: the orchestrator restarted and forgot them.
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ class Pod:
         self.workers = 0
         self.idle_workers = 0
         self.last_pong = 0.0
+        self.instance: int | None = None  # the orchestrator process's Pong.instance
+        self.lost_reason = "stopped answering"  # why it went down, for the runs it held
         self.catalog_requested = 0.0
+        # Called after a batch of messages was handled: the gateway writes the outcomes in one go.
+        self.on_drained: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._closed = False
@@ -138,11 +143,15 @@ class Pod:
         if self._closed:
             return
         sock = self._sock
+        handled = False
         try:
             while sock.getsockopt(_EVENTS) & _POLLIN:
                 self._handle(sock.recv_multipart(_NOBLOCK))
+                handled = True
         except Exception:  # a bug in a handler; keep serving the other runs
             log.exception("task pod %s: reader error (continuing)", self.address)
+        if handled and self.on_drained is not None:
+            self.on_drained()
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -160,6 +169,14 @@ class Pod:
 
     def _on_pong(self, msg: Pong) -> None:
         was_up = self.up
+        if msg.instance is not None and msg.instance != self.instance:
+            if self.instance is not None and was_up:
+                # Another orchestrator process behind the same address: it never heard of our runs.
+                log.warning("task pod %s restarted; the runs it held are lost", self.address)
+                self.up, was_up = False, False
+                self.lost_reason = "restarted"
+                self._on_state(self)
+            self.instance = msg.instance
         self.last_pong = time.monotonic()
         self.queue_depth, self.workers, self.idle_workers = msg.queue_depth, msg.workers, msg.idle_workers
         self.draining = msg.draining
@@ -177,5 +194,6 @@ class Pod:
             silent_since = self.last_pong or started
             if self.up and time.monotonic() - silent_since > self._pod_timeout_s:
                 self.up = False
+                self.lost_reason = "stopped answering"
                 log.warning("task pod %s lost: no pong for %.1f s", self.address, time.monotonic() - silent_since)
                 self._on_state(self)

@@ -56,6 +56,7 @@ class PodPool:
         self._resolver: asyncio.Task[None] | None = None
         self._resolved: set[str] = set()  # pods that came from DNS names (the others are static)
         self._rng = random.Random()
+        self.on_drained: Callable[[], None] | None = None  # set before start()
 
     async def start(self) -> None:
         names = []
@@ -91,6 +92,7 @@ class PodPool:
         if address in self.pods:
             return
         pod = Pod(address, self._ctx, self._on_message, self._on_state, self._ping_interval_s, self._pod_timeout_s)
+        pod.on_drained = self.on_drained
         self.pods[address] = pod
         pod.start()
         log.info("task pod %s added", address)

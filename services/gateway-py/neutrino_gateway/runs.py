@@ -100,7 +100,10 @@ class Runs:
             self.keys[idempotency_key] = run
         self.store.stage_insert(run)
         try:
-            await self.store.commit()
+            if len(self.active) == 1:
+                self.store.flush()  # nothing else in flight to share a transaction with: write now
+            else:
+                await self.store.commit()
         except BaseException:
             self._forget(run)
             raise
@@ -176,7 +179,8 @@ class Runs:
             run.rejection = busy(1)
             self._forget(run)
             self.store.stage_delete(run)
-            self.store.commit_soon().add_done_callback(lambda _f: run.done.set())
+            self.store.after_commit(lambda _error: run.done.set())
+            self.store.flush_soon()
             metrics.RUNS_REJECTED.inc()
             return
         run.pod, run.wire_id, run.status = None, None, "queued"
@@ -246,7 +250,7 @@ class Runs:
         lost = list(pod.in_flight.items())
         pod.in_flight.clear()
         for _wire_id, run in lost:
-            self._lost(run, "pod_lost", f"task pod {pod.address} stopped answering while the run was in flight")
+            self._lost(run, "pod_lost", f"task pod {pod.address} {pod.lost_reason} while the run was in flight")
 
     def _pod_up(self) -> None:
         waiting, self._waiting_for_pod = self._waiting_for_pod, []
@@ -304,11 +308,15 @@ class Runs:
         self.store.stage_update(run)
         metrics.RUNS_FINISHED.labels(status).inc()
 
-        def written(_f: asyncio.Future[None]) -> None:
+        def written(error: BaseException | None) -> None:
+            if error is not None:
+                log.error("run %s finished (%s) but its record could not be written: %s", run.id, status, error)
             self._forget(run)
             run.done.set()
 
-        self.store.commit_soon().add_done_callback(written)
+        # Written at the end of this batch of answers (Pod.drain calls flush) or of this loop turn.
+        self.store.after_commit(written)
+        self.store.flush_soon()
 
     async def _expire_loop(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """Run records in an embedded SQLite file (WAL): written before a run is dispatched, updated when it ends.
 
 Writes are grouped: everything staged during one turn of the event loop goes to disk in one
-transaction (`await store.commit()`), so a burst of requests costs one commit, not one each.
+transaction (`await store.commit()`, or `flush()` at the end of a batch of pod answers), so a
+burst of requests costs one commit, not one each.
 WAL with `synchronous=NORMAL` survives a killed gateway (the point of the records); a power loss
 may lose the last transactions, which is the usual trade for a queue's metadata.
 """
@@ -12,7 +13,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ class RunStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
-        self._flush: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
+        self._flush_scheduled = False
 
     def close(self) -> None:
         self._write_staged()
@@ -138,46 +140,51 @@ class RunStore:
 
     async def commit(self) -> None:
         """Write everything staged so far; callers in the same loop turn share one transaction."""
-        await asyncio.shield(self.commit_soon())
+        future = asyncio.get_running_loop().create_future()
 
-    def commit_soon(self) -> asyncio.Future[None]:
-        """The future of the transaction that will write everything staged so far (at the end of this loop turn)."""
-        if self._flush is None:
-            loop = asyncio.get_running_loop()
-            self._flush = loop.create_future()
-            loop.call_soon(self._flush_now)
-        return self._flush
+        def done(error: BaseException | None) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(None)
 
-    def _flush_now(self) -> None:
-        flush, self._flush = self._flush, None
+        self.after_commit(done)
+        self.flush_soon()
+        await future
+
+    def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call `callback(None)` once what is staged now is on disk (or `callback(error)` if writing failed)."""
+        self._callbacks.append(callback)
+
+    def flush_soon(self) -> None:
+        """Write what is staged at the end of this loop turn (everything staged meanwhile joins in)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is staged now, in one transaction, then run the after-commit callbacks."""
+        self._flush_scheduled = False
+        callbacks, self._callbacks = self._callbacks, []
+        error: BaseException | None = None
         try:
             self._write_staged()
         except Exception as exc:  # the disk is full or the file gone: every waiter hears it
-            if flush is not None and not flush.done():
-                flush.set_exception(exc)
-            return
-        if flush is not None and not flush.done():
-            flush.set_result(None)
+            error = exc
+        for callback in callbacks:
+            callback(error)
 
     def _write_staged(self) -> None:
         staged, self._staged = self._staged, []
         if not staged:
             return
-        with self._transaction():
+        execute = self._db.execute
+        execute("BEGIN IMMEDIATE")
+        try:
             for sql, params in staged:
-                self._db.execute(sql, params)
-
-    def _transaction(self) -> Any:
-        db = self._db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type: object, *_: object) -> None:
-                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-        return _Tx()
+                execute(sql, params)
+        except BaseException:
+            execute("ROLLBACK")
+            raise
+        execute("COMMIT")
 
     # -- reads --------------------------------------------------------------------------------
 

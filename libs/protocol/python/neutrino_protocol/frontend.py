@@ -71,6 +71,7 @@ class Pong(Message):
     workers: U32
     idle_workers: U32
     draining: bool
+    instance: int | None = None
 
 
 @message

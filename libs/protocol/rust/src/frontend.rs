@@ -64,6 +64,10 @@ pub struct Pong {
     pub workers: u32,
     pub idle_workers: u32,
     pub draining: bool,
+    /// Random per orchestrator process: a client that sees it change knows the orchestrator
+    /// restarted and forgot every task it held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u64>,
 }
 impl_message!(Pong, Never);
 

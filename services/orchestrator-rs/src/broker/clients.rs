@@ -127,6 +127,7 @@ impl Broker {
             workers: counts.ready,
             idle_workers: counts.idle,
             draining: self.sched.is_draining(),
+            instance: Some(self.instance),
         };
         self.send_client(client, &pong, None);
     }

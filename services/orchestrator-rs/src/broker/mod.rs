@@ -160,6 +160,7 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
         drained_sent: false,
         last_load: (Instant::now(), Load::default()),
         parts: Vec::with_capacity(4),
+        instance: fastrand::u64(..),
     };
     let thread = std::thread::Builder::new().name("broker".into()).spawn(move || broker.run())?;
     Ok(BrokerHandle { commands: tx, wake: wake_tx, thread: Some(thread) })
@@ -202,6 +203,8 @@ struct Broker {
     drained_sent: bool,
     last_load: (Instant, Load),
     parts: Vec<zmq::Message>,
+    /// Random per process, in every Pong: clients tell a restarted orchestrator from this one.
+    instance: u64,
 }
 
 enum Flow {

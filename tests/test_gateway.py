@@ -195,13 +195,13 @@ def test_oversized_body_is_413(own_pods: list[Orchestrator], gateways: list[Gate
 def test_all_pods_busy_is_429_with_retry_after(
     own_pods: list[Orchestrator], gateways: list[Gateway], tmp_path: Path
 ) -> None:
-    pods = [task_pod("--queue-limit", "1", workers=1) for _ in range(2)]
+    pods = [task_pod("--queue-limit", "1", "--window", "1", workers=1) for _ in range(2)]
     own_pods.extend(orch for orch, _ in pods)
     gw = start_gateway([tcp for _, tcp in pods], tmp_path / "runs.db")
     gateways.append(gw)
     statuses = []
     for _ in range(8):  # each pod: one running, one queued; then both refuse
-        reply = gw.request("POST", "/v1/tasks/sleep?wait=0.01", {"seconds": 5})
+        reply = gw.request("POST", "/v1/tasks/sleep?wait=0.5", {"seconds": 5})
         statuses.append(reply.status)
         if reply.status == 429:
             assert reply.headers["Retry-After"] == "1" and reply.json["error"]["type"] == "busy"

@@ -429,3 +429,16 @@ def test_a_restarted_pod_is_noticed_by_its_new_instance(
     run = gw.request("GET", f"/v1/runs/{lost}?wait=30").json
     assert run["status"] == "failed" and "restarted" in run["error"]["message"], run
     gw.wait_for("task pod .* restarted")
+
+
+def test_a_dns_name_resolves_to_its_task_pods(
+    own_pods: list[Orchestrator], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    orch, tcp = task_pod(workers=1)
+    own_pods.append(orch)
+    port = tcp.rsplit(":", 1)[1]
+    gw = start_gateway([f"tcp://localhost:{port}"], tmp_path / "runs.db", "--resolve-interval", "0.2")
+    gateways.append(gw)
+    gw.wait_for(rf"task pod tcp://127\.0\.0\.1:{port} added")
+    assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3
+    assert gw.request("GET", "/readyz", auth=False).json["task_pods"] == [f"tcp://127.0.0.1:{port}"]

@@ -36,6 +36,11 @@ from .store import Run, RunStore
 log = logging.getLogger("neutrino.gateway")
 
 REQUEUE_DELAY_S = (0.05, 2.0)  # backoff for runs every pod refused: first delay, cap
+# Group commit: with other runs in flight, writes wait up to this long for company. Each SQLite
+# transaction costs ~60 µs of the gateway's one core; at 5,000 runs/s a 1 ms window shares each
+# among ~5 runs, for 1 ms more latency under load (when runs already queue for milliseconds).
+# A lone run is written at once.
+GROUP_COMMIT_S = 0.001
 EXPIRE_EVERY_S = 60.0
 
 
@@ -103,7 +108,7 @@ class Runs:
             if len(self.active) == 1:
                 self.store.flush()  # nothing else in flight to share a transaction with: write now
             else:
-                await self.store.commit()
+                await self.store.commit(GROUP_COMMIT_S)
         except BaseException:
             self._forget(run)
             raise
@@ -240,6 +245,11 @@ class Runs:
         else:
             self.on_other(pod, msg)
 
+    def on_drained(self) -> None:
+        """After a batch of pod answers: a quiet gateway writes their outcomes now, a busy one within the window."""
+        if len(self.active) <= 1:
+            self.store.flush()
+
     def on_other(self, pod: Pod, msg: Any) -> None:  # replaced by the server for catalog answers
         log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
 
@@ -314,9 +324,8 @@ class Runs:
             self._forget(run)
             run.done.set()
 
-        # Written at the end of this batch of answers (Pod.drain calls flush) or of this loop turn.
         self.store.after_commit(written)
-        self.store.flush_soon()
+        self.store.flush_soon(GROUP_COMMIT_S if len(self.active) > 1 else 0.0)
 
     async def _expire_loop(self) -> None:
         while True:

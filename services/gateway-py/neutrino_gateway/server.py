@@ -47,7 +47,7 @@ class Gateway:
             config.pod_timeout_s,
             config.resolve_interval_s,
         )
-        self.pool.on_drained = self.store.flush  # outcomes of a batch of answers: one transaction, no extra turn
+        self.pool.on_drained = self.runs.on_drained
         self.runs.attach(self.pool)
         self.api = Api(config, self.runs, self.catalog, self.pool)
         self._catalog_asked: dict[str, float] = {}

@@ -1,8 +1,8 @@
 """Run records in an embedded SQLite file (WAL): written before a run is dispatched, updated when it ends.
 
-Writes are grouped: everything staged during one turn of the event loop goes to disk in one
-transaction (`await store.commit()`, or `flush()` at the end of a batch of pod answers), so a
-burst of requests costs one commit, not one each.
+Writes are grouped: what is staged goes to disk in one transaction at the next `flush()`, which
+the caller schedules (runs.py: at once when the gateway is quiet, within a short window under
+load), so a burst of requests costs one commit, not one each.
 WAL with `synchronous=NORMAL` survives a killed gateway (the point of the records); a power loss
 may lose the last transactions, which is the usual trade for a queue's metadata.
 """
@@ -138,8 +138,8 @@ class RunStore:
     def stage_delete(self, run: Run) -> None:
         self._staged.append(("DELETE FROM runs WHERE id = ?", (run.id,)))
 
-    async def commit(self) -> None:
-        """Write everything staged so far; callers in the same loop turn share one transaction."""
+    async def commit(self, delay_s: float = 0.0) -> None:
+        """Write everything staged so far, within `delay_s`; everything staged meanwhile shares the transaction."""
         future = asyncio.get_running_loop().create_future()
 
         def done(error: BaseException | None) -> None:
@@ -147,18 +147,23 @@ class RunStore:
                 future.set_exception(error) if error is not None else future.set_result(None)
 
         self.after_commit(done)
-        self.flush_soon()
+        self.flush_soon(delay_s)
         await future
 
     def after_commit(self, callback: Callable[[BaseException | None], None]) -> None:
         """Call `callback(None)` once what is staged now is on disk (or `callback(error)` if writing failed)."""
         self._callbacks.append(callback)
 
-    def flush_soon(self) -> None:
-        """Write what is staged at the end of this loop turn (everything staged meanwhile joins in)."""
+    def flush_soon(self, delay_s: float = 0.0) -> None:
+        """Write what is staged after `delay_s` (0: at the end of this loop turn); everything staged
+        meanwhile joins in. A flush already scheduled keeps its time."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            if delay_s > 0:
+                loop.call_later(delay_s, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what is staged now, in one transaction, then run the after-commit callbacks."""

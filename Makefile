@@ -34,6 +34,7 @@ fmt:
 bench: setup
 	uv run python benchmarks/dispatch.py --json
 	uv run python benchmarks/lifecycle.py --json
+	uv run python benchmarks/gateway.py --json
 
 clean:
 	cargo clean

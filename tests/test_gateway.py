@@ -442,3 +442,10 @@ def test_a_dns_name_resolves_to_its_task_pods(
     gw.wait_for(rf"task pod tcp://127\.0\.0\.1:{port} added")
     assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3
     assert gw.request("GET", "/readyz", auth=False).json["task_pods"] == [f"tcp://127.0.0.1:{port}"]
+
+
+def test_sigterm_stops_the_gateway_cleanly(pods: list[tuple[Orchestrator, str]], tmp_path: Path) -> None:
+    gw = start_gateway([tcp for _, tcp in pods], tmp_path / "runs.db")
+    assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 1}).json["result"] == 2
+    assert gw.stop() == 0
+    assert "gateway stopped" in gw.log

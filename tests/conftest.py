@@ -26,18 +26,23 @@ BINARY = ROOT / "target" / "release" / "neutrino-orchestrator"
 QUICKSTART = "examples.quickstart.app:app"
 
 
-@dataclass
-class Orchestrator:
+@dataclass(kw_only=True)
+class ProcessLog:
+    """A process whose stderr a daemon thread reads into `lines`, for tests to wait on."""
+
     proc: subprocess.Popen[str]
-    address: str
-    run_dir: Path
     lines: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _reading: bool = True
 
+    def follow(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """Block until a log line matches `pattern` (or the process exits)."""
         rx = re.compile(pattern)
+        name = type(self).__name__.lower()
+        deadline = time.monotonic() + timeout
         with self._cond:
             seen = 0
             while True:
@@ -46,11 +51,10 @@ class Orchestrator:
                         return m
                 seen = len(self.lines)
                 if self.proc.poll() is not None and not self._reading:
-                    raise AssertionError(
-                        f"orchestrator exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}"
-                    )
-                if not self._cond.wait(timeout):
-                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s:\n{self.log}")
+                    raise AssertionError(f"{name} exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}")
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    raise AssertionError(f"no {name} log line matching {pattern!r} within {timeout}s:\n{self.log}")
 
     @property
     def log(self) -> str:
@@ -65,6 +69,12 @@ class Orchestrator:
         with self._cond:
             self._reading = False
             self._cond.notify_all()
+
+
+@dataclass(kw_only=True)
+class Orchestrator(ProcessLog):
+    address: str
+    run_dir: Path
 
     def pids(self) -> list[int]:
         """Zygote and worker pids, as the orchestrator logged them."""
@@ -123,7 +133,7 @@ def start_orchestrator(
         cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
     )
     orch = Orchestrator(proc=proc, address=address, run_dir=run_dir)
-    threading.Thread(target=orch._read, daemon=True).start()
+    orch.follow()
     if wait_ready:
         orch.wait_for(r"Orchestrator ready with \d+ worker")
     return orch

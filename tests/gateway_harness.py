@@ -10,18 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
+
+from .conftest import ProcessLog
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token"
@@ -47,45 +47,11 @@ class Response:
         return self.msgpack if self.headers.get("Content-Type", "").startswith("application/msgpack") else self.json
 
 
-@dataclass
-class Gateway:
-    proc: subprocess.Popen[str]
+@dataclass(kw_only=True)
+class Gateway(ProcessLog):
     db: Path
-    lines: list[str] = field(default_factory=list)
     port: int = 0
     token: str | None = TOKEN
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _reading: bool = True
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._reading = False
-            self._cond.notify_all()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    if m := rx.search(line):
-                        return m
-                seen = len(self.lines)
-                if self.proc.poll() is not None and not self._reading:
-                    raise AssertionError(f"gateway exited ({self.proc.returncode}) before {pattern!r}:\n{self.log}")
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    raise AssertionError(f"no gateway log line matching {pattern!r} within {timeout}s:\n{self.log}")
 
     def request(
         self,
@@ -163,7 +129,7 @@ def start_gateway(
         env={**os.environ, **(env or {})},
     )
     gateway = Gateway(proc=proc, db=db, token=token)
-    threading.Thread(target=gateway._read, daemon=True).start()
+    gateway.follow()
     gateway.port = int(gateway.wait_for(r"gateway listening on http://[^:]+:(\d+)").group(1))
     if wait_ready:
         gateway.wait_ready()

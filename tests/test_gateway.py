@@ -449,3 +449,14 @@ def test_sigterm_stops_the_gateway_cleanly(pods: list[tuple[Orchestrator, str]],
     assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 1}).json["result"] == 2
     assert gw.stop() == 0
     assert "gateway stopped" in gw.log
+
+
+def test_tracebacks_only_when_configured(
+    pods: list[tuple[Orchestrator, str]], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    gw = start_gateway([tcp for _, tcp in pods], tmp_path / "runs.db", "--include-traceback")
+    gateways.append(gw)
+    reply = gw.request("POST", "/v1/tasks/fail", {"message": "deep"})
+    assert reply.status == 500 and "raise ValueError(message)" in reply.json["error"]["detail"]["traceback"]
+    run = gw.request("GET", f"/v1/runs/{reply.json['error']['detail']['run_id']}").json
+    assert "Traceback" in run["error"]["traceback"]

@@ -1,4 +1,4 @@
-"""Neutrino SDK: declare tasks with `App`, run them through an orchestrator with `Client`/`AsyncClient`.
+"""Neutrino SDK: declare tasks and models with `App`, run them through an orchestrator with `Client`/`AsyncClient`.
 
 The public surface is `__all__` below; everything else (modules starting with `_`) may change.
 """
@@ -15,6 +15,9 @@ from .errors import (
     ClientClosedError,
     DrainingError,
     InvalidRequestError,
+    ModelBusyError,
+    ModelError,
+    ModelInputError,
     NeutrinoError,
     NeutrinoTimeoutError,
     NotSupportedError,
@@ -30,6 +33,7 @@ from .errors import (
     UnknownTaskError,
     WorkerDiedError,
 )
+from .models import Model
 from .retry import Retry
 
 __all__ = [
@@ -45,6 +49,10 @@ __all__ = [
     "ClientClosedError",
     "DrainingError",
     "InvalidRequestError",
+    "Model",
+    "ModelBusyError",
+    "ModelError",
+    "ModelInputError",
     "NeutrinoError",
     "NeutrinoTimeoutError",
     "NotSupportedError",

@@ -14,16 +14,19 @@ import difflib
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from . import models as _models
+from .models import DEFAULT_BATCH_WAIT_MS, Model, ModelNamespace
 from .schema import TaskEntry, task_catalog
 
 __all__ = ["App", "Task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+C = TypeVar("C", bound=type[Any])
 
 _TASK_OPTIONS = ("name", "timeout", "retries", "retry_on", "retry_backoff_s", "retry_backoff_max_s")
 # SPEC.md §6 rule 6 defaults, which the orchestrator applies when a task states none.
@@ -78,7 +81,7 @@ class Task(Generic[P, R]):
 
 
 class App:
-    """A named set of tasks (and, later, models) that workers import and clients call by name."""
+    """A named set of tasks and models that workers and model servers import and clients call by name."""
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name.strip():
@@ -87,6 +90,8 @@ class App:
         self._tasks: dict[str, Task[..., Any]] = {}
         # Read-only view: registering goes through add_task, which checks options and duplicates.
         self._tasks_view: Mapping[str, Task[..., Any]] = MappingProxyType(self._tasks)
+        self._models: dict[str, Model] = {}
+        self._models_view = ModelNamespace(MappingProxyType(self._models))
 
     @property
     def tasks(self) -> Mapping[str, Task[..., Any]]:
@@ -128,7 +133,7 @@ class App:
         if inspect.isclass(fn):
             raise TypeError(
                 f"@app.task needs a function, got class {fn.__qualname__}; decorate a `def` or `async def` "
-                "(serving a class as a model will be @app.model)"
+                "(to serve a class as a model, use @app.model)"
             )
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {type(fn).__name__} {fn!r}")
@@ -208,6 +213,93 @@ class App:
 
         return decorate
 
+    @property
+    def models(self) -> ModelNamespace:
+        """The registered models by name, `app.models.digits` or `app.models["digits"]` (see `neutrino.Model`);
+        `app.models.digits.predict(x)` calls the model's replicas."""
+        return self._models_view
+
+    def add_model(
+        self,
+        cls: C,
+        *,
+        name: str | None = None,
+        min_replicas: int = 1,
+        max_replicas: int | None = None,
+        max_batch_size: int = 1,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+        max_concurrency: int = 1,
+        **unknown: object,
+    ) -> Model:
+        """Register class `cls` as a model and return its `Model` (options described there).
+
+        `name` defaults to the class name in lower case; `max_replicas` defaults to `min_replicas`.
+        """
+        _models.reject_unknown(unknown)
+        _models.check_model_class(cls)
+        model_name = cls.__name__.lower() if name is None else name
+        lo, hi, batch, wait_ms, conc = _models.check_options(
+            model_name, min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency
+        )
+        if model_name in self._models:
+            raise ValueError(
+                f"app {self.name!r} already has a model named {model_name!r} ({self._models[model_name]!r}); "
+                "pass name='...'"
+            )
+        model = Model(
+            cls,
+            name=model_name,
+            min_replicas=lo,
+            max_replicas=hi,
+            max_batch_size=batch,
+            batch_wait_ms=wait_ms,
+            max_concurrency=conc,
+        )
+        self._models[model_name] = model
+        return model
+
+    def model(
+        self,
+        *,
+        name: str | None = None,
+        min_replicas: int = 1,
+        max_replicas: int | None = None,
+        max_batch_size: int = 1,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+        max_concurrency: int = 1,
+        **unknown: object,
+    ) -> Callable[[C], C]:
+        """Decorator form of `add_model`; returns the class unchanged (its registration is `app.models.<name>`)."""
+        # Checked here too, so a typo fails on the decorator line.
+        _models.reject_unknown(unknown)
+        _models.check_options(name, min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency)
+
+        def decorate(cls: C) -> C:
+            self.add_model(
+                cls,
+                name=name,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                max_batch_size=max_batch_size,
+                batch_wait_ms=batch_wait_ms,
+                max_concurrency=max_concurrency,
+            )
+            return cls
+
+        return decorate
+
+    def configure_models(self, urls: Mapping[str, str | Sequence[str]]) -> None:
+        """Set where each model's replicas are: `{"digits": ["http://127.0.0.1:8601", ...]}` (or one
+        comma-separated string). Overrides `NEUTRINO_MODEL_<NAME>_URL`; call before the first predict."""
+        for model_name, value in urls.items():
+            model = self.models.get(model_name)
+            if model is None:
+                raise KeyError(
+                    f"no model named {model_name!r} in app {self.name!r}; registered: {sorted(self._models)}"
+                )
+            model.urls = _models.split_urls(value)
+            model._client = None
+
     def catalog(self) -> dict[str, TaskEntry]:
         """Each task's description, by name: JSON Schemas of its parameters and result, the first
         paragraph of its docstring, its options (see `neutrino.schema` for the shape). Plain data
@@ -215,7 +307,8 @@ class App:
         return task_catalog(self._tasks)
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r} tasks={sorted(self._tasks)}>"
+        models = f" models={sorted(self._models)}" if self._models else ""
+        return f"<App {self.name!r} tasks={sorted(self._tasks)}{models}>"
 
 
 def _reject_unknown(unknown: Mapping[str, object]) -> None:

@@ -11,8 +11,10 @@ Layout:
     ├── ProtocolError             a peer sent a malformed message or payload
     ├── NeutrinoTimeoutError      a client gave up waiting (also a TimeoutError)
     │   └── CatalogNotReadyError  the orchestrator answered, but has no task catalog yet
+    ├── ModelError                a model server answered a predict with an error (`status`, `type`, `message`)
+    │   └── ModelInputError, ModelBusyError
     ├── AuthenticationError       the HTTP gateway refused the bearer token
-    ├── UnavailableError          the HTTP gateway, or any task pod behind it, cannot be reached
+    ├── UnavailableError          the gateway, every task pod behind it, or every model replica is unreachable
     ├── ClientClosedError         the client was closed while a task was pending
     ├── AddressError              an orchestrator address the client cannot use (also a ValueError)
     └── NotSupportedError         a feature this version does not have yet (also a NotImplementedError)
@@ -229,6 +231,33 @@ class NeutrinoTimeoutError(NeutrinoError, TimeoutError):
 class CatalogNotReadyError(NeutrinoTimeoutError):
     """`describe()` gave up: the orchestrator answered, but its zygote had not reported the task
     catalog yet (the app is still importing, the catalog is being built, or the zygote restarts)."""
+
+
+class ModelError(NeutrinoError):
+    """A model server answered `predict` with an error: `status` (HTTP), `type` and `message` of the failure
+    (for `predict` raising, the exception's class name and message), `traceback` when the server sent one."""
+
+    def __init__(self, message: str, *, status: int = 500, type: str = "error", traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {"status": self.status, "type": self.type, "traceback": self.traceback}
+        return (_rebuild, (type(self), self.message, kwargs))
+
+
+class ModelInputError(ModelError):
+    """The model server refused the input (HTTP 400/422) before it joined a batch; fix the input."""
+
+
+class ModelBusyError(ModelError):
+    """Every replica of the model kept answering 429 (its queue full) until the client gave up; retry later."""
 
 
 class AuthenticationError(NeutrinoError):

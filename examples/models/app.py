@@ -1,0 +1,73 @@
+"""Model serving example: a scikit-learn digit classifier served by `neutrino-model-server`, and the
+tasks that call it through `app.models.digits.predict(...)`.
+
+Serve the model (two replicas) and point the tasks' workers at them:
+
+    neutrino-model-server --app examples.models.app:app --model digits --port 8601 &
+    neutrino-model-server --app examples.models.app:app --model digits --port 8602 &
+    NEUTRINO_MODEL_DIGITS_URL=http://127.0.0.1:8601,http://127.0.0.1:8602 \
+        target/release/neutrino-orchestrator --app examples.models.app:app --python .venv/bin/python
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from neutrino import App
+
+app = App("models")
+
+
+@app.model(name="digits", max_batch_size=32, batch_wait_ms=2)
+class Digits:
+    """A handwritten-digit classifier: a small MLP trained at load() on scikit-learn's bundled digits
+    (1,797 8x8 images; no download). An input is one image, 64 pixel values 0-16; the output its digit.
+
+    """
+
+    # Open Inference Protocol metadata (GET /v2/models/digits): a batch of rows of 64 pixels in, digits out.
+    inputs = [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    outputs = [{"name": "digit", "datatype": "INT64", "shape": [-1]}]
+
+    def load(self) -> None:
+        import warnings
+
+        from sklearn.datasets import load_digits  # imported here: only model servers pay for scikit-learn
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        digits = load_digits()
+        self.classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=60, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # 60 epochs reach ~98% on the training set
+            self.classifier.fit(digits.data / 16.0, digits.target)
+
+    def validate(self, pixels: Any) -> None:
+        """Called for each input before it joins a batch: a bad one fails alone (HTTP 422)."""
+        if not isinstance(pixels, list) or len(pixels) != 64:
+            raise ValueError(
+                f"an image is a list of 64 pixel values, got {type(pixels).__name__} of length "
+                f"{len(pixels) if isinstance(pixels, list) else '-'}"
+            )
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 16 for v in pixels):
+            raise ValueError("pixel values must be numbers from 0 to 16")
+
+    def predict(self, images: list[list[float]]) -> list[int]:
+        import numpy as np
+
+        x = np.asarray(images, dtype=np.float64) / 16.0
+        return [int(d) for d in self.classifier.predict(x)]
+
+
+@app.task()
+def classify_digit(pixels: list[float]) -> int:
+    """Ask the `digits` model (its replicas from NEUTRINO_MODEL_DIGITS_URL) which digit an image shows."""
+    result: int = app.models.digits.predict(pixels)
+    return result
+
+
+@app.task()
+async def classify_digits(images: list[list[float]]) -> list[int]:
+    """The same from an async task, many images at once: the calls meet in the model server's batcher."""
+    return list(await asyncio.gather(*(app.models.digits.predict(image) for image in images)))

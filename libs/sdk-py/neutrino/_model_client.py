@@ -1,0 +1,223 @@
+"""`ModelClient`: `POST /v1/models/{name}/predict` to a model's replicas, spread round robin, with retries.
+
+Requests and answers are msgpack (`{"inputs": x}` -> `{"outputs": y}`; numpy arrays go as lists).
+The blocking side keeps one keep-alive `http.client` connection per thread and replica (standard
+library only); the async side one aiohttp session per event loop (aiohttp is imported on the first
+async call; the model server's package depends on it). Each request starts at the next replica in
+turn; a replica that refuses (connection refused or reset, 429, 503) is left for the next one, and
+after a full round without an answer the client backs off briefly (honouring `Retry-After`, capped),
+until the request's deadline. Predict is taken to be free of side effects, so a request whose
+connection broke mid-way is sent again: that is what saves requests when a replica dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+import msgpack
+
+from .errors import (
+    ModelBusyError,
+    ModelError,
+    ModelInputError,
+    NeutrinoTimeoutError,
+    ProtocolError,
+    UnavailableError,
+)
+
+MSGPACK = "application/msgpack"
+DEFAULT_TIMEOUT_S = 30.0
+# After a full round of refusals: wait base * 2**round, capped, before the next round. Short, because
+# the usual cause is one replica restarting while the others answer.
+BACKOFF_BASE_S = 0.01
+BACKOFF_MAX_S = 0.5
+RETRY_STATUSES = frozenset({429, 503})
+
+
+def _default(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"cannot send a {type(obj).__name__} to a model; use lists, numbers, str, bytes, dicts")
+
+
+def encode(x: Any) -> bytes:
+    return msgpack.packb({"inputs": x}, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+class _Refused(Exception):
+    """One replica did not take the request; try another."""
+
+    def __init__(self, why: str, retry_after_s: float = 0.0, busy: bool = False) -> None:
+        super().__init__(why)
+        self.retry_after_s = retry_after_s
+        self.busy = busy
+
+
+def decode_answer(status: int, body: bytes, retry_after: str | None) -> Any:
+    """The output for a 200, `_Refused` for a status worth another replica, else the matching ModelError."""
+    if status in RETRY_STATUSES:
+        try:
+            wait = float(retry_after) if retry_after else 0.0
+        except ValueError:
+            wait = 0.0
+        raise _Refused(f"HTTP {status}", wait, busy=status == 429)
+    try:
+        doc = msgpack.unpackb(body, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"model server sent an unreadable answer (HTTP {status}): {exc}") from None
+    if status == 200 and isinstance(doc, dict) and "outputs" in doc:
+        return doc["outputs"]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        raise ProtocolError(f"model server answered HTTP {status} without outputs or error: {doc!r:.200}")
+    cls = ModelInputError if status in (400, 422) else ModelError
+    if status == 504:
+        raise NeutrinoTimeoutError(f"model server deadline passed: {error.get('message')}")
+    raise cls(
+        str(error.get("message", "")),
+        status=status,
+        type=str(error.get("type", "error")),
+        traceback=error.get("traceback"),
+    )
+
+
+class ModelClient:
+    def __init__(self, name: str, urls: tuple[str, ...], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if not urls:
+            raise ValueError(f"model {name!r} has no replica URLs")
+        self.name = name
+        self.urls = urls
+        self.timeout_s = timeout_s
+        self.path = f"/v1/models/{urllib.parse.quote(name)}/predict"
+        self._targets = [urllib.parse.urlsplit(u) for u in urls]
+        self._turn = itertools.count()
+        self._local = threading.local()
+        self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+
+    # -- shared retry loop -------------------------------------------------------------------------
+
+    def _order(self) -> list[int]:
+        n = len(self.urls)
+        start = next(self._turn) % n
+        return [(start + i) % n for i in range(n)]
+
+    def _give_up(self, last: _Refused | None, timeout_s: float) -> Exception:
+        if last is not None and last.busy:
+            return ModelBusyError(
+                f"every replica of model {self.name!r} stayed busy (429) for {timeout_s:g}s", status=429, type="busy"
+            )
+        return UnavailableError(
+            f"no replica of model {self.name!r} answered within {timeout_s:g}s ({last}): {self.urls}"
+        )
+
+    # -- blocking --------------------------------------------------------------------------------
+
+    def predict(self, x: Any, *, timeout_s: float | None = None) -> Any:
+        body = encode(x)
+        budget = timeout_s or self.timeout_s
+        deadline = time.monotonic() + budget
+        last: _Refused | None = None
+        for round_ in itertools.count():
+            for i in self._order():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._give_up(last, budget)
+                try:
+                    return self._post(i, body, left)
+                except _Refused as exc:
+                    last = exc
+            pause = min(max(last.retry_after_s if last else 0.0, BACKOFF_BASE_S * 2**round_), BACKOFF_MAX_S)
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        raise AssertionError("unreachable")
+
+    def _post(self, i: int, body: bytes, timeout_s: float) -> Any:
+        conns: dict[int, http.client.HTTPConnection] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(i)
+        if conn is None:
+            target = self._targets[i]
+            conn = conns[i] = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80)
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        try:
+            conn.request("POST", self.path, body, {"Content-Type": MSGPACK, "Accept": MSGPACK})
+            resp = conn.getresponse()
+            data = resp.read()
+        except TimeoutError:
+            conn.close()
+            raise NeutrinoTimeoutError(f"model {self.name!r} did not answer within {timeout_s:.3g}s") from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed mid-way
+            conn.close()
+            del conns[i]
+            raise _Refused(f"{self.urls[i]}: {type(exc).__name__}: {exc}") from None
+        if resp.will_close:
+            conn.close()
+            del conns[i]
+        return decode_answer(resp.status, data, resp.getheader("Retry-After"))
+
+    # -- async -----------------------------------------------------------------------------------
+
+    async def apredict(self, x: Any, *, timeout_s: float | None = None) -> Any:
+        body = encode(x)
+        budget = timeout_s or self.timeout_s
+        deadline = time.monotonic() + budget
+        session = self._session()
+        last: _Refused | None = None
+        for round_ in itertools.count():
+            for i in self._order():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._give_up(last, budget)
+                try:
+                    return await self._apost(session, i, body, left)
+                except _Refused as exc:
+                    last = exc
+            pause = min(max(last.retry_after_s if last else 0.0, BACKOFF_BASE_S * 2**round_), BACKOFF_MAX_S)
+            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        raise AssertionError("unreachable")
+
+    def _session(self) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        entry = self._sessions.get(id(loop))
+        if entry is not None and entry[0] is loop and not entry[1].closed:
+            return entry[1]
+        for key, (old_loop, _) in list(self._sessions.items()):
+            if old_loop.is_closed():
+                del self._sessions[key]
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), headers={"Content-Type": MSGPACK, "Accept": MSGPACK}
+        )
+        self._sessions[id(loop)] = (loop, session)
+        return session
+
+    async def _apost(self, session: Any, i: int, body: bytes, timeout_s: float) -> Any:
+        import aiohttp
+
+        try:
+            async with session.post(
+                self.urls[i] + self.path, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                data = await resp.read()
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except TimeoutError:
+            raise NeutrinoTimeoutError(f"model {self.name!r} did not answer within {timeout_s:.3g}s") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise _Refused(f"{self.urls[i]}: {type(exc).__name__}: {exc}") from None
+        return decode_answer(status, data, retry_after)
+
+    async def aclose(self) -> None:
+        """Close this event loop's session (the blocking connections close with their threads)."""
+        entry = self._sessions.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None:
+            await entry[1].close()

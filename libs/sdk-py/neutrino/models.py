@@ -1,0 +1,258 @@
+"""`Model`, one class registered with `@app.model(...)`, and `app.models`, the namespace tasks call models through.
+
+`@app.model(...)` is sugar over `app.add_model(cls, ...)`; like task options, model options are
+checked when the class is decorated. The decorator returns the class unchanged, so `Digits()`
+still builds a plain instance in unit tests. The registration (`app.models.digits`, a `Model`)
+holds the options the model server reads and is also the client: `app.models.digits.predict(x)`
+reaches the model's replicas over HTTP (see `_model_client.py`), from their URLs in
+configuration: `app.configure_models({"digits": [...]})`, else the environment variable
+`NEUTRINO_MODEL_<NAME>_URL` (comma-separated; the name in capitals, other characters as `_`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._model_client import ModelClient
+
+__all__ = ["Model", "ModelNamespace", "model_url_env"]
+
+_MODEL_OPTIONS = ("name", "min_replicas", "max_replicas", "max_batch_size", "batch_wait_ms", "max_concurrency")
+DEFAULT_BATCH_WAIT_MS = 5.0
+# A wait longer than this would add more latency than any batch saves; likely ms/s confusion.
+MAX_BATCH_WAIT_MS = 10_000.0
+URL_ENV_PREFIX = "NEUTRINO_MODEL_"
+
+
+def model_url_env(name: str) -> str:
+    """The environment variable that holds model `name`'s replica URLs: `digits` -> `NEUTRINO_MODEL_DIGITS_URL`."""
+    return f"{URL_ENV_PREFIX}{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_URL"
+
+
+class Model:
+    """A model class registered with an App: its options, and a client for its replicas.
+
+    - `cls`: the class; `load()` is called once per replica, `predict(x)` for each input
+      (or `predict(xs)` with a list of inputs, returning a list as long, when `max_batch_size > 1`).
+      Either may be `async def`. An optional `validate(x)` is called on each input before it joins
+      a batch; raising `ValueError` or `TypeError` there fails only that request (HTTP 422).
+    - `min_replicas`, `max_replicas`: how many model servers a deployment runs.
+    - `max_batch_size`: the most inputs one `predict` call gets (1: no batching).
+    - `batch_wait_ms`: how long a batch may wait to fill, from its first input's arrival. A
+      server with nothing queued and nothing running sends a lone input at once.
+    - `max_concurrency`: `predict` calls running at once in one replica (sync ones in threads).
+    """
+
+    def __init__(
+        self,
+        cls: type[Any],
+        *,
+        name: str,
+        min_replicas: int,
+        max_replicas: int,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        max_concurrency: int,
+    ) -> None:
+        self.cls = cls
+        self.name = name
+        self.min_replicas = min_replicas
+        self.max_replicas = max_replicas
+        self.max_batch_size = max_batch_size
+        self.batch_wait_ms = batch_wait_ms
+        self.max_concurrency = max_concurrency
+        self.batched = max_batch_size > 1
+        self.urls: tuple[str, ...] | None = None  # set by App.configure_models; else read from the environment
+        self._client: ModelClient | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The options as plain data (what a deployment and the model server read)."""
+        return {
+            "name": self.name,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_ms": self.batch_wait_ms,
+            "max_concurrency": self.max_concurrency,
+        }
+
+    def replica_urls(self) -> tuple[str, ...]:
+        """The replicas' base URLs: from `App.configure_models`, else `NEUTRINO_MODEL_<NAME>_URL`."""
+        if self.urls:
+            return self.urls
+        env = model_url_env(self.name)
+        urls = split_urls(os.environ.get(env, ""))
+        if not urls:
+            raise LookupError(
+                f"no URL for model {self.name!r}: set {env}=http://HOST:PORT (comma-separated for several replicas; "
+                f"a Kubernetes Service in a cluster) or call app.configure_models({{{self.name!r}: [...]}})"
+            )
+        return urls
+
+    @property
+    def client(self) -> ModelClient:
+        """The HTTP client for this model's replicas (built on first use, from `replica_urls()`)."""
+        if self._client is None:
+            from ._model_client import ModelClient
+
+            self._client = ModelClient(self.name, self.replica_urls())
+        return self._client
+
+    def predict(self, x: Any, *, timeout_s: float | None = None) -> Any:
+        """Run one input through the model's replicas and return its output.
+
+        In a coroutine (an `async def` task) this returns an awaitable: `await model.predict(x)`.
+        Elsewhere it blocks and returns the output. Raises `ModelInputError` (the model refused
+        the input), `ModelError` (predict raised; `type`/`message` from the server),
+        `ModelBusyError` (every replica's queue stayed full), `UnavailableError` (no replica
+        reachable) or `NeutrinoTimeoutError`.
+        """
+        if _in_coroutine():
+            return self.client.apredict(x, timeout_s=timeout_s)
+        return self.client.predict(x, timeout_s=timeout_s)
+
+    async def apredict(self, x: Any, *, timeout_s: float | None = None) -> Any:
+        """`predict` as a coroutine, always."""
+        return await self.client.apredict(x, timeout_s=timeout_s)
+
+    def __repr__(self) -> str:
+        return f"<Model {self.name!r} of {self.cls.__qualname__} max_batch_size={self.max_batch_size}>"
+
+
+class ModelNamespace(Mapping[str, Model]):
+    """`app.models`: the registered models by name, as attributes (`app.models.digits`) or items."""
+
+    def __init__(self, models: Mapping[str, Model]) -> None:
+        self._models = models
+
+    def __getattr__(self, name: str) -> Model:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._models[name]
+        except KeyError:
+            raise AttributeError(
+                f"no model named {name!r}; registered: {', '.join(sorted(self._models)) or '(none)'}"
+            ) from None
+
+    def __getitem__(self, name: str) -> Model:
+        return self._models[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __repr__(self) -> str:
+        return f"<models {sorted(self._models)}>"
+
+
+def check_model_class(cls: object) -> type[Any]:
+    """The class, if it can be served: a class with callable `load` and `predict`."""
+    if not inspect.isclass(cls):
+        what = "a function" if callable(cls) else f"{type(cls).__name__} {cls!r}"
+        raise TypeError(
+            f"@app.model needs a class with load() and predict(x), got {what}; "
+            "for a function use @app.task, or wrap it in a class"
+        )
+    methods: dict[str, Any] = {m: getattr(cls, m, None) for m in ("load", "predict")}
+    missing = [m for m, fn in methods.items() if not callable(fn)]
+    if missing:
+        raise TypeError(
+            f"model class {cls.__qualname__} has no {' or '.join(f'{m}()' for m in missing)} method; "
+            "define `def load(self)` (called once per replica) and `def predict(self, x)`"
+        )
+    params = [
+        p
+        for p in list(inspect.signature(methods["predict"]).parameters.values())[1:]
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if len(params) != 1:
+        raise TypeError(
+            f"{cls.__qualname__}.predict must take exactly one input after self (a list of inputs when "
+            f"max_batch_size > 1), got {len(params)} required parameters"
+        )
+    return cls
+
+
+def reject_unknown(unknown: Mapping[str, object]) -> None:
+    if not unknown:
+        return
+    parts = []
+    for key in sorted(unknown):
+        close = " or ".join(repr(c) for c in difflib.get_close_matches(key, _MODEL_OPTIONS, n=2))
+        parts.append(f"{key} (did you mean {close}?)" if close else key)
+    raise TypeError(
+        f"The following model options are undefined: {', '.join(parts)}. Valid options: {', '.join(_MODEL_OPTIONS)}."
+    )
+
+
+def check_options(
+    name: object,
+    min_replicas: object,
+    max_replicas: object,
+    max_batch_size: object,
+    batch_wait_ms: object,
+    max_concurrency: object,
+) -> tuple[int, int, int, float, int]:
+    """Checked (min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency)."""
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)):
+        raise ValueError(
+            f"model name must be letters, digits, '_', '.' or '-' (it is a URL path segment), got {name!r}; "
+            "e.g. name='digits'"
+        )
+    lo = _int_option("min_replicas", min_replicas, minimum=0)
+    hi = lo if max_replicas is None else _int_option("max_replicas", max_replicas, minimum=1)
+    if hi < max(lo, 1):
+        raise ValueError(f"max_replicas ({hi}) is below min_replicas ({lo}); raise max_replicas")
+    batch = _int_option("max_batch_size", max_batch_size, minimum=1)
+    if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)):
+        raise TypeError(f"batch_wait_ms must be a number of milliseconds, got {type(batch_wait_ms).__name__}")
+    if not (0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS and math.isfinite(batch_wait_ms)):
+        raise ValueError(
+            f"batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS:g} milliseconds, got {batch_wait_ms!r} "
+            "(it is milliseconds: 5 means 5 ms)"
+        )
+    conc = _int_option("max_concurrency", max_concurrency, minimum=1)
+    return lo, hi, batch, float(batch_wait_ms), conc
+
+
+def _int_option(option: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{option} must be {minimum} or more, got {value}")
+    return value
+
+
+def split_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = []
+    for item in items:
+        url = item.strip().rstrip("/")
+        if not url:
+            continue
+        if "://" not in url:
+            url = f"http://{url}"
+        if not url.startswith("http://"):
+            raise ValueError(f"model URL {url!r} must be http://HOST:PORT")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _in_coroutine() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,57 @@
+"""`neutrino-model-server` / `python -m neutrino_model_server`: parse the settings, serve until SIGTERM or Ctrl-C.
+
+Exit codes (config.py): 0 stopped, 2 bad flags, 3 the app failed to import or has no such model,
+4 the model's load() raised (its traceback is printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import traceback
+
+from .config import EXIT_APP_IMPORT, EXIT_CONFIG, EXIT_LOAD_FAILED, ConfigError, load
+from .server import LoadFailed, ModelServer
+
+
+def main() -> None:
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"neutrino-model-server: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    logging.basicConfig(level=config.log_level, format="[%(levelname)s] %(name)s: %(message)s")
+    try:
+        server = ModelServer(config)
+    except Exception as exc:
+        detail = "".join(traceback.format_exception(exc))
+        print(
+            f"neutrino-model-server: cannot load model {config.model!r} from {config.app}:\n{detail}", file=sys.stderr
+        )
+        raise SystemExit(EXIT_APP_IMPORT) from None
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.run(stop)
+
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - a plain asyncio loop works the same, slower
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve())
+    except LoadFailed as exc:
+        print(f"neutrino-model-server: {exc}\n{exc.traceback}", file=sys.stderr, end="")
+        raise SystemExit(EXIT_LOAD_FAILED) from None
+
+
+if __name__ == "__main__":
+    main()

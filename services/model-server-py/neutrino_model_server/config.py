@@ -1,0 +1,111 @@
+"""Model server settings: read once, from flags with environment fallbacks, into one frozen `Config`.
+
+Every flag has an environment variable (`NEUTRINO_MODEL_SERVER_` + the flag in capitals, `-` as
+`_`); flags win. The batching flags, when given, override the model's own options (the benchmark
+turns batching off that way); otherwise the `@app.model(...)` options apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_PREFIX = "NEUTRINO_MODEL_SERVER_"
+
+# Exit codes (the supervisor, e.g. Kubernetes, shows them; a load failure is not worth a hot restart loop).
+EXIT_OK = 0
+EXIT_CONFIG = 2  # a flag the server cannot start with
+EXIT_APP_IMPORT = 3  # the app module failed to import, or has no such model
+EXIT_LOAD_FAILED = 4  # the model's load() raised
+
+
+class ConfigError(ValueError):
+    """A setting the server cannot start with; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    app: str
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    app_dir: str | None = None
+    max_queue: int = 1024  # queued inputs (not yet in a batch); beyond it requests get 429
+    request_timeout_s: float = 30.0  # per-request deadline, queue wait and predict included; then 504
+    max_batch_size: int | None = None  # None: the model's option
+    batch_wait_ms: float | None = None
+    max_concurrency: int | None = None
+    include_traceback: bool = True  # 500 answers carry predict's traceback (the callers are our own tasks)
+    log_level: str = "INFO"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neutrino-model-server",
+        description="Serve one @app.model class over HTTP: POST /v1/models/NAME/predict and the KServe V2 API.",
+        epilog=f"Every flag can also be set from the environment: {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT=8080).",
+    )
+    p.add_argument("--app", default=None, help="the neutrino.App, as module:attr (required)")
+    p.add_argument("--model", default=None, help="the model's name in that app (required)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8080; 0 picks a free one)")
+    p.add_argument("--app-dir", default=None, help="put this directory first on sys.path before importing --app")
+    p.add_argument("--max-queue", type=int, default=None, help="queued inputs before 429 (default 1024)")
+    p.add_argument("--request-timeout", type=float, default=None, help="per-request deadline in seconds (default 30)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="override the model's max_batch_size")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="override the model's batch_wait_ms")
+    p.add_argument("--max-concurrency", type=int, default=None, help="override the model's max_concurrency")
+    p.add_argument("--no-traceback", action="store_true", default=None, help="leave tracebacks out of 500 answers")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    args = parser().parse_args(argv)
+    env = os.environ if env is None else env
+
+    def pick(flag: str, value: object) -> str | None:
+        if value is not None:
+            return str(value)
+        return env.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+
+    def number(flag: str, value: object, kind: type[int] | type[float], minimum: float) -> int | float | None:
+        raw = pick(flag, value)
+        if raw is None:
+            return None
+        try:
+            got = kind(raw)
+        except ValueError:
+            raise ConfigError(f"--{flag} must be a number, got {raw!r}") from None
+        if got < minimum:
+            raise ConfigError(f"--{flag} must be at least {minimum:g}, got {raw}")
+        return got
+
+    app, model = pick("app", args.app), pick("model", args.model)
+    if not app or ":" not in app:
+        raise ConfigError("--app is missing or not module:attr; pass e.g. --app examples.models.app:app")
+    if not model:
+        raise ConfigError("--model is missing; pass the model's name, e.g. --model digits")
+    options: dict[str, object] = {}
+    for key, flag, value, kind, minimum in (
+        ("port", "port", args.port, int, 0),
+        ("max_queue", "max-queue", args.max_queue, int, 1),
+        ("request_timeout_s", "request-timeout", args.request_timeout, float, 0.001),
+        ("max_batch_size", "max-batch-size", args.max_batch_size, int, 1),
+        ("batch_wait_ms", "batch-wait-ms", args.batch_wait_ms, float, 0),
+        ("max_concurrency", "max-concurrency", args.max_concurrency, int, 1),
+    ):
+        got = number(flag, value, kind, minimum)
+        if got is not None:
+            options[key] = got
+    for key, flag, value in (("host", "host", args.host), ("app_dir", "app-dir", args.app_dir)):
+        if (raw := pick(flag, value)) is not None:
+            options[key] = raw
+    if (level := pick("log-level", args.log_level)) is not None:
+        options["log_level"] = level.upper()
+    no_tb = pick("no-traceback", args.no_traceback)
+    if no_tb is not None and no_tb.lower() in ("1", "true", "yes"):
+        options["include_traceback"] = False
+    return Config(app=app, model=model, **options)  # type: ignore[arg-type]

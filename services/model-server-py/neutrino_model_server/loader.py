@@ -1,0 +1,88 @@
+"""The model to serve: import the app, find the model by name, and adapt its methods for the server.
+
+`Served` wraps one instance of the user's class: `load()` (sync ones run in a thread, so the
+server keeps answering health checks meanwhile), `validate(x)` when the class has one, and
+`run_batch(xs)`, which calls `predict` once for the batch (or with the one input when batching is
+off) and checks that a batch's answer is a list as long as the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from neutrino import App, Model
+
+from .config import Config
+
+
+class AppImportError(Exception):
+    """The app could not be imported, or has no model of that name; the message says which."""
+
+
+class Served:
+    def __init__(self, model: Model, *, max_concurrency: int) -> None:
+        self.model = model
+        self.name = model.name
+        # The calling convention follows the model's declaration, not the server's batch size: a model
+        # written for lists still gets a list (of one) when --max-batch-size 1 turns batching off.
+        self.batched = model.batched
+        self.instance = model.cls()
+        self._predict: Callable[[Any], Any] = self.instance.predict
+        self._async_predict = inspect.iscoroutinefunction(self._predict)
+        validate = getattr(self.instance, "validate", None)
+        self.validate: Callable[[Any], Any] | None = validate if callable(validate) else None
+        # Sync predict runs here, so the event loop keeps taking requests (and forming the next batch).
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"predict-{model.name}")
+
+    async def load(self) -> None:
+        load = self.instance.load
+        if inspect.iscoroutinefunction(load):
+            await load()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, load)
+
+    async def run_batch(self, values: list[Any]) -> list[Any]:
+        arg = values if self.batched else values[0]
+        if self._async_predict:
+            out = await self._predict(arg)
+        else:
+            out = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, arg)
+        if not self.batched:
+            return [out]
+        if not isinstance(out, (list, tuple)) and hasattr(out, "tolist"):
+            out = out.tolist()  # a numpy array of outputs
+        if not isinstance(out, (list, tuple)) or len(out) != len(values):
+            got = f"a {type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
+            raise BatchShapeError(
+                f"{self.model.cls.__qualname__}.predict got a batch of {len(values)} inputs and returned {got}; "
+                "with max_batch_size > 1 it must return a list with one output per input, in order"
+            )
+        return list(out)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class BatchShapeError(RuntimeError):
+    """predict answered a batch with something other than one output per input."""
+
+
+def find_model(config: Config) -> Model:
+    if config.app_dir:
+        sys.path.insert(0, config.app_dir)
+    module_name, _, attr = config.app.partition(":")
+    module = importlib.import_module(module_name)  # an import error propagates with its traceback
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise AppImportError(f"{config.app} is not a neutrino.App (got {type(app).__name__}); point --app at it")
+    model = app.models.get(config.model)
+    if model is None:
+        known = ", ".join(sorted(app.models)) or "(none: decorate a class with @app.model)"
+        raise AppImportError(f"app {app.name!r} has no model named {config.model!r}; its models: {known}")
+    return model

@@ -1,0 +1,116 @@
+"""`run(config, shutdown)`: the model server's parts wired together, started in order and stopped in reverse.
+
+Start: import the app and build the model instance; listen (so health checks answer, `ready`
+false); call `load()`; start the batch loop; mark ready. A failing `load()` raises `LoadFailed`
+(the process exits with EXIT_LOAD_FAILED and the traceback). Stop (shutdown fires): mark not ready,
+stop accepting and let handlers finish within a grace period (the batch loop still runs for them),
+then stop the batch loop and the predict threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from typing import Any
+
+from aiohttp import web
+
+from .api import Api
+from .batcher import Batcher
+from .config import Config
+from .loader import Served, find_model
+
+log = logging.getLogger("neutrino.model_server")
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+class LoadFailed(Exception):
+    """The model's load() raised; `traceback` is its formatted traceback."""
+
+    def __init__(self, model: str, exc: BaseException) -> None:
+        super().__init__(f"load() of model {model!r} failed: {type(exc).__name__}: {exc}")
+        self.traceback = "".join(traceback.format_exception(exc))
+
+
+class ModelServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        model = find_model(config)
+        self.batch_size = config.max_batch_size or model.max_batch_size
+        wait_ms = config.batch_wait_ms if config.batch_wait_ms is not None else model.batch_wait_ms
+        concurrency = config.max_concurrency or model.max_concurrency
+        if self.batch_size > 1 and not model.batched:
+            raise ValueError(
+                f"--max-batch-size {self.batch_size}: model {model.name!r} is declared with max_batch_size=1, so its "
+                "predict takes one input, not a list; declare max_batch_size > 1 in @app.model to batch it"
+            )
+        self.served = Served(model, max_concurrency=concurrency)
+        self.batcher = Batcher(
+            self.served.run_batch,
+            max_batch_size=self.batch_size,
+            batch_wait_s=wait_ms / 1000.0,
+            max_concurrency=concurrency,
+            max_queue=config.max_queue,
+        )
+        self.api = Api(config, self.served, self.batcher)
+        metrics = self.api.metrics
+
+        def on_batch(size: int, seconds: float) -> None:
+            metrics.batch_size.observe(size)
+            metrics.predict_seconds.observe(seconds)
+
+        self.batcher.on_batch = on_batch
+        self.bound: list[tuple[str, int]] = []
+
+    async def run(self, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        name = self.served.name
+        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
+        await site.start()
+        self.bound = [address[:2] for address in runner.addresses]
+        urls = ", ".join(f"http://{host}:{port}" for host, port in self.bound)
+        log.info("model server for %r listening on %s", name, urls)
+        batch_loop: asyncio.Task[None] | None = None
+        try:
+            started = time.perf_counter()
+            try:
+                await self.served.load()
+            except Exception as exc:
+                raise LoadFailed(name, exc) from exc
+            batch_loop = asyncio.get_running_loop().create_task(self.batcher.run(), name="batcher")
+            self.api.ready = True
+            log.info(
+                "model %r ready (load took %.0f ms; max_batch_size=%d, batch_wait_ms=%g, max_concurrency=%d)",
+                name,
+                (time.perf_counter() - started) * 1000,
+                self.batch_size,
+                self.batcher.batch_wait_s * 1000,
+                self.batcher.max_concurrency,
+            )
+            if ready is not None:
+                ready.set()
+            if isinstance(shutdown, asyncio.Event):
+                await shutdown.wait()
+            else:
+                await shutdown
+        finally:
+            log.info("model server stopping")
+            self.api.ready = False
+            await runner.cleanup()
+            if batch_loop is not None:
+                batch_loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await batch_loop
+            self.served.close()
+            log.info("model server stopped")
+
+
+async def run(
+    config: Config, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    await ModelServer(config).run(shutdown, ready)

@@ -137,15 +137,11 @@ class Api:
                     raise HttpError(422, type(exc).__name__, f"{exc}{where}") from None
         deadline = time.monotonic() + self.config.request_timeout_s
         try:
-            futures = self.batcher.submit(values, deadline)
+            async with asyncio.timeout(self.config.request_timeout_s):
+                return await self.batcher.call(values, deadline)
         except QueueFull as exc:
             raise HttpError(429, "busy", f"queue full: {exc}", retry_after=RETRY_AFTER_BUSY_S) from None
-        try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                return list(await asyncio.gather(*futures)) if len(futures) > 1 else [await futures[0]]
         except (TimeoutError, DeadlineExceeded):
-            for fut in futures:
-                fut.cancel()
             raise HttpError(504, "deadline_exceeded", f"no answer within {self.config.request_timeout_s:g}s") from None
         except Exception as exc:
             raise _PredictFailed(exc) from exc

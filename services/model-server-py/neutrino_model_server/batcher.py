@@ -14,6 +14,10 @@ Rules (each one a test in tests/test_batcher.py):
 5. An input whose caller gave up (future cancelled) or whose deadline passed is dropped when the
    batch is formed; the latter's caller gets `DeadlineExceeded`.
 6. If `run_batch` raises, every input of that batch gets the exception.
+7. Inline: when nothing is queued and a predict slot is free (for a batching model: when no batch
+   is running at all, as in rule 3), `call` runs the request's inputs as a batch on the caller's
+   own task, skipping the loop's wake-up, its task and a future per input (about a third of a
+   no-op request's time).
 """
 
 from __future__ import annotations
@@ -71,6 +75,29 @@ class Batcher:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    async def call(self, values: list[Any], deadline: float) -> list[Any]:
+        """The outputs for `values`: run at once when idle (rule 7), else queued (rules 1-6)."""
+        free = self.max_concurrency if self.max_batch_size == 1 else 1
+        if not self._queue and self._running < free and len(values) <= self.max_batch_size:
+            self._running += 1
+            started = time.perf_counter()
+            try:
+                return await self._run_batch(values)
+            finally:
+                self._running -= 1
+                if self.on_batch is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_batch(len(values), time.perf_counter() - started)
+                if self._queue:  # only then may the loop be waiting for this slot
+                    self._poke()
+        futures = self.submit(values, deadline)
+        try:
+            return list(await asyncio.gather(*futures)) if len(futures) > 1 else [await futures[0]]
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
     def submit(self, values: list[Any], deadline: float) -> list[asyncio.Future[Any]]:
         """Queue `values` (all or none) and return one future per value; `deadline` is `time.monotonic()` based."""

@@ -34,6 +34,9 @@ VERSION = "1"
 SERVER_NAME = "neutrino-model-server"
 RETRY_AFTER_BUSY_S = "1"
 RETRY_AFTER_LOADING_S = "1"
+# The Open Inference Protocol: "HTTP status code 200 indicates true and a 4xx status code indicates
+# false" for the health and readiness routes; Triton answers 400, and so do we.
+NOT_READY = 400
 
 
 class HttpError(Exception):
@@ -152,7 +155,7 @@ class Api:
         return web.json_response({"live": True})
 
     async def server_ready(self, request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
+        return web.json_response({"ready": self.ready}, status=200 if self.ready else NOT_READY)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response({"name": SERVER_NAME, "version": VERSION, "extensions": []})
@@ -166,7 +169,7 @@ class Api:
         if (err := self._model_mismatch(request)) is not None:
             return err
         body = {"name": self.served.name, "ready": self.ready}
-        return web.json_response(body, status=200 if self.ready else 503)
+        return web.json_response(body, status=200 if self.ready else NOT_READY)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")

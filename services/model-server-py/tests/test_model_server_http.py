@@ -109,8 +109,8 @@ def test_readiness_is_false_during_a_slow_load(serve: Callable[..., ServerProces
     base = server.wait_listening()
     assert http("GET", base + "/v2/health/live")[0] == 200
     status, _, doc = http("GET", base + "/v2/health/ready")
-    assert (status, doc) == (503, {"ready": False})
-    assert http("GET", base + "/v2/models/slow/ready")[0] == 503
+    assert (status, doc) == (400, {"ready": False})  # OIP: 4xx means false
+    assert http("GET", base + "/v2/models/slow/ready")[0] == 400
     status, headers, doc = http("POST", base + "/v1/models/slow/predict", {"inputs": 1})
     assert status == 503 and headers["Retry-After"] == "1" and doc["error"]["type"] == "not_ready"
     gate.touch()

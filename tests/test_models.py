@@ -62,3 +62,24 @@ def test_tasks_get_the_same_answer_as_direct_inference(
             elif line.startswith("neutrino_model_batch_size_sum"):
                 inputs += float(line.split()[-1])
     assert inputs > batches, f"{inputs} inputs in {batches} batches: nothing was batched"
+
+
+def test_killing_a_replica_under_load_loses_no_task(start: Callable[..., Orchestrator]) -> None:
+    from sklearn.datasets import load_digits
+
+    servers = [start_model_server("examples.models.app:app", "digits", cwd=ROOT) for _ in range(2)]
+    try:
+        for server in servers:
+            server.wait_ready()
+        images: list[list[Any]] = load_digits().data[:200].tolist()
+        expected = direct(servers[1].url, images)
+        urls = ",".join(s.url for s in servers)
+        orch = start(workers=2, app="examples.models.app:app", env={"NEUTRINO_MODEL_DIGITS_URL": urls})
+        with Client(orch.address) as client:
+            futures = [client.submit("classify_digit", image) for image in images]
+            futures[20].result(60)  # load is flowing through both replicas
+            servers[0].proc.kill()  # SIGKILL, mid-stream: the model client retries the other replica
+            assert [f.result(60) for f in futures] == expected
+    finally:
+        for server in servers:
+            server.stop()

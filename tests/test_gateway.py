@@ -460,3 +460,17 @@ def test_tracebacks_only_when_configured(
     assert reply.status == 500 and "raise ValueError(message)" in reply.json["error"]["detail"]["traceback"]
     run = gw.request("GET", f"/v1/runs/{reply.json['error']['detail']['run_id']}").json
     assert "Traceback" in run["error"]["traceback"]
+
+
+def test_unfinished_runs_are_bounded(
+    pods: list[tuple[Orchestrator, str]], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    gw = start_gateway([tcp for _, tcp in pods], tmp_path / "runs.db", "--max-active-runs", "2")
+    gateways.append(gw)
+    held = [gw.request("POST", "/v1/tasks/sleep?wait=0", {"seconds": 1.0}) for _ in range(2)]
+    assert [reply.status for reply in held] == [202, 202]
+    reply = gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 2})
+    assert reply.status == 429 and reply.json["error"]["type"] == "busy" and reply.headers["Retry-After"] == "1"
+    for first in held:
+        assert gw.request("GET", f"/v1/runs/{first.json['id']}?wait=10").json["status"] == "succeeded"
+    assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3  # room again

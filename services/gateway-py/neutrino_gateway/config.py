@@ -33,6 +33,7 @@ class Config:
     max_wait_s: float = 300.0
     request_deadline_s: float = 330.0  # the longest any one HTTP request may take, wait included
     run_ttl_s: float = 24 * 3600.0
+    max_active_runs: int = 100_000  # unfinished runs held at once; beyond, new ones get 429
     include_traceback: bool = False
     ping_interval_s: float = 0.5
     pod_timeout_s: float = 3.0  # a pod silent this long is lost: 6 pings
@@ -78,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds any one request may take, ?wait= included; past it the answer is 504 (default 330)",
+    )
+    p.add_argument(
+        "--max-active-runs",
+        type=int,
+        default=None,
+        help="most unfinished runs at once (each is held in memory); beyond, new runs get 429 (default 100000)",
     )
     p.add_argument(
         "--run-ttl",
@@ -161,6 +168,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         default_wait_s=number(opts.default_wait, "DEFAULT_WAIT", defaults.default_wait_s),
         max_wait_s=number(opts.max_wait, "MAX_WAIT", defaults.max_wait_s),
         request_deadline_s=number(opts.request_deadline, "REQUEST_DEADLINE", defaults.request_deadline_s, float, 0.1),
+        max_active_runs=int(number(opts.max_active_runs, "MAX_ACTIVE_RUNS", defaults.max_active_runs, int, 1)),
         run_ttl_s=number(opts.run_ttl, "RUN_TTL", defaults.run_ttl_s, float, 1.0),
         include_traceback=bool(
             opts.include_traceback

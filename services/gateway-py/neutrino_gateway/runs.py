@@ -45,8 +45,9 @@ EXPIRE_EVERY_S = 60.0
 
 
 class Runs:
-    def __init__(self, store: RunStore, catalog: Catalog, run_ttl_s: float) -> None:
+    def __init__(self, store: RunStore, catalog: Catalog, run_ttl_s: float, max_active: int = 100_000) -> None:
         self.store = store
+        self.max_active = max_active
         self.catalog = catalog
         self.run_ttl_s = run_ttl_s
         self.pool: PodPool | None = None
@@ -88,6 +89,9 @@ class Runs:
         assert self.pool is not None
         if not self.pool.usable():
             raise unavailable("no task pod is reachable; check that the orchestrators are running")
+        if len(self.active) >= self.max_active:
+            # Every unfinished run is held in memory (and those the pods refused wait here): a bound.
+            raise busy(1)
         now = time.time()
         run = Run(
             id=uuid.uuid4().hex,

@@ -37,7 +37,7 @@ class Gateway:
         self.config = config
         self.store = RunStore(config.db_path)
         self.catalog = Catalog()
-        self.runs = Runs(self.store, self.catalog, config.run_ttl_s)
+        self.runs = Runs(self.store, self.catalog, config.run_ttl_s, config.max_active_runs)
         self.runs.on_other = self._on_other  # type: ignore[method-assign]
         self.pool = PodPool(
             config.orchestrators,

@@ -7,6 +7,9 @@ msgpack. The gateway takes named arguments only, so positional ones are named fr
 parameter list (GET /v1/tasks, fetched once). A run not finished within one request's wait is
 followed with `GET /v1/runs/{id}?wait=` until it is, or until the client's `timeout_s`.
 
+Every POST carries a fresh `Idempotency-Key`, so the one resend after a dropped keep-alive
+connection can never run a task twice.
+
 Errors map to the same exceptions as over ZeroMQ: a task's failure to its TaskError subclass
 (kind from the answer), 429 to BusyError, 422 to BadArgumentsError, 404 to UnknownTaskError;
 401 is AuthenticationError and 503 UnavailableError.
@@ -20,6 +23,7 @@ import os
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -175,7 +179,10 @@ class HttpClient:
         if retries is not None:
             query["retries"] = str(retries)
         path = f"/v1/tasks/{urllib.parse.quote(task, safe='')}?{urllib.parse.urlencode(query)}"
-        status, answer = self._request("POST", path, body, content_type=MSGPACK, task=task)
+        # A key per call: if a dropped keep-alive connection makes _request send the POST again,
+        # the gateway returns the run the first one started instead of running the task twice.
+        once = {"Idempotency-Key": uuid.uuid4().hex}
+        status, answer = self._request("POST", path, body, content_type=MSGPACK, task=task, headers=once)
         while status == 202:
             run_id = answer["id"]
             if deadline is not None and time.monotonic() >= deadline:
@@ -225,9 +232,10 @@ class HttpClient:
         timeout: float | None = None,
         check: bool = True,
         task: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         self._check_open()
-        headers = dict(self._headers)
+        headers = {**self._headers, **(headers or {})}
         if content_type is not None:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ from .batcher import Batcher, DeadlineExceeded, QueueFull
 from .config import Config
 from .loader import Served
 from .metrics import Metrics
+
+log = logging.getLogger("neutrino.model_server")
 
 MSGPACK = "application/msgpack"
 VERSION = "1"
@@ -86,6 +89,9 @@ class Api:
                 response = await handler(request)
             except HttpError as err:
                 response = self._error(request, err, v1)
+            except Exception as exc:  # a bug or an odd input nobody foresaw: still the documented shape
+                log.exception("%s %s failed", request.method, request.path)
+                response = self._error(request, HttpError(500, type(exc).__name__, str(exc) or "internal error"), v1)
             finally:
                 self.in_flight -= 1
             self.metrics.observe(route, response.status, time.perf_counter() - started)
@@ -114,7 +120,7 @@ class Api:
         self._check_model(request)
         try:
             doc = json.loads(await request.read())
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HttpError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
         try:
             req = v2.parse_request(doc)
@@ -138,14 +144,25 @@ class Api:
                 except (ValueError, TypeError) as exc:
                     where = f" (row {i})" if len(values) > 1 else ""
                     raise HttpError(422, type(exc).__name__, f"{exc}{where}") from None
+        if len(values) > self.batcher.max_queue:
+            raise HttpError(
+                413,
+                "too_many_inputs",
+                f"{len(values)} inputs in one request; this server queues {self.batcher.max_queue}",
+            )
         deadline = time.monotonic() + self.config.request_timeout_s
+        deadline_passed = HttpError(504, "deadline_exceeded", f"no answer within {self.config.request_timeout_s:g}s")
         try:
-            async with asyncio.timeout(self.config.request_timeout_s):
+            async with asyncio.timeout(self.config.request_timeout_s) as within:
                 return await self.batcher.call(values, deadline)
         except QueueFull as exc:
             raise HttpError(429, "busy", f"queue full: {exc}", retry_after=RETRY_AFTER_BUSY_S) from None
-        except (TimeoutError, DeadlineExceeded):
-            raise HttpError(504, "deadline_exceeded", f"no answer within {self.config.request_timeout_s:g}s") from None
+        except DeadlineExceeded:
+            raise deadline_passed from None
+        except TimeoutError as exc:
+            if within.expired():
+                raise deadline_passed from None
+            raise _PredictFailed(exc) from exc  # predict's own TimeoutError (a database, say): a 500
         except Exception as exc:
             raise _PredictFailed(exc) from exc
 
@@ -223,7 +240,9 @@ class _PredictFailed(HttpError):
 
 
 def _dumps(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), default=_default)
+    # allow_nan=False: NaN/Infinity are not JSON, and strict parsers (JS, Go) reject them; such an
+    # output becomes a 500 `bad_output` instead (msgpack answers carry them as floats).
+    return json.dumps(doc, separators=(",", ":"), default=_default, allow_nan=False)
 
 
 def _default(obj: Any) -> Any:

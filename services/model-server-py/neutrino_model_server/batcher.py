@@ -172,10 +172,12 @@ class Batcher:
         started = time.perf_counter()
         try:
             outputs = await self._run_batch([item.value for item in batch])
-        except Exception as exc:
+        except BaseException as exc:  # a CancelledError too (shutdown): no caller may wait forever
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
         else:
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():

@@ -49,10 +49,20 @@ class Served:
 
     async def run_batch(self, values: list[Any]) -> list[Any]:
         arg = values if self.batched else values[0]
-        if self._async_predict:
-            out = await self._predict(arg)
-        else:
-            out = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, arg)
+        try:
+            if self._async_predict:
+                out = await self._predict(arg)
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, arg)
+        except Exception:
+            raise
+        except BaseException as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # our own deadline or shutdown, not predict's doing
+            # sys.exit(), KeyboardInterrupt or a stray CancelledError inside predict: that batch
+            # fails; the replica (and every other request on it) lives on.
+            raise PredictAborted(f"predict raised {type(exc).__name__}: {exc}") from exc
         if not self.batched:
             return [out]
         if not isinstance(out, (list, tuple)) and hasattr(out, "tolist"):
@@ -67,6 +77,10 @@ class Served:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PredictAborted(RuntimeError):
+    """predict raised a BaseException that is not an Exception (SystemExit, KeyboardInterrupt, ...)."""
 
 
 class BatchShapeError(RuntimeError):

@@ -65,11 +65,13 @@ def parse_request(doc: object) -> InferRequest:
         batch = arr.shape[0]
         columns[name] = arr
     assert batch is not None
-    if len(columns) == 1:
-        (arr,) = columns.values()
-        rows: list[Any] = [arr[r].tolist() for r in range(batch)]
+    # tolist() on the whole array: a row of a 1-D array (BYTES of shape [N]) is a plain str, not an array.
+    lists = {name: arr.tolist() for name, arr in columns.items()}
+    if len(lists) == 1:
+        (only,) = lists.values()
+        rows: list[Any] = list(only)
     else:
-        rows = [{name: arr[r].tolist() for name, arr in columns.items()} for r in range(batch)]
+        rows = [{name: values[r] for name, values in lists.items()} for r in range(batch)]
     wanted = doc.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise InferError("`outputs` must be a list of {name} objects")

@@ -474,3 +474,71 @@ def test_unfinished_runs_are_bounded(
     for first in held:
         assert gw.request("GET", f"/v1/runs/{first.json['id']}?wait=10").json["status"] == "succeeded"
     assert gw.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3  # room again
+
+
+# -- review regressions ------------------------------------------------------------------------------
+
+
+def test_a_run_answered_202_never_vanishes_on_a_later_refusal(
+    own_pods: list[Orchestrator], gateways: list[Gateway], tmp_path: Path
+) -> None:
+    orch, tcp = task_pod("--queue-limit", "1", "--window", "1", workers=1)
+    own_pods.append(orch)
+    gw = start_gateway([tcp], tmp_path / "runs.db")
+    gateways.append(gw)
+    for _ in range(2):  # one running, one queued: the pod refuses the next
+        assert gw.request("POST", "/v1/tasks/sleep?wait=0", {"seconds": 3}).status == 202
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = gw.request("POST", "/v1/tasks/add?wait=0", {"x": 1, "y": 2}, headers=key)
+    assert first.status == 202
+    again = gw.request("POST", "/v1/tasks/add?wait=0.5", {"x": 1, "y": 2}, headers=key)
+    assert again.status == 202 and again.json["id"] == first.json["id"], again.body
+    run = gw.request("GET", f"/v1/runs/{first.json['id']}?wait=30").json
+    assert run["status"] == "succeeded" and run["result"] == 3
+
+
+def test_a_run_that_cannot_be_recorded_is_not_sent(gateway: Gateway, tmp_path: Path) -> None:
+    import sqlite3
+
+    lock = sqlite3.connect(gateway.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        reply = gateway.request("POST", "/v1/tasks/record", {"path": str(tmp_path / "ran"), "token": "x"})
+        assert reply.status == 500 and reply.json["error"]["type"] == "internal"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert not (tmp_path / "ran").exists(), "a run that is not on disk must not run"
+    assert gateway.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3
+
+
+def test_odd_requests_get_the_documented_errors(gateway: Gateway) -> None:
+    import http.client
+
+    def raw_headers(name: str, value: bytes) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        conn.putrequest("POST", "/v1/tasks/add")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", "16")
+        if name != "Authorization":
+            conn.putheader("Authorization", f"Bearer {gateway.token}")
+        conn.putheader(name, value)
+        conn.endheaders(b'{"x": 1, "y": 2}')
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert raw_headers("Authorization", b"Bearer \xff") == 401
+    assert raw_headers("Idempotency-Key", b"a\xffb") == 422
+    nested = b"[" * 100_000 + b"]" * 100_000
+    assert gateway.request("POST", "/v1/tasks/add", raw=nested).status == 400
+    reply = gateway.request("PUT", "/v1/tasks/add", {"x": 1})
+    assert reply.status == 405 and reply.headers["Content-Type"].startswith("application/json")
+    assert reply.json["error"]["type"] == "method_not_allowed" and "POST" in reply.headers["Allow"]
+
+
+def test_http_client_ping_reads_the_gateway_readiness(gateway: Gateway) -> None:
+    from neutrino import Client
+
+    with Client(f"http://127.0.0.1:{gateway.port}", token=gateway.token) as client:
+        assert client.ping()["ready"] is True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import os
 import threading
 import time
@@ -52,6 +53,8 @@ MSGPACK = "application/msgpack"
 TOKEN_ENV = "NEUTRINO_TOKEN"
 # One request waits at most this long for a result; longer runs are followed by polling.
 LONG_POLL_S = 30.0
+# A socket timeout above the longest wait one request asks the gateway for.
+CONNECTION_TIMEOUT_S = LONG_POLL_S + 30
 
 
 class HttpClient:
@@ -216,7 +219,7 @@ class HttpClient:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=LONG_POLL_S + 30)
+            conn = cls(self._host, self._port, timeout=CONNECTION_TIMEOUT_S)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -240,8 +243,10 @@ class HttpClient:
             headers["Content-Type"] = content_type
         for attempt in (1, 2):
             conn = self._connection()
-            if timeout is not None:
-                conn.timeout = timeout
+            # This request's timeout only: the connection keeps its own for the calls after it.
+            conn.timeout = timeout if timeout is not None else CONNECTION_TIMEOUT_S
+            if conn.sock is not None:
+                conn.sock.settimeout(conn.timeout)
             try:
                 conn.request(method, self._prefix + path, body=body, headers=headers)
                 reply = conn.getresponse()
@@ -257,7 +262,12 @@ class HttpClient:
                     raise NeutrinoTimeoutError(f"no answer from the gateway at {self.address}: {exc}") from None
                 raise UnavailableError(f"cannot reach the gateway at {self.address}: {exc}") from None
         try:
-            answer = msgpack.unpackb(raw, raw=False, strict_map_key=False) if raw else None
+            if not raw:
+                answer = None
+            elif (reply.getheader("Content-Type") or "").startswith("application/json"):
+                answer = json.loads(raw)  # probes (/readyz) and errors from before negotiation answer JSON
+            else:
+                answer = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception:
             answer = None
         if check and reply.status >= 400:

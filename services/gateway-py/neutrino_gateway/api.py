@@ -84,7 +84,8 @@ class Api:
             if exc.status < 400:
                 raise
             kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            response = self._error(request, ApiError(exc.status, kind, exc.reason, headers=dict(exc.headers)))
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}  # not its text/plain type
+            response = self._error(request, ApiError(exc.status, kind, exc.reason, headers=allow))
         except TimeoutError:
             response = self._error(
                 request, ApiError(504, "deadline_exceeded", "the request ran past the gateway's per-request deadline")
@@ -102,7 +103,7 @@ class Api:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise errors.unauthorized("send Authorization: Bearer <token>")
-        presented = token.strip().encode()
+        presented = token.strip().encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8
         # compare_digest against every token: the time taken says nothing about which one nearly matched.
         if not any([hmac.compare_digest(presented, known) for known in self._tokens]):
             raise errors.unauthorized("the bearer token is not one this gateway accepts")
@@ -128,12 +129,12 @@ class Api:
         timeout_s = _number(query, "timeout", None, minimum=0.0, exclusive=True)
         retries = _integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+        if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and key.isascii()):
             raise errors.validation_failed(
                 [
                     {
                         "loc": ["header", "Idempotency-Key"],
-                        "msg": f"must be 1 to {MAX_KEY_LENGTH} characters",
+                        "msg": f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
                         "type": "string_length",
                     }
                 ]
@@ -149,13 +150,15 @@ class Api:
             )
         if run is None:
             run = await self.runs.submit(name, body, timeout_s, retries, key)
-        run.http_waiting = wait_s > 0
+        waiting = wait_s > 0
+        run.http_waiting += waiting
         try:
             finished = await self.runs.wait(run, wait_s)
         finally:
-            run.http_waiting = False
+            run.http_waiting -= waiting
         if (rejected := http_error_of(run)) is not None:
             raise rejected
+        run.seen = True  # every answer below carries the run id
         if not finished:
             response = self._respond(request, self._record(run), 202)
             response.headers["Location"] = f"/v1/runs/{run.id}"
@@ -241,7 +244,7 @@ class Api:
         ) or request.content_type.endswith("+json"):
             try:
                 body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:
                 raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
         else:
             raise ApiError(

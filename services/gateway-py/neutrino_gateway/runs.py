@@ -64,6 +64,10 @@ class Runs:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._recovered = list(self.store.unfinished())
+        for run in self._recovered:  # one object per run from now on: GET, DELETE and recover() share it
+            self.active[run.id] = run
+            if run.idempotency_key is not None:
+                self.keys[run.idempotency_key] = run
         if self._recovered:
             log.warning(
                 "%d runs were in flight when the gateway stopped; they are re-sent or failed once a task pod answers",
@@ -110,7 +114,9 @@ class Runs:
         self.store.stage_insert(run)
         try:
             if len(self.active) == 1:
-                self.store.flush()  # nothing else in flight to share a transaction with: write now
+                # Nothing else in flight to share a transaction with: write now.
+                if (error := self.store.flush()) is not None:
+                    raise error
             else:
                 await self.store.commit(GROUP_COMMIT_S)
         except BaseException:
@@ -183,7 +189,7 @@ class Runs:
         pod.submit(run.wire_id, run, run.task, run.payload, run.timeout_s, run.retries)
 
     def _all_refused(self, run: Run) -> None:
-        if run.attempts == 0 and run.http_waiting:
+        if run.attempts == 0 and run.http_waiting and not run.seen:
             # The caller is still waiting for its first answer and nothing ran: tell it to come back.
             run.rejection = busy(1)
             self._forget(run)
@@ -276,9 +282,8 @@ class Runs:
         """Deal with the runs a previous gateway left unfinished (once the catalog is known)."""
         recovered, self._recovered = self._recovered, []
         for run in recovered:
-            self.active[run.id] = run
-            if run.idempotency_key is not None:
-                self.keys[run.idempotency_key] = run
+            if run.finished:
+                continue  # cancelled meanwhile
             run.dispatches = 1  # it was (or may have been) sent once already
             self._lost(run, "gateway_restarted", "the gateway restarted while the run was in flight")
 

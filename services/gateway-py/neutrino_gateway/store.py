@@ -68,7 +68,8 @@ class Run:
     dispatches: int = 0
     tried: frozenset[str] = frozenset()  # pods that refused it since its last dispatch
     requeues: int = 0
-    http_waiting: bool = False  # a POST still waits for its first answer (a refusal can become a 429)
+    http_waiting: int = 0  # POSTs waiting on it now (while nobody has its id, a refusal can become a 429)
+    seen: bool = False  # some caller has been given its id: it must never vanish
     rejection: Any = None  # the ApiError that POST gets when every pod refused the run
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -85,7 +86,9 @@ class RunStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        # Writes run on the event loop: waiting long on a lock held by another process would stall
+        # the pings too and make every task pod look lost. Fail the write instead.
+        self._db.execute("PRAGMA busy_timeout=200")
         self._db.executescript(SCHEMA)
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
@@ -165,17 +168,19 @@ class RunStore:
             else:
                 loop.call_soon(self.flush)
 
-    def flush(self) -> None:
-        """Write what is staged now, in one transaction, then run the after-commit callbacks."""
+    def flush(self) -> BaseException | None:
+        """Write what is staged now, in one transaction, then run the after-commit callbacks;
+        returns the error that stopped the write (None when it is on disk)."""
         self._flush_scheduled = False
         callbacks, self._callbacks = self._callbacks, []
         error: BaseException | None = None
         try:
             self._write_staged()
-        except Exception as exc:  # the disk is full or the file gone: every waiter hears it
+        except Exception as exc:  # the disk is full, the file gone or locked: every waiter hears it
             error = exc
         for callback in callbacks:
             callback(error)
+        return error
 
     def _write_staged(self) -> None:
         staged, self._staged = self._staged, []

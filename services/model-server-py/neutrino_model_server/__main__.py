@@ -25,6 +25,9 @@ def main() -> None:
     logging.basicConfig(level=config.log_level, format="[%(levelname)s] %(name)s: %(message)s")
     try:
         server = ModelServer(config)
+    except ConfigError as exc:  # a flag that does not fit the model: a bad flag, exit 2
+        print(f"neutrino-model-server: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     except Exception as exc:
         detail = "".join(traceback.format_exception(exc))
         print(

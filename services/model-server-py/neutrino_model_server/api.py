@@ -129,6 +129,8 @@ class Api:
         outputs = await self._run(req.rows)
         try:
             answer = v2.encode_response(self.served.name, VERSION, req, outputs, self._declared)
+        except v2.InferError as exc:  # the request named outputs the model does not produce
+            raise HttpError(400, "bad_request", str(exc)) from None
         except ValueError as exc:
             raise HttpError(500, "bad_output", str(exc)) from None
         return web.json_response(answer, dumps=_dumps)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .api import Api
 from .batcher import Batcher
-from .config import Config
+from .config import Config, ConfigError
 from .loader import Served, find_model
 
 log = logging.getLogger("neutrino.model_server")
@@ -44,7 +44,7 @@ class ModelServer:
         wait_ms = config.batch_wait_ms if config.batch_wait_ms is not None else model.batch_wait_ms
         concurrency = config.max_concurrency or model.max_concurrency
         if self.batch_size > 1 and not model.batched:
-            raise ValueError(
+            raise ConfigError(
                 f"--max-batch-size {self.batch_size}: model {model.name!r} is declared with max_batch_size=1, so its "
                 "predict takes one input, not a list; declare max_batch_size > 1 in @app.model to batch it"
             )

@@ -151,6 +151,9 @@ def encode_response(
     else:
         default = next(iter(declared), DEFAULT_OUTPUT)
         columns = {default: outputs}
+    unknown = [name for name in request.outputs if name not in columns]
+    if unknown:
+        raise InferError(f"requested outputs {unknown} are not produced; this model answers {sorted(columns)}")
     tensors = []
     for name, values in columns.items():
         if request.outputs and name not in request.outputs:

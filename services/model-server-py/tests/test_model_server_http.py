@@ -269,3 +269,27 @@ def test_async_client_reaches_replicas(digits_replicas: list[ServerProcess], dig
 
     with pytest.raises(ModelError):
         asyncio.run(refused())
+
+
+def test_v2_edge_cases_from_review(digits_replicas: list[ServerProcess], serve: Callable[..., ServerProcess]) -> None:
+    base = digits_replicas[0].url
+    # A BYTES tensor of shape [N] is N string inputs (each row a str, not an array).
+    echo = serve("echo")
+    echo.wait_ready()
+    body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}
+    status, _, doc = http("POST", echo.url + "/v2/models/echo/infer", body)
+    assert status == 200 and doc["outputs"][0]["data"] == ["a", "b"], doc
+    # Requested outputs the model does not produce: 400, not a silent empty answer.
+    body = {
+        "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}],
+        "outputs": [{"name": "nosuch"}],
+    }
+    status, _, doc = http("POST", base + "/v2/models/digits/infer", body)
+    assert status == 400 and "nosuch" in doc["error"]
+    # Deep nesting is a bad request, in the protocol's error shape.
+    req = urllib.request.Request(base + "/v2/models/digits/infer", b"[" * 100_000 + b"]" * 100_000, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        raise AssertionError("expected 400")
+    except urllib.error.HTTPError as err:
+        assert err.code == 400 and "error" in json.loads(err.read())

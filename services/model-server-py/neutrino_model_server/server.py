@@ -68,7 +68,11 @@ class ModelServer:
 
     async def run(self, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None) -> None:
         name = self.served.name
-        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        # handler_cancellation: a client that hangs up cancels its handler, and so its queued inputs,
+        # which the batcher then drops instead of spending predict time on answers nobody reads.
+        runner = web.AppRunner(
+            self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
         await site.start()

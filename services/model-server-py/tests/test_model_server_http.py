@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -293,3 +294,28 @@ def test_v2_edge_cases_from_review(digits_replicas: list[ServerProcess], serve: 
         raise AssertionError("expected 400")
     except urllib.error.HTTPError as err:
         assert err.code == 400 and "error" in json.loads(err.read())
+
+
+def test_inputs_of_clients_that_hung_up_never_reach_predict(serve: Callable[..., ServerProcess]) -> None:
+    echo = serve("echo")
+    echo.wait_ready()
+    url = echo.url + "/v1/models/echo/predict"
+    with ThreadPoolExecutor(1) as pool:
+        kept = pool.submit(http, "POST", url, {"inputs": "slow"})  # predict busy for 0.5 s (max_concurrency 1)
+        while metric(echo.url, "neutrino_model_in_flight") < 1:
+            pass
+        clients = []
+        for i in range(3):  # queued behind it, then each client hangs up
+            body = json.dumps({"inputs": f"gone-{i}"}).encode()
+            head = "POST /v1/models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock = socket.create_connection(("127.0.0.1", int(echo.url.rsplit(":", 1)[1])))
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            clients.append(sock)
+        while metric(echo.url, "neutrino_model_queue_length") < 3:
+            pass
+        for sock in clients:
+            sock.close()
+        assert kept.result(30)[0] == 200
+    assert http("POST", url, {"inputs": "after"})[2] == {"outputs": "after"}
+    # "slow" ran (alone or with others already queued) and "after" ran: the three abandoned inputs did not.
+    assert metric(echo.url, "neutrino_model_batch_size_sum") == 2

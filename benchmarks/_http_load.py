@@ -65,15 +65,19 @@ def _uvloop() -> Any:
 
 
 def request_bytes(url: str, encoding: str, token: str | None = None) -> bytes:
-    """One complete keep-alive POST, ready to send as is (the same bytes every time)."""
+    """One complete keep-alive POST of the no-op task's arguments, ready to send as is."""
+    return post_bytes(url, BODIES[encoding], CONTENT_TYPES[encoding], token)
+
+
+def post_bytes(url: str, body: bytes, content_type: str, token: str | None = None) -> bytes:
+    """One complete keep-alive POST of `body`, ready to send as is (the same bytes every time)."""
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    body = BODIES[encoding]
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {parts.netloc}",
-        f"Content-Type: {CONTENT_TYPES[encoding]}",
-        f"Accept: {CONTENT_TYPES[encoding]}",
+        f"Content-Type: {content_type}",
+        f"Accept: {content_type}",
         f"Content-Length: {len(body)}",
     ]
     if token:
@@ -240,9 +244,17 @@ async def generate(
     url: str, encoding: str, connections: int, start_at: float, duration_s: float, token: str | None
 ) -> dict[str, Any]:
     """Warm up until wall-clock `start_at`, count for `duration_s`, stop every connection."""
+    request = request_bytes(url, encoding, token)
+    return await generate_requests(url, request, SUCCEEDED[encoding], connections, start_at, duration_s)
+
+
+async def generate_requests(
+    url: str, request: bytes, succeeded: bytes, connections: int, start_at: float, duration_s: float
+) -> dict[str, Any]:
+    """`generate` for any request: each connection sends `request` again as soon as an answer is in;
+    a 200 whose body holds `succeeded` counts as ok."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
-    request = request_bytes(url, encoding, token)
     counts = _Counts()
     closed: list[asyncio.Future[None]] = []
     transports = []
@@ -251,7 +263,7 @@ async def generate(
         done: asyncio.Future[None] = loop.create_future()
 
         def protocol(done: asyncio.Future[None] = done) -> _Connection:
-            return _Connection(request, SUCCEEDED[encoding], counts, done)
+            return _Connection(request, succeeded, counts, done)
 
         transport, _proto = await loop.create_connection(protocol, host, port)
         closed.append(done)

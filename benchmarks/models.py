@@ -31,59 +31,20 @@ sys.path.insert(0, str(HERE))
 from _procs import free_tcp_port, log  # noqa: E402
 
 
-def request(url: str, body: bytes) -> bytes:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 async def _generate(url: str, body: bytes, connections: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    import asyncio
-    from urllib.parse import urlsplit
+    from _http_load import generate_requests, post_bytes
 
-    from _http_load import _Connection, _Counts
-
-    loop = asyncio.get_running_loop()
-    parts = urlsplit(url)
-    req = request(url, body)
-    counts = _Counts()
-    closed = []
-    transports = []
-    for _ in range(connections):
-        done: asyncio.Future[None] = loop.create_future()
-        transport, _p = await loop.create_connection(
-            lambda done=done: _Connection(req, b'"outputs"', counts, done), parts.hostname, parts.port
-        )
-        closed.append(done)
-        transports.append(transport)
-    await asyncio.sleep(warmup_s)
-    counts.recording = True
-    started = time.perf_counter()
-    await asyncio.sleep(duration_s)
-    counts.recording = False
-    measured = time.perf_counter() - started
-    counts.stopping = True
-    try:
-        async with asyncio.timeout(5):
-            await asyncio.gather(*closed)
-    except TimeoutError:
-        pass
-    for t in transports:
-        t.abort()
-    lat = sorted(counts.samples)
+    request = post_bytes(url, body, "application/json")
+    out = await generate_requests(url, request, b'"outputs"', connections, time.time() + warmup_s, duration_s)
+    lat = sorted(out["latencies_ns"])
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0) if lat else (lambda q: None)
     return {
-        "ok": counts.ok,
-        "rps": round(counts.ok / measured, 1),
+        "ok": out["ok"],
+        "rps": round(out["ok"] / out["measured_s"], 1),
         "p50_us": pick(0.5),
         "p99_us": pick(0.99),
-        "bad_status": counts.bad_status,
-        "errors": counts.errors,
+        "bad_status": out["bad_status"],
+        "errors": out["errors"],
     }
 
 

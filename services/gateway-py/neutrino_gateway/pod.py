@@ -23,7 +23,7 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
-from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskRejected, TaskReply
+from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -32,7 +32,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
-# (pod, wire id, message) for TaskReply / TaskRejected; the pod's lost runs' wire ids for on_lost.
+# Called with every decoded message but Pong (which the pod keeps for itself): (pod, message).
 OnMessage = Callable[["Pod", Any], None]
 
 
@@ -73,7 +73,6 @@ class Pod:
         self.last_pong = 0.0
         self.instance: int | None = None  # the orchestrator process's Pong.instance
         self.lost_reason = "stopped answering"  # why it went down, for the runs it held
-        self.catalog_requested = 0.0
         # Called after a batch of messages was handled: the gateway writes the outcomes in one go.
         self.on_drained: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,10 +161,8 @@ class Pod:
             return
         if type(msg) is Pong:
             self._on_pong(msg)
-        elif type(msg) is TaskReply or type(msg) is TaskRejected:
-            self._on_message(self, msg)
         else:
-            self._on_message(self, msg)  # catalog answers and anything newer: the pool decides
+            self._on_message(self, msg)
 
     def _on_pong(self, msg: Pong) -> None:
         was_up = self.up

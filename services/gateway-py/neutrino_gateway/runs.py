@@ -253,15 +253,12 @@ class Runs:
             else:
                 self._finish(run, "failed", error=_error(msg.reason, "RejectedError", msg.message))
         else:
-            self.on_other(pod, msg)
+            log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
 
     def on_drained(self) -> None:
         """After a batch of pod answers: a quiet gateway writes their outcomes now, a busy one within the window."""
         if len(self.active) <= 1:
             self.store.flush()
-
-    def on_other(self, pod: Pod, msg: Any) -> None:  # replaced by the server for catalog answers
-        log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
 
     def on_pod_state(self, pod: Pod) -> None:
         if pod.up:

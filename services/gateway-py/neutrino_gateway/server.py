@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 from aiohttp import web
+from neutrino_protocol import DescribeTasks, TaskCatalog
 
 from .api import Api
 from .catalog import Catalog
@@ -38,10 +39,9 @@ class Gateway:
         self.store = RunStore(config.db_path)
         self.catalog = Catalog()
         self.runs = Runs(self.store, self.catalog, config.run_ttl_s, config.max_active_runs)
-        self.runs.on_other = self._on_other  # type: ignore[method-assign]
         self.pool = PodPool(
             config.orchestrators,
-            self.runs.on_message,
+            self._on_message,
             self._on_pod_state,
             config.ping_interval_s,
             config.pod_timeout_s,
@@ -61,19 +61,19 @@ class Gateway:
             self._ask_catalog(pod)
         self.runs.on_pod_state(pod)
 
-    def _ask_catalog(self, pod: Pod) -> None:
-        from neutrino_protocol import DescribeTasks
+    def _on_message(self, pod: Pod, msg: Any) -> None:
+        """Catalog answers are the gateway's; run answers (and anything else) go to runs.py."""
+        if type(msg) is TaskCatalog:
+            self._on_catalog(pod, msg)
+        else:
+            self.runs.on_message(pod, msg)
 
+    def _ask_catalog(self, pod: Pod) -> None:
         self._nonce += 1
         self._catalog_asked[pod.address] = time.monotonic()
         pod.send_raw(DescribeTasks(nonce=self._nonce).encode())
 
-    def _on_other(self, pod: Pod, msg: Any) -> None:
-        from neutrino_protocol import TaskCatalog
-
-        if type(msg) is not TaskCatalog:
-            log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
-            return
+    def _on_catalog(self, pod: Pod, msg: TaskCatalog) -> None:
         if not msg.ready or msg.payload is None:
             return  # asked again by the catalog loop
         try:

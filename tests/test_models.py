@@ -10,21 +10,17 @@ from typing import Any
 
 import pytest
 from neutrino import Client, TaskError
-from neutrino_model_server.testing import ServerProcess, start_model_server
+from neutrino_model_server.testing import ServerProcess, model_replicas
 
 from .conftest import ROOT, Orchestrator
+
+APP = "examples.models.app:app"
 
 
 @pytest.fixture(scope="module")
 def replicas() -> Iterator[list[ServerProcess]]:
-    servers = [start_model_server("examples.models.app:app", "digits", cwd=ROOT) for _ in range(2)]
-    try:
-        for server in servers:
-            server.wait_ready()
+    with model_replicas(APP, "digits", 2, cwd=ROOT) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def direct(url: str, images: list[list[float]]) -> list[int]:
@@ -43,7 +39,7 @@ def test_tasks_get_the_same_answer_as_direct_inference(
 
     images: list[list[Any]] = load_digits().data[:48].tolist()
     urls = ",".join(r.url for r in replicas)
-    orch = start(workers=2, app="examples.models.app:app", env={"NEUTRINO_MODEL_DIGITS_URL": urls})
+    orch = start(workers=2, app=APP, env={"NEUTRINO_MODEL_DIGITS_URL": urls})
     expected = direct(replicas[0].url, images)
     with Client(orch.address) as client:
         futures = [client.submit("classify_digit", image) for image in images]  # sync tasks, 2 workers
@@ -67,19 +63,13 @@ def test_tasks_get_the_same_answer_as_direct_inference(
 def test_killing_a_replica_under_load_loses_no_task(start: Callable[..., Orchestrator]) -> None:
     from sklearn.datasets import load_digits
 
-    servers = [start_model_server("examples.models.app:app", "digits", cwd=ROOT) for _ in range(2)]
-    try:
-        for server in servers:
-            server.wait_ready()
+    with model_replicas(APP, "digits", 2, cwd=ROOT) as servers:
         images: list[list[Any]] = load_digits().data[:200].tolist()
         expected = direct(servers[1].url, images)
         urls = ",".join(s.url for s in servers)
-        orch = start(workers=2, app="examples.models.app:app", env={"NEUTRINO_MODEL_DIGITS_URL": urls})
+        orch = start(workers=2, app=APP, env={"NEUTRINO_MODEL_DIGITS_URL": urls})
         with Client(orch.address) as client:
             futures = [client.submit("classify_digit", image) for image in images]
             futures[20].result(60)  # load is flowing through both replicas
             servers[0].proc.kill()  # SIGKILL, mid-stream: the model client retries the other replica
             assert [f.result(60) for f in futures] == expected
-    finally:
-        for server in servers:
-            server.stop()

@@ -4,12 +4,16 @@
         server.wait_ready()
         ... server.url ...
 
+    with model_replicas("examples.models.app:app", "digits", 2) as servers:  # both ready
+        ...
+
 The process is stopped by pid (SIGTERM, then SIGKILL) when the block ends. Readiness is the
 server's own "listening on" log line and then `GET /v2/health/ready` answering 200, never a sleep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,7 +23,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class ServerProcess:
@@ -130,4 +136,19 @@ def start_model_server(
     return ServerProcess(proc)
 
 
-__all__ = ["ServerProcess", "start_model_server"]
+@contextlib.contextmanager
+def model_replicas(app: str, model: str, count: int, *args: str, **kwargs: Any) -> Iterator[list[ServerProcess]]:
+    """`count` replicas of one model, all ready (started together, so their loads overlap); stopped at the end.
+    `args` and `kwargs` go to start_model_server."""
+    servers: list[ServerProcess] = []
+    try:
+        servers = [start_model_server(app, model, *args, **kwargs) for _ in range(count)]
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+__all__ = ["ServerProcess", "model_replicas", "start_model_server"]

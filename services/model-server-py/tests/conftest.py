@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from neutrino_model_server.testing import ServerProcess, start_model_server
+from neutrino_model_server.testing import ServerProcess, model_replicas, start_model_server
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -35,11 +35,5 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture(scope="module")
 def digits_replicas() -> Iterator[list[ServerProcess]]:
     """Two replicas of the example app's `digits` model, ready."""
-    servers = [start_model_server(DIGITS_APP, "digits", cwd=ROOT) for _ in range(2)]
-    try:
-        for server in servers:
-            server.wait_ready()
+    with model_replicas(DIGITS_APP, "digits", 2, cwd=ROOT) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()

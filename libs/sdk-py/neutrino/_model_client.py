@@ -51,6 +51,13 @@ def encode(x: Any) -> bytes:
     return msgpack.packb({"inputs": x}, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def _pause(last: _Refused | None, round_: int, deadline: float) -> float:
+    """Seconds to wait after a round in which every replica refused: backoff, or the Retry-After
+    a replica asked for when longer, never past the deadline."""
+    pause: float = min(max(last.retry_after_s if last else 0.0, BACKOFF_BASE_S * 2.0**round_), BACKOFF_MAX_S)
+    return max(0.0, min(pause, deadline - time.monotonic()))
+
+
 class _Refused(Exception):
     """One replica did not take the request; try another."""
 
@@ -133,8 +140,7 @@ class ModelClient:
                     return self._post(i, body, left)
                 except _Refused as exc:
                     last = exc
-            pause = min(max(last.retry_after_s if last else 0.0, BACKOFF_BASE_S * 2**round_), BACKOFF_MAX_S)
-            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            time.sleep(_pause(last, round_, deadline))
         raise AssertionError("unreachable")
 
     def _post(self, i: int, body: bytes, timeout_s: float) -> Any:
@@ -181,8 +187,7 @@ class ModelClient:
                     return await self._apost(session, i, body, left)
                 except _Refused as exc:
                     last = exc
-            pause = min(max(last.retry_after_s if last else 0.0, BACKOFF_BASE_S * 2**round_), BACKOFF_MAX_S)
-            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            await asyncio.sleep(_pause(last, round_, deadline))
         raise AssertionError("unreachable")
 
     def _session(self) -> Any:

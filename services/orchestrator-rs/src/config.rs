@@ -77,7 +77,7 @@ pub struct Config {
     #[arg(long, env = "NEUTRINO_PYTHON", default_value = "python3")]
     pub python: PathBuf,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz and /readyz.
     #[arg(long, env = "NEUTRINO_METRICS")]
     pub metrics: Option<SocketAddr>,
 

@@ -1,6 +1,9 @@
-//! Prometheus metrics: the registry, the handles the broker updates, and the `/metrics` server.
+//! Prometheus metrics: the registry, the handles the broker updates, and the HTTP server that
+//! answers `/metrics` and the probes `/healthz` (the process serves) and `/readyz` (the pool
+//! reached its size once and is not draining), which Kubernetes and `neutrino dev` wait on.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -35,6 +38,8 @@ pub struct Metrics {
     worker_rss: Histogram,
     /// Seconds from asking the zygote for a worker to that worker's `WorkerReady`.
     pub worker_start: Histogram,
+    /// What `/readyz` answers: set when the pool first reaches its size, cleared when draining.
+    ready: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -105,7 +110,16 @@ impl Metrics {
             retiring_workers,
             recycles,
             worker_rss,
+            ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn task_finished(&self, outcome: &str) {
@@ -153,16 +167,26 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))
 }
 
-/// Serves `GET /metrics` until the task is aborted.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until the task is aborted.
 pub async fn serve(listener: TcpListener, metrics: Metrics) -> anyhow::Result<()> {
-    use axum::{http::header, routing::get, Router};
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let body = metrics.render();
-            async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
-        }),
-    );
+    use axum::{http::header, http::StatusCode, routing::get, Router};
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let probe = metrics.clone();
+    let render = move || {
+        let body = metrics.render();
+        async move { ([(header::CONTENT_TYPE, OPENMETRICS)], body) }
+    };
+    let ready = move || {
+        let answer = match probe.is_ready() {
+            true => (StatusCode::OK, "ready\n"),
+            false => (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
+        };
+        async move { answer }
+    };
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready));
     axum::serve(listener, app).await?;
     Ok(())
 }

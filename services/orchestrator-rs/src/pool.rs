@@ -137,6 +137,7 @@ impl<'a> Pool<'a> {
                 biased;
                 _ = &mut shutdown, if serving => {
                     info!("Draining: no new tasks; running tasks get {:?} to finish", self.config.grace_period());
+                    self.metrics.set_ready(false);
                     self.broker.send(Command::Drain);
                     grace = Some(tokio::time::Instant::now() + self.config.grace_period());
                     stage = Stage::Draining;
@@ -209,6 +210,7 @@ impl<'a> Pool<'a> {
         self.live.insert(worker_id);
         if !self.announced && self.live.len() as u32 >= self.target {
             self.announced = true;
+            self.metrics.set_ready(true);
             let n = self.live.len();
             info!(
                 "Orchestrator ready with {n} worker{} ({:.0} ms after start)",

@@ -14,6 +14,7 @@ import difflib
 import functools
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -83,7 +84,10 @@ class Task(Generic[P, R]):
 class App:
     """A named set of tasks and models that workers and model servers import and clients call by name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        """`name` (used in messages, logs and deployment names) defaults to the defining module's name."""
+        if name is None:
+            name = _caller_module_name()
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"App name must be a non-empty string, got {name!r}; e.g. App('billing')")
         self.name = name
@@ -309,6 +313,19 @@ class App:
     def __repr__(self) -> str:
         models = f" models={sorted(self._models)}" if self._models else ""
         return f"<App {self.name!r} tasks={sorted(self._tasks)}{models}>"
+
+
+def _caller_module_name() -> str:
+    """The module that called `App()`: `examples.quickstart.app`, or a script's file stem when run as __main__."""
+    frame = inspect.currentframe()
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    if caller is None:
+        return "app"
+    module = caller.f_globals.get("__name__")
+    if module == "__main__" or not isinstance(module, str):
+        path = caller.f_globals.get("__file__")
+        return os.path.splitext(os.path.basename(path))[0] if isinstance(path, str) else "app"
+    return module
 
 
 def _reject_unknown(unknown: Mapping[str, object]) -> None:

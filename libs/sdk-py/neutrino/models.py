@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._model_client import ModelClient
 
-__all__ = ["Model", "ModelNamespace", "model_url_env"]
+__all__ = ["Model", "ModelNamespace", "model_url_env", "service_name"]
 
 _MODEL_OPTIONS = ("name", "min_replicas", "max_replicas", "max_batch_size", "batch_wait_ms", "max_concurrency")
 DEFAULT_BATCH_WAIT_MS = 5.0
@@ -31,9 +31,24 @@ MAX_BATCH_WAIT_MS = 10_000.0
 URL_ENV_PREFIX = "NEUTRINO_MODEL_"
 
 
+# Set by `neutrino serve` in a container: where a model is when no NEUTRINO_MODEL_<NAME>_URL says
+# otherwise. `{service}` is `service_name(name)`, `{name}` the model's own name.
+URL_TEMPLATE_ENV = "NEUTRINO_MODEL_URL_TEMPLATE"
+CLUSTER_URL_TEMPLATE = "http://{service}:8080"
+
+
 def model_url_env(name: str) -> str:
     """The environment variable that holds model `name`'s replica URLs: `digits` -> `NEUTRINO_MODEL_DIGITS_URL`."""
     return f"{URL_ENV_PREFIX}{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_URL"
+
+
+def service_name(name: str) -> str:
+    """The Kubernetes Service (and Compose host) name of model `name`: `My_Model` -> `neutrino-model-my-model`.
+
+    DNS labels allow lower-case letters, digits and `-` only, at most 63 characters.
+    """
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return f"neutrino-model-{label}"[:63].rstrip("-")
 
 
 class Model:
@@ -84,11 +99,14 @@ class Model:
         }
 
     def replica_urls(self) -> tuple[str, ...]:
-        """The replicas' base URLs: from `App.configure_models`, else `NEUTRINO_MODEL_<NAME>_URL`."""
+        """The replicas' base URLs: from `App.configure_models`, else `NEUTRINO_MODEL_<NAME>_URL`, else
+        `NEUTRINO_MODEL_URL_TEMPLATE` (which `neutrino serve` sets to `http://neutrino-model-<name>:8080`)."""
         if self.urls:
             return self.urls
         env = model_url_env(self.name)
         urls = split_urls(os.environ.get(env, ""))
+        if not urls and (template := os.environ.get(URL_TEMPLATE_ENV)):
+            urls = split_urls(template.format(name=self.name, service=service_name(self.name)))
         if not urls:
             raise LookupError(
                 f"no URL for model {self.name!r}: set {env}=http://HOST:PORT (comma-separated for several replicas; "

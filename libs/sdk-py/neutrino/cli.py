@@ -1,12 +1,15 @@
-"""The `neutrino` command line: one entry point for the services that ship as Python packages.
+"""The `neutrino` command line.
 
+    neutrino dev examples.models.app:app            # the whole stack as local processes, for development
+    neutrino serve task-pod --app myapp:app         # one role per process: the container entry point
+    neutrino deploy render myapp:app -o deploy/app  # Kubernetes manifests for the app's models
     neutrino model-server --app examples.models.app:app --model digits --port 8001
     neutrino gateway --orchestrator tcp://127.0.0.1:5555 --no-auth
 
-Each subcommand hands its arguments to that service's own entry point (the same as
-`neutrino-model-server ...` or `python -m neutrino_gateway ...`), so flags and environment
-variables are documented once, in `neutrino <command> --help`. The orchestrator is a Rust binary
-(`target/release/neutrino-orchestrator`), not a subcommand.
+`gateway` and `model-server` hand their arguments to that service's own entry point (the same as
+`neutrino-gateway ...` or `neutrino-model-server ...`), so flags and environment variables are
+documented once, in `neutrino <command> --help`. The orchestrator is a Rust binary
+(`neutrino-orchestrator`), which `neutrino serve task-pod` and `neutrino dev` start.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from collections.abc import Sequence
 
 # subcommand -> (module with main(), the distribution that provides it, what it does)
 COMMANDS = {
+    "dev": ("neutrino.dev", "neutrino", "run gateway, task pods and model servers locally, with --reload"),
+    "serve": ("neutrino.serve", "neutrino", "run one role (task-pod, gateway, model NAME): the container entry point"),
+    "deploy": ("neutrino.deploy", "neutrino", "render Kubernetes manifests for an app's models"),
     "gateway": ("neutrino_gateway.__main__", "neutrino-gateway", "the HTTP API for tasks, in front of orchestrators"),
     "model-server": ("neutrino_model_server.__main__", "neutrino-model-server", "serve one @app.model over HTTP"),
 }
+# Commands whose main() takes its arguments; the services' entry points read sys.argv.
+_TAKES_ARGV = ("dev", "serve", "deploy")
 
 
 def usage() -> str:
@@ -50,5 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ImportError as exc:
         print(f"neutrino {command}: {exc.name} is not installed; install the {distribution} package", file=sys.stderr)
         raise SystemExit(2) from None
+    if command in _TAKES_ARGV:
+        module.main(rest)
+        return
     sys.argv = [f"neutrino-{command}", *rest]
     module.main()

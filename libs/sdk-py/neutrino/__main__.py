@@ -1,0 +1,5 @@
+"""`python -m neutrino ...` is the `neutrino` command."""
+
+from .cli import main
+
+main()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -31,6 +32,7 @@ class ProcessLog:
     """A process whose stderr a daemon thread reads into `lines`, for tests to wait on."""
 
     proc: subprocess.Popen[str]
+    stream: IO[str] | None = None  # what to read; the process's stderr when None
     lines: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _reading: bool = True
@@ -61,8 +63,9 @@ class ProcessLog:
         return "".join(self.lines)
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        stream = self.stream or self.proc.stderr
+        assert stream is not None
+        for line in stream:
             with self._cond:
                 self.lines.append(line)
                 self._cond.notify_all()

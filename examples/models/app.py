@@ -1,7 +1,11 @@
-"""Model serving example: a scikit-learn digit classifier served by `neutrino-model-server`, and the
-tasks that call it through `app.models.digits.predict(...)`.
+"""Model serving example: a scikit-learn digit classifier served by the model tier, a task that
+calls it through `app.models.digits.predict(...)`, and one that does not.
 
-Serve the model (two replicas) and point the tasks' workers at them:
+The whole stack (gateway, a task pod, the model's replicas), wired together:
+
+    neutrino dev examples.models.app:app
+
+or by hand: serve the model (two replicas) and point the tasks' workers at them:
 
     neutrino-model-server --app examples.models.app:app --model digits --port 8601 &
     neutrino-model-server --app examples.models.app:app --model digits --port 8602 &
@@ -12,11 +16,19 @@ Serve the model (two replicas) and point the tasks' workers at them:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from neutrino import App
 
 app = App("models")
+
+# A handwritten 0 from scikit-learn's digits, 8x8 pixels of 0-16: the example the docs and
+# `neutrino dev` show for the tasks and the model.
+ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0]
+ZERO += [0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]
+Image = Annotated[list[float], Field(examples=[ZERO], min_length=64, max_length=64)]
 
 
 @app.model(name="digits", max_batch_size=32, batch_wait_ms=2)
@@ -29,6 +41,7 @@ class Digits:
     # Open Inference Protocol metadata (GET /v2/models/digits): a batch of rows of 64 pixels in, digits out.
     inputs = [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
     outputs = [{"name": "digit", "datatype": "INT64", "shape": [-1]}]
+    example = ZERO  # one input, shown by the gateway's docs and `neutrino dev`
 
     def load(self) -> None:
         import warnings
@@ -61,13 +74,19 @@ class Digits:
 
 
 @app.task()
-def classify_digit(pixels: list[float]) -> int:
+def ink(pixels: Image) -> float:
+    """How much of the image is inked, from 0 to 1: a plain task, no model involved."""
+    return round(sum(pixels) / (16 * len(pixels)), 4)
+
+
+@app.task()
+def classify_digit(pixels: Image) -> int:
     """Ask the `digits` model (its replicas from NEUTRINO_MODEL_DIGITS_URL) which digit an image shows."""
     result: int = app.models.digits.predict(pixels)
     return result
 
 
 @app.task()
-async def classify_digits(images: list[list[float]]) -> list[int]:
+async def classify_digits(images: Annotated[list[Image], Field(examples=[[ZERO, ZERO]])]) -> list[int]:
     """The same from an async task, many images at once: the calls meet in the model server's batcher."""
     return list(await asyncio.gather(*(app.models.digits.predict(image) for image in images)))

@@ -153,11 +153,11 @@ def example_calls(app: App, api: str, max_tasks: int = 3) -> list[str]:
     lines = []
     tasks = [(name, entry) for name, entry in app.catalog().items() if entry.get("http", True)]
     for name, entry in tasks[:max_tasks]:
-        body = json.dumps(example_arguments(entry["params"]))
+        body = json.dumps(example_arguments(entry["params"]), separators=(",", ":"))
         lines.append(f"curl -d {shlex.quote(body)} {api}/v1/tasks/{name}")
     for model in app.models.values():
         if (example := model_example(model)) is not None:
-            body = json.dumps({"inputs": example})
+            body = json.dumps({"inputs": example}, separators=(",", ":"))
             lines.append(f"curl -d {shlex.quote(body)} {api}/v1/models/{model.name}/predict")
     return lines
 

@@ -142,9 +142,9 @@ def test_dev_stack_serves_tasks_models_and_survives_a_killed_pod(dev: Any) -> No
     curls = re.findall(r"^\s+(curl .*)$", stack.log, flags=re.MULTILINE)
     assert any("/v1/tasks/double" in c for c in curls) and any("/v1/models/doubler/predict" in c for c in curls)
     for line in curls:
-        out = subprocess.run(["bash", "-c", line + " -s -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30)
-        body, status = out.stdout.rsplit("\n", 1)
-        assert status == "200", (line, out.stdout, out.stderr)
+        shell = ["bash", "-c", line + " -s -w '\\n%{http_code}'"]
+        out = subprocess.run(shell, capture_output=True, text=True, timeout=30)
+        assert out.stdout.rsplit("\n", 1)[-1] == "200", (line, out.stdout, out.stderr)
     status, run = stack.request("POST", "/v1/tasks/double", {"x": 21})
     assert (status, run["result"]) == (200, 42)
     status, out = stack.request("POST", "/v1/models/doubler/predict", {"inputs": 5})
@@ -229,13 +229,13 @@ def test_print_services_json_is_what_dev_runs(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_dev_refuses_a_bad_app_clearly(tmp_path: Path) -> None:
+    def dev(app: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "neutrino", "dev", app]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
     (tmp_path / "broken.py").write_text("import no_such_module_here\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "neutrino", "dev", "broken:app"], cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
+    run = dev("broken:app")
     assert run.returncode == 3 and "ModuleNotFoundError" in run.stderr and "failed to import" in run.stderr
     (tmp_path / "notapp.py").write_text("app = 42\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "neutrino", "dev", "notapp:app"], cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
+    run = dev("notapp:app")
     assert run.returncode == 2 and "not a neutrino.App" in run.stderr

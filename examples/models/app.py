@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from pydantic import Field
-
 from neutrino import App
+from pydantic import Field
 
 app = App("models")
 

@@ -233,6 +233,9 @@ class App:
         max_batch_size: int = 1,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         max_concurrency: int = 1,
+        cpu: str | float | None = None,
+        memory: str | None = None,
+        gpu: int = 0,
         **unknown: object,
     ) -> Model:
         """Register class `cls` as a model and return its `Model` (options described there).
@@ -245,6 +248,7 @@ class App:
         lo, hi, batch, wait_ms, conc = _models.check_options(
             model_name, min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency
         )
+        cpu_quantity, memory_quantity, gpus = _models.check_resources(cpu, memory, gpu)
         if model_name in self._models:
             raise ValueError(
                 f"app {self.name!r} already has a model named {model_name!r} ({self._models[model_name]!r}); "
@@ -258,6 +262,9 @@ class App:
             max_batch_size=batch,
             batch_wait_ms=wait_ms,
             max_concurrency=conc,
+            cpu=cpu_quantity,
+            memory=memory_quantity,
+            gpu=gpus,
         )
         self._models[model_name] = model
         return model
@@ -271,12 +278,16 @@ class App:
         max_batch_size: int = 1,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         max_concurrency: int = 1,
+        cpu: str | float | None = None,
+        memory: str | None = None,
+        gpu: int = 0,
         **unknown: object,
     ) -> Callable[[C], C]:
         """Decorator form of `add_model`; returns the class unchanged (its registration is `app.models.<name>`)."""
         # Checked here too, so a typo fails on the decorator line.
         _models.reject_unknown(unknown)
         _models.check_options(name, min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency)
+        _models.check_resources(cpu, memory, gpu)
 
         def decorate(cls: C) -> C:
             self.add_model(
@@ -287,6 +298,9 @@ class App:
                 max_batch_size=max_batch_size,
                 batch_wait_ms=batch_wait_ms,
                 max_concurrency=max_concurrency,
+                cpu=cpu,
+                memory=memory,
+                gpu=gpu,
             )
             return cls
 

@@ -24,7 +24,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "ModelNamespace", "model_url_env", "service_name"]
 
-_MODEL_OPTIONS = ("name", "min_replicas", "max_replicas", "max_batch_size", "batch_wait_ms", "max_concurrency")
+_MODEL_OPTIONS = (
+    "name",
+    "min_replicas",
+    "max_replicas",
+    "max_batch_size",
+    "batch_wait_ms",
+    "max_concurrency",
+    "cpu",
+    "memory",
+    "gpu",
+)
 DEFAULT_BATCH_WAIT_MS = 5.0
 # A wait longer than this would add more latency than any batch saves; likely ms/s confusion.
 MAX_BATCH_WAIT_MS = 10_000.0
@@ -63,6 +73,9 @@ class Model:
     - `batch_wait_ms`: how long a batch may wait to fill, from its first input's arrival. A
       server with nothing queued and nothing running sends a lone input at once.
     - `max_concurrency`: `predict` calls running at once in one replica (sync ones in threads).
+    - `cpu`, `memory`, `gpu`: what one replica needs, as Kubernetes quantities (`cpu="500m"`,
+      `memory="2Gi"`; `gpu` counts `nvidia.com/gpu` devices). `neutrino deploy render` makes them
+      each replica's requests and limits; None: the renderer's defaults.
     """
 
     def __init__(
@@ -75,6 +88,9 @@ class Model:
         max_batch_size: int,
         batch_wait_ms: float,
         max_concurrency: int,
+        cpu: str | None = None,
+        memory: str | None = None,
+        gpu: int = 0,
     ) -> None:
         self.cls = cls
         self.name = name
@@ -83,6 +99,9 @@ class Model:
         self.max_batch_size = max_batch_size
         self.batch_wait_ms = batch_wait_ms
         self.max_concurrency = max_concurrency
+        self.cpu = cpu
+        self.memory = memory
+        self.gpu = gpu
         self.batched = max_batch_size > 1
         self.urls: tuple[str, ...] | None = None  # set by App.configure_models; else read from the environment
         self._client: ModelClient | None = None
@@ -96,6 +115,9 @@ class Model:
             "max_batch_size": self.max_batch_size,
             "batch_wait_ms": self.batch_wait_ms,
             "max_concurrency": self.max_concurrency,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "gpu": self.gpu,
         }
 
     def replica_urls(self) -> tuple[str, ...]:
@@ -241,6 +263,59 @@ def check_options(
         )
     conc = _int_option("max_concurrency", max_concurrency, minimum=1)
     return lo, hi, batch, float(batch_wait_ms), conc
+
+
+_CPU = re.compile(r"[0-9]+m|[0-9]+(\.[0-9]{1,3})?")
+_MEMORY = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)")
+_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_MEMORY_UNITS.update({f"{p}i": 1024 ** (n + 1) for n, p in enumerate("KMGTPE")})
+
+
+def check_resources(cpu: object, memory: object, gpu: object) -> tuple[str | None, str | None, int]:
+    """Checked (cpu, memory, gpu): cpu and memory as Kubernetes quantity strings (cores as a number
+    become one: 0.5 -> "500m"), or None when not stated; gpu a count of devices."""
+    return _check_cpu(cpu), _check_memory(memory), _int_option("gpu", gpu, minimum=0)
+
+
+def _check_cpu(cpu: object) -> str | None:
+    if cpu is None:
+        return None
+    if isinstance(cpu, (int, float)) and not isinstance(cpu, bool):
+        millicores = round(cpu * 1000) if math.isfinite(cpu) else 0
+        if millicores < 1 or abs(cpu * 1000 - millicores) > 1e-6:
+            raise ValueError(f"cpu must be a positive number of cores in steps of 0.001, got {cpu!r}; e.g. cpu=0.5")
+        return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+    if not isinstance(cpu, str):
+        raise TypeError(f"cpu must be cores as a number (0.5) or a string ('500m'), got {type(cpu).__name__}")
+    if not _CPU.fullmatch(cpu) or not any(c in "123456789" for c in cpu.rstrip("m")):
+        raise ValueError(
+            f"cpu {cpu!r} is not a Kubernetes CPU quantity; write cores ('2', '0.5') or millicores ('500m')"
+        )
+    return cpu
+
+
+def _check_memory(memory: object) -> str | None:
+    if memory is None:
+        return None
+    if not isinstance(memory, str):
+        raise TypeError(
+            f"memory must be a string with a unit, e.g. '512Mi' or '2Gi', got {type(memory).__name__} {memory!r}"
+        )
+    match = _MEMORY.fullmatch(memory.strip())
+    if match is None:
+        raise ValueError(f"memory {memory!r} is not a Kubernetes quantity; write e.g. '512Mi' or '2Gi'")
+    number, unit = match.groups()
+    if unit not in _MEMORY_UNITS or " " in memory:
+        letter = unit[:1].upper() if unit[:1].lower() in "kmgtpe" else ""
+        hint = f"; did you mean '{number}{letter}i'?" if letter else ""
+        why = " ('m' is thousandths of a byte)" if unit == "m" else ""
+        raise ValueError(
+            f"memory {memory!r} is not a Kubernetes quantity{why}; units are Ki, Mi, Gi, Ti (powers of 1024) "
+            f"or k, M, G, T (powers of 1000){hint}"
+        )
+    if float(number) * _MEMORY_UNITS[unit] < 2**20:
+        raise ValueError(f"memory {memory!r} is under one MiB (a bare number is bytes); write e.g. '{number}Mi'")
+    return memory
 
 
 def _int_option(option: str, value: object, *, minimum: int) -> int:

@@ -31,7 +31,7 @@ class Config:
     model: str
     host: str = "127.0.0.1"
     port: int = 8080
-    app_dir: str | None = None
+    app_dir: str = "."  # first on sys.path, as the orchestrator does for its workers
     max_queue: int = 1024  # queued inputs (not yet in a batch); beyond it requests get 429
     request_timeout_s: float = 30.0  # per-request deadline, queue wait and predict included; then 504
     max_batch_size: int | None = None  # None: the model's option
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the model's name in that app (required)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default 8080; 0 picks a free one)")
-    p.add_argument("--app-dir", default=None, help="put this directory first on sys.path before importing --app")
+    p.add_argument("--app-dir", default=None, help="put this folder first on sys.path for --app (default .)")
     p.add_argument("--max-queue", type=int, default=None, help="queued inputs before 429 (default 1024)")
     p.add_argument("--request-timeout", type=float, default=None, help="per-request deadline in seconds (default 30)")
     p.add_argument("--max-batch-size", type=int, default=None, help="override the model's max_batch_size")

@@ -1,10 +1,14 @@
-# One command per intent. `make demo` and `make test` are the README's two set-up commands.
-.PHONY: setup demo up test test-rust test-python check fmt bench clean
+# One command per intent. `make dev` and `make test` are the README's two set-up commands.
+.PHONY: setup dev demo up test test-rust test-python check fmt bench clean
 
 ORCH := target/release/neutrino-orchestrator
 
 setup:
 	@bash scripts/bootstrap.sh
+
+## Build everything, then run the local stack (gateway, a task pod, the digits model) for the models example until Ctrl-C.
+dev: setup
+	uv run neutrino dev examples.models.app:app
 
 ## Build everything, start the orchestrator with 2 workers for the quickstart app, print a few calls, stop.
 demo: setup

@@ -253,3 +253,12 @@ def test_only_functions_can_be_tasks() -> None:
 
     with pytest.raises(TypeError, match=r"already a task.*task\.fn"):
         App("other").add_task(job)
+
+
+def test_app_name_defaults_to_the_defining_module() -> None:
+    assert App().name == __name__
+    namespace: dict[str, object] = {"__name__": "__main__", "__file__": "/srv/billing.py", "App": App}
+    exec("app = App()", namespace)
+    assert namespace["app"].name == "billing"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="non-empty string"):
+        App("  ")

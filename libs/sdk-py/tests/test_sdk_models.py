@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from neutrino import App, Model
-from neutrino.models import model_url_env
+from neutrino.models import URL_TEMPLATE_ENV, model_url_env, service_name
 
 
 class Echo:
@@ -96,3 +96,17 @@ def test_replica_urls_from_configure_or_environment(monkeypatch: pytest.MonkeyPa
         app.configure_models({"other": "http://x:1"})
     with pytest.raises(AttributeError, match="no model named 'missing'"):
         app.models.missing  # noqa: B018
+
+
+def test_url_template_is_the_fallback_and_service_names_are_dns_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert service_name("digits") == "neutrino-model-digits"
+    assert service_name("My_Model.v2") == "neutrino-model-my-model-v2"
+    assert len(service_name("x" * 100)) == 63
+    app = App("m")
+    app.add_model(Echo, name="My_Model")
+    model = app.models["My_Model"]
+    monkeypatch.delenv("NEUTRINO_MODEL_MY_MODEL_URL", raising=False)
+    monkeypatch.setenv(URL_TEMPLATE_ENV, "http://{service}:8080")
+    assert model.replica_urls() == ("http://neutrino-model-my-model:8080",)
+    monkeypatch.setenv("NEUTRINO_MODEL_MY_MODEL_URL", "http://a:1")  # per model wins
+    assert model.replica_urls() == ("http://a:1",)

@@ -327,3 +327,30 @@ def test_describe_waits_while_the_app_imports(raw) -> None:
             assert client.call("double", 21) == 42
     finally:
         orch.stop()
+
+
+def test_probes_say_live_and_ready_and_not_ready_while_draining(start) -> None:
+    import socket
+    import urllib.error
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    orch = start("--metrics", f"127.0.0.1:{port}", workers=1, grace_period_s=30)
+    assert (status("/healthz"), status("/readyz")) == (200, 200)
+    with Client(orch.address) as client:
+        running = client.submit("sleep", 1.0)
+        wait_until(lambda: client.ping()["idle_workers"] == 0, what="worker busy")
+        orch.proc.send_signal(signal.SIGTERM)
+        orch.wait_for("Draining")
+        assert (status("/healthz"), status("/readyz")) == (200, 503), "draining: alive, not ready for new work"
+        assert running.result(timeout=30) == 1.0
+    assert orch.proc.wait(timeout=30) == 0

@@ -1,7 +1,9 @@
 # One command per intent. `make dev` and `make test` are the README's two set-up commands.
-.PHONY: setup dev demo up test test-rust test-python check fmt bench clean
+.PHONY: setup dev demo up test test-rust test-python check fmt bench images stack stack-down clean
 
 ORCH := target/release/neutrino-orchestrator
+DOCKERFILES := $(wildcard services/*/Dockerfile examples/*/Dockerfile)
+COMPOSE := docker-compose -p neutrino -f deploy/compose.yaml
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -29,6 +31,7 @@ check: setup
 	uv run mypy --strict libs/sdk-py/neutrino libs/protocol/python/neutrino_protocol services/gateway-py/neutrino_gateway services/model-server-py/neutrino_model_server
 	cargo fmt --check
 	cargo clippy --release --all-targets --quiet -- -D warnings
+	uv run hadolint $(DOCKERFILES)
 
 fmt:
 	uv run ruff format .
@@ -39,6 +42,20 @@ bench: setup
 	uv run python benchmarks/dispatch.py --json
 	uv run python benchmarks/lifecycle.py --json
 	uv run python benchmarks/gateway.py --json
+
+## Every image (task pod, gateway, model server, the models example), built here with no registry.
+images:
+	@bash scripts/images.sh >/dev/null
+
+## The Compose stack (deploy/compose.yaml) on 127.0.0.1:8000, once the gateway is ready.
+stack: images
+	$(COMPOSE) up -d
+	@for i in $$(seq 1 240); do \
+	  curl -fs -o /dev/null http://127.0.0.1:$${NEUTRINO_PORT:-8000}/readyz && { echo "ready: http://127.0.0.1:$${NEUTRINO_PORT:-8000}/docs"; exit 0; }; \
+	  sleep 0.5; done; echo "the gateway is not ready; see: $(COMPOSE) logs" >&2; exit 1
+
+stack-down:
+	$(COMPOSE) down -v
 
 clean:
 	cargo clean

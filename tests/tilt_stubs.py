@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import starlark as sl
+import yaml as _yaml
 
 LOCAL_TIMEOUT_S = 120.0
 EVAL_TIMEOUT_S = 180.0
@@ -369,6 +370,21 @@ class Tilt:
         except _json.JSONDecodeError as e:
             raise TiltfileError(f"decode_json: {e}: {text[:200]!r}") from None
 
+    def decode_yaml_stream(self, yaml: Any) -> list[Any]:
+        text = yaml.text if isinstance(yaml, Blob) else _string(yaml, "decode_yaml_stream")
+        try:
+            return [doc for doc in _yaml.safe_load_all(text) if doc is not None]  # Tilt skips empty documents
+        except _yaml.YAMLError as e:
+            raise TiltfileError(f"decode_yaml_stream: {e}") from None
+
+    def decode_yaml(self, yaml: Any) -> Any:
+        docs = self.decode_yaml_stream(yaml)
+        if len(docs) > 1:
+            raise TiltfileError(
+                "decode_yaml: found a yaml stream (documents separated by `---`); use decode_yaml_stream"
+            )
+        return docs[0] if docs else None
+
     def blob(self, contents: str) -> sl.OpaquePythonObject:
         return _opaque(Blob(_string(contents, "blob"), ("blob",)))
 
@@ -701,6 +717,8 @@ class Tilt:
 _TOP_LEVEL = {
     "local": "local",
     "decode_json": "decode_json",
+    "decode_yaml": "decode_yaml",
+    "decode_yaml_stream": "decode_yaml_stream",
     "blob": "blob",
     "watch_file": "watch_file",
     "warn": "warn",

@@ -1,0 +1,271 @@
+"""The root Tiltfile, evaluated by a real Starlark interpreter against recording stand-ins for Tilt's
+builtins (tests/tilt_stubs.py): its local resources are exactly what `neutrino dev` starts, and
+`tilt up -- --k8s` builds every service image and applies the dev overlay instead."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import starlark
+import yaml
+
+from .conftest import ROOT
+from .tilt_stubs import Blob, HTTPGetAction, TiltRun, evaluate, evaluate_source
+
+pytestmark = pytest.mark.timeout(120)
+
+TILTFILE = ROOT / "Tiltfile"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+DEFAULT_APP = "examples.models.app:app"
+DEV_OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "dev"
+
+# image -> its Dockerfile (one per service, build context = the repository root)
+IMAGES = {
+    "neutrino/task-pod": "services/orchestrator-rs/Dockerfile",
+    "neutrino/gateway": "services/gateway-py/Dockerfile",
+    "neutrino/model-server": "services/model-server-py/Dockerfile",
+}
+
+
+def dev_plan(app: str) -> dict[str, Any]:
+    """What `neutrino dev APP` starts, asked of it directly rather than through the Tiltfile."""
+    cmd = [str(PYTHON), "-m", "neutrino", "dev", app, "--print-services", "--json"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    plan: dict[str, Any] = json.loads(out)
+    return plan
+
+
+def assert_nothing_for_k8s(run: TiltRun) -> None:
+    assert run.docker_builds == {}
+    assert run.k8s_yaml == []
+    assert run.k8s_resources == []
+
+
+# ---- local mode (plain `tilt up`) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "app"),
+    [({}, DEFAULT_APP), ({"app": "examples.quickstart.app:app"}, "examples.quickstart.app:app")],
+    ids=["default-app", "app-flag"],
+)
+def test_local_resources_are_exactly_the_services_neutrino_dev_starts(args: dict[str, Any], app: str) -> None:
+    plan = dev_plan(app)
+    run = evaluate(TILTFILE, args)
+
+    assert run.local_commands == [[str(PYTHON), "-m", "neutrino", "dev", app, "--print-services", "--json"]]
+    assert list(run.local_resources) == [svc["name"] for svc in plan["services"]]
+    root = Path(plan["root"])
+    for svc in plan["services"]:
+        res = run.local_resources[svc["name"]]
+        assert res.cmd == "", "a service is a serve_cmd only, so a deps change restarts it"
+        assert res.serve_cmd == svc["cmd"]
+        assert res.serve_env == svc["env"]
+        assert res.serve_dir == str(root)
+        assert res.deps == [str(root / d) for d in svc["deps"]]
+        assert res.resource_deps == svc["resource_deps"]
+        assert res.labels == [svc["kind"]]
+        assert [link.url for link in res.links] == svc["links"]
+        assert res.readiness_probe is not None
+        assert isinstance(res.readiness_probe.action, HTTPGetAction)
+        assert res.readiness_probe.action.url == svc["readiness_url"]
+        assert set(res.resource_deps) <= set(run.local_resources) - {res.name}
+    assert_nothing_for_k8s(run)
+    assert run.enabled_resources == []
+
+
+def test_default_app_runs_gateway_task_pod_and_model_servers() -> None:
+    run = evaluate(TILTFILE)
+    kinds = {res.labels[0] for res in run.local_resources.values()}
+    assert kinds == {"gateway", "task-pod", "model"}
+
+
+def test_the_apps_module_is_watched_so_a_new_model_adds_resources() -> None:
+    run = evaluate(TILTFILE)
+    assert str(ROOT / "examples" / "models" / "app.py") in run.watched
+
+
+def test_resource_names_after_the_double_dash_select_what_starts() -> None:
+    run = evaluate(TILTFILE, {"to-run": ["gateway"]})
+    assert run.enabled_resources == ["gateway"]
+
+
+def test_without_make_setup_the_tiltfile_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(starlark.StarlarkError, match="make setup"):
+        evaluate_source(TILTFILE.read_text(), tmp_path)
+
+
+def test_an_unknown_tiltfile_argument_fails_like_tilt_does() -> None:
+    with pytest.raises(starlark.StarlarkError, match="unknown setting 'k8'"):
+        evaluate(TILTFILE, {"k8": True})
+
+
+# ---- k8s mode (`tilt up -- --k8s`) ------------------------------------------------------------------
+
+
+def applied_objects(run: TiltRun) -> list[dict[str, Any]]:
+    return [doc for blob in run.k8s_yaml if isinstance(blob, Blob) for doc in yaml.safe_load_all(blob.text) if doc]
+
+
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+    return [*spec.get("containers", []), *spec.get("initContainers", [])]
+
+
+def dockerfile_copies(dockerfile: Path) -> list[str]:
+    """The build-context paths a Dockerfile's COPY/ADD instructions read (not those --from a stage)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    sources = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        if any(w.startswith("--from") for w in words):
+            continue
+        sources += [w.rstrip("/") for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+def site_packages(dockerfile: Path) -> str:
+    """Where the image's venv (uv's UV_PROJECT_ENVIRONMENT, on its PYTHON_IMAGE's Python) keeps packages."""
+    text = dockerfile.read_text()
+    venv = re.search(r"UV_PROJECT_ENVIRONMENT=(\S+)", text)
+    python = re.search(r"ARG PYTHON_IMAGE=python:(\d+\.\d+)", text)
+    assert venv and python, f"{dockerfile}: no UV_PROJECT_ENVIRONMENT or PYTHON_IMAGE default"
+    return f"{venv[1]}/lib/python{python[1]}/site-packages"
+
+
+def covers(paths: list[str], path: str) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+@pytest.fixture(scope="module")
+def k8s_run() -> TiltRun:
+    return evaluate(TILTFILE, {"k8s": True})
+
+
+def test_k8s_mode_builds_every_service_image_with_its_dockerfile(k8s_run: TiltRun) -> None:
+    dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("services/*/Dockerfile"))
+    assert sorted(IMAGES.values()) == dockerfiles, "every service Dockerfile is an image the Tiltfile builds"
+    assert {ref: str(Path(b.dockerfile).relative_to(ROOT)) for ref, b in k8s_run.docker_builds.items()} == IMAGES
+    for build in k8s_run.docker_builds.values():
+        assert build.context == str(ROOT), "Dockerfiles are built from the repository root"
+
+
+def test_k8s_mode_sends_each_build_what_its_dockerfile_copies(k8s_run: TiltRun) -> None:
+    for build in k8s_run.docker_builds.values():
+        only = build.only  # relative to the context, the repository root
+        for path in only:
+            assert (ROOT / path).exists(), f"{build.ref}: only={path!r} does not exist"
+        for source in dockerfile_copies(Path(build.dockerfile)):
+            sources = [source] if source != "." else []
+            assert all(covers(only, s) for s in sources), f"{build.ref}: its Dockerfile copies {source}, not in only"
+
+
+def test_k8s_mode_applies_the_dev_overlay_and_the_apps_models(k8s_run: TiltRun) -> None:
+    assert k8s_run.local_resources == {}
+    overlay, *models = k8s_run.k8s_yaml
+    assert isinstance(overlay, Blob)
+    assert overlay.source == ("kustomize", str(DEV_OVERLAY))
+    # The models come from the app, rendered by `neutrino deploy render`.
+    assert [cmd[2:5] for cmd in k8s_run.local_commands] == [["neutrino", "deploy", "render"]]
+    model_workloads = [
+        o["metadata"]["name"]
+        for o in applied_objects(k8s_run)
+        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("neutrino-model-")
+    ]
+    assert model_workloads == ["neutrino-model-digits"]
+    assert len(models) == 1
+
+
+def test_k8s_mode_images_and_resources_match_the_manifests(k8s_run: TiltRun) -> None:
+    objects = applied_objects(k8s_run)
+    workloads = {o["metadata"]["name"]: o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")}
+    images = {c["image"].rsplit(":", 1)[0] for o in workloads.values() for c in containers(o)}
+    # Tilt deploys the image it built only where the manifests name that image.
+    assert set(k8s_run.docker_builds) == images
+    names = {r.new_name or r.workload for r in k8s_run.k8s_resources}
+    assert names == set(workloads), "every workload is a named, labelled resource"
+    for res in k8s_run.k8s_resources:
+        assert set(res.resource_deps) <= names - {res.workload}
+        assert res.labels
+        ports = {p["containerPort"] for c in containers(workloads[res.workload]) for p in c.get("ports", [])}
+        for forward in res.port_forwards:
+            assert (forward.container_port or forward.local_port) in ports, f"{res.workload}: {forward}"
+    forwards = {r.workload: {p.container_port or p.local_port for p in r.port_forwards} for r in k8s_run.k8s_resources}
+    assert 8000 in forwards["neutrino-gateway"]
+    assert 8080 in forwards["neutrino-model-digits"]
+    local_ports = [p.local_port for r in k8s_run.k8s_resources for p in r.port_forwards]
+    assert len(local_ports) == len(set(local_ports)), "two port forwards on one local port"
+
+
+def test_k8s_mode_live_updates_sync_python_sources_into_the_image(k8s_run: TiltRun) -> None:
+    for build in k8s_run.docker_builds.values():
+        syncs = [step for step in build.live_update if step.kind == "sync"]
+        assert syncs, f"{build.ref}: no live_update sync of its Python code"
+        copied = dockerfile_copies(Path(build.dockerfile))
+        for step in syncs:
+            local = Path(step.local_path)
+            source = str(local.relative_to(ROOT))
+            assert covers(build.only, source), f"{build.ref}: {source} is not watched (only)"
+            assert (local / "__init__.py").is_file() or local.name == "examples", f"{local} is not Python code"
+            if covers(copied, source):  # a package the image installs: into its venv
+                assert step.remote_path == f"{site_packages(Path(build.dockerfile))}/{local.name}"
+        # Every package the image installs is synced, so no edit to it needs a rebuild.
+        projects = [ROOT / c for c in copied if (ROOT / c / "pyproject.toml").is_file()]
+        packages = {
+            str(d) for p in projects for d in p.iterdir() if (d / "__init__.py").is_file() and d.name != "tests"
+        }
+        assert packages <= {step.local_path for step in syncs}, f"{build.ref}: packages not synced"
+
+
+# ---- the stand-ins reject what Tilt rejects ---------------------------------------------------------
+
+VALID = """
+config.define_bool("k8s")
+cfg = config.parse()
+local_resource("svc", serve_cmd = ["true"], serve_env = {"A": "1"}, deps = ["tests"],
+               readiness_probe = probe(http_get = http_get_action(8000, path = "/readyz"), period_secs = 1),
+               links = [link("http://localhost:8000/docs", "docs")], labels = ["gateway"], resource_deps = [])
+"""
+
+
+def test_the_stand_ins_accept_tilts_documented_calls() -> None:
+    run = evaluate_source(VALID, ROOT)
+    assert list(run.local_resources) == ["svc"]
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ('docker_buidl("x", ".")', "Variable `docker_buidl` not found"),  # a builtin Tilt does not have
+        ('local_resource("x", serve_cmd = "true", serve_evn = {})', "unexpected keyword argument 'serve_evn'"),
+        ('probe(http_get = http_get_action(host = "h"))', "missing 1 required positional argument: 'port'"),
+        ('local_resource("x")', "must have a cmd and/or a serve_cmd"),
+        ('local_resource("x", serve_cmd = "true", labels = ["not a label"])', "invalid label"),
+        ('local_resource("x", serve_cmd = "true", env = {"A": 1})', "want a string"),
+        ('local_resource("x", serve_cmd = "true", readiness_probe = probe(period_secs = 1))', "exactly one of"),
+        ('local_resource("x", serve_cmd = "true")\nlocal_resource("x", serve_cmd = "true")', "already exists"),
+        ('config.define_boolean("k8s")', "has no attribute `define_boolean`"),
+        ('k8s_resource("w", port_forward = 8000)', "unexpected keyword argument 'port_forward'"),
+        ('docker_build("i", ".", dockerfile = "no/such/Dockerfile")', "no Dockerfile"),
+        (
+            'docker_build("i", ".", dockerfile_contents = "FROM scratch",'
+            ' live_update = [run("true"), sync("tests", "/app/tests")])',
+            "sync() steps must come before run()",
+        ),
+        ('docker_build("i", ".", dockerfile_contents = "FROM scratch", live_update = [sync("/etc", "/x")])', "outside"),
+        ('k8s_yaml(kustomize("no/such/overlay"))', "not a directory"),
+        ('x = f"{1}"', "f-strings"),  # Go Starlark has no f-strings
+        ("def f(x: int):\n    pass", "type annotations"),  # nor type annotations
+    ],
+)
+def test_the_stand_ins_reject_what_tilt_rejects(source: str, error: str) -> None:
+    with pytest.raises(starlark.StarlarkError) as exc_info:
+        evaluate_source(source, ROOT)
+    assert error in str(exc_info.value)

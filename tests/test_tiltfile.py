@@ -4,6 +4,7 @@ builtins (tests/tilt_stubs.py): its local resources are exactly what `neutrino d
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -88,6 +89,21 @@ def test_default_app_runs_gateway_task_pod_and_model_servers() -> None:
 def test_the_apps_module_is_watched_so_a_new_model_adds_resources() -> None:
     run = evaluate(TILTFILE)
     assert str(ROOT / "examples" / "models" / "app.py") in run.watched
+
+
+@pytest.mark.parametrize("args", [{}, {"k8s": True}], ids=["local", "k8s"])
+def test_files_written_by_running_services_are_not_edits(args: dict[str, Any]) -> None:
+    """Tilt does not read .gitignore: bytecode or the gateway's database under a watched path would
+    restart services, and the models rendered at every load would re-run the Tiltfile forever."""
+    run = evaluate(TILTFILE, args)
+    written = [
+        "examples/models/__pycache__/app.cpython-313.pyc",
+        "libs/sdk-py/neutrino/__pycache__/app.cpython-313.pyc",
+        ".neutrino/dev/gateway.db",
+        ".neutrino/tilt/models/kustomization.yaml",
+    ]
+    for path in written:
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in run.watch_ignores), f"{path} would trigger Tilt"
 
 
 def test_resource_names_after_the_double_dash_select_what_starts() -> None:

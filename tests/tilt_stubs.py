@@ -165,6 +165,7 @@ class TiltRun:
     k8s_resources: list[K8sResource] = field(default_factory=list)
     local_commands: list[str | list[str]] = field(default_factory=list)
     watched: list[str] = field(default_factory=list)
+    watch_ignores: list[str] = field(default_factory=list)  # watch_settings(ignore=...), as written
     defined: dict[str, str] = field(default_factory=dict)  # config setting name -> "bool" | "string" | ...
     enabled_resources: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
@@ -390,6 +391,9 @@ class Tilt:
 
     def watch_file(self, file_path: str) -> None:
         self.run.watched.append(self._path(_string(file_path, "watch_file")))
+
+    def watch_settings(self, ignore: str | list[str]) -> None:
+        self.run.watch_ignores.extend(_strings(ignore, "watch_settings: ignore"))
 
     def warn(self, msg: str) -> None:
         self.run.warnings.append(_string(msg, "warn"))
@@ -721,6 +725,7 @@ _TOP_LEVEL = {
     "decode_yaml_stream": "decode_yaml_stream",
     "blob": "blob",
     "watch_file": "watch_file",
+    "watch_settings": "watch_settings",
     "warn": "warn",
     "fail": "fail",
     "link": "link",

@@ -717,33 +717,34 @@ class Tilt:
 
 # ---- evaluation -----------------------------------------------------------------------------------
 
-# Builtins that Tilt puts in the Tiltfile's global scope, by their Tiltfile names.
-_TOP_LEVEL = {
-    "local": "local",
-    "decode_json": "decode_json",
-    "decode_yaml": "decode_yaml",
-    "decode_yaml_stream": "decode_yaml_stream",
-    "blob": "blob",
-    "watch_file": "watch_file",
-    "watch_settings": "watch_settings",
-    "warn": "warn",
-    "fail": "fail",
-    "link": "link",
-    "probe": "probe",
-    "http_get_action": "http_get_action",
-    "tcp_socket_action": "tcp_socket_action",
-    "exec_action": "exec_action",
-    "local_resource": "local_resource",
-    "sync": "sync",
-    "run": "run_",
-    "fall_back_on": "fall_back_on",
-    "initial_sync": "initial_sync",
-    "docker_build": "docker_build",
-    "kustomize": "kustomize",
-    "k8s_yaml": "k8s_yaml",
-    "port_forward": "port_forward",
-    "k8s_resource": "k8s_resource",
-}
+# Builtins that Tilt puts in the Tiltfile's global scope; each is the `Tilt` method of that name
+# (`run` is `run_`, beside the `run` attribute that holds the record).
+_TOP_LEVEL = [
+    "local",
+    "decode_json",
+    "decode_yaml",
+    "decode_yaml_stream",
+    "blob",
+    "watch_file",
+    "watch_settings",
+    "warn",
+    "fail",
+    "link",
+    "probe",
+    "http_get_action",
+    "tcp_socket_action",
+    "exec_action",
+    "local_resource",
+    "sync",
+    "run",
+    "fall_back_on",
+    "initial_sync",
+    "docker_build",
+    "kustomize",
+    "k8s_yaml",
+    "port_forward",
+    "k8s_resource",
+]
 
 # Tilt's namespaces (`config.parse()`, `os.path.join()`), made as structs of stand-ins. The stand-ins
 # live in the module under a prefix no Tiltfile would use.
@@ -797,8 +798,8 @@ def evaluate_source(
     tilt = Tilt(root, args or {}, env)
     globals_ = sl.Globals.extended_by([sl.LibraryExtension.StructType, sl.LibraryExtension.Print])
     module = sl.Module()
-    for name, attr in _TOP_LEVEL.items():
-        module.add_callable(name, getattr(tilt, attr))
+    for name in _TOP_LEVEL:
+        module.add_callable(name, getattr(tilt, "run_" if name == "run" else name))
     for attr in dir(tilt):
         if attr.startswith(("config_", "os_")):
             module.add_callable("_tilt_stub_" + attr, getattr(tilt, attr))

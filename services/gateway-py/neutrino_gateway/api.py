@@ -3,7 +3,7 @@
 JSON by default; msgpack when the body is `application/msgpack`, and in answers when `Accept`
 asks for it (or the body was msgpack and `Accept` says nothing). In msgpack answers the task's
 result goes out as the bytes the worker packed, never decoded here. In JSON answers, values JSON
-cannot hold are converted: bytes become base64 text.
+cannot hold are converted: bytes become base64 text. Model routes are models.py's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from . import errors, metrics, openapi
 from .catalog import Catalog
 from .config import Config
 from .errors import ApiError
+from .models import ModelProxy
 from .pool import PodPool
 from .runs import Runs, http_error_of
 from .store import Run
@@ -45,11 +46,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Api:
-    def __init__(self, config: Config, runs: Runs, catalog: Catalog, pool: PodPool) -> None:
+    def __init__(self, config: Config, runs: Runs, catalog: Catalog, pool: PodPool, models: ModelProxy) -> None:
         self.config = config
         self.runs = runs
         self.catalog = catalog
         self.pool = pool
+        self.models = models
         self._tokens = [token.encode() for token in config.auth_tokens]
         self._openapi: tuple[int, bytes] | None = None
 
@@ -59,6 +61,7 @@ class Api:
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/runs/{id}", self.get_run)
         app.router.add_delete("/v1/runs/{id}", self.cancel_run)
+        self.models.add_routes(app.router)
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

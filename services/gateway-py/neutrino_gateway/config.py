@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from neutrino.models import URL_ENV_PREFIX, URL_TEMPLATE_ENV, model_url_env, service_name
 
 ENV_PREFIX = "NEUTRINO_GATEWAY_"
+# A model name goes into a URL path and maybe a host name: the SDK's characters, one DNS label long.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class ConfigError(ValueError):
@@ -39,6 +45,22 @@ class Config:
     pod_timeout_s: float = 3.0  # a pod silent this long is lost: 6 pings
     resolve_interval_s: float = 5.0
     log_level: str = "INFO"
+    # Model replicas (models.py): by name from --model, else NEUTRINO_MODEL_<NAME>_URL (the SDK's
+    # variable, keyed by that name), else the URL template with {name} and {service} filled in.
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    model_url_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    model_url_template: str | None = None
+
+    def model_replicas(self, name: str) -> tuple[str, ...] | None:
+        """The base URLs of model `name`'s replicas, or None when nothing says where it is.
+        `name` must already match MODEL_NAME."""
+        if name in self.models:
+            return self.models[name]
+        if urls := self.model_url_env.get(model_url_env(name)):
+            return urls
+        if self.model_url_template:
+            return _urls(self.model_url_template.format(name=name, service=service_name(name)), "--model-url-template")
+        return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
         prog="neutrino-gateway",
         description="Neutrino gateway: the public HTTP API for tasks, in front of one or many orchestrators.",
         epilog=f"Every flag can also be set from the environment: {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT=8000; "
-        f"{ENV_PREFIX}ORCHESTRATOR takes a comma-separated list, {ENV_PREFIX}AUTH_TOKEN too).",
+        f"{ENV_PREFIX}ORCHESTRATOR takes a comma-separated list, {ENV_PREFIX}AUTH_TOKEN too, "
+        f"{ENV_PREFIX}MODEL a ';'-separated one).",
     )
     p.add_argument(
         "--orchestrator",
@@ -109,6 +132,21 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="seconds between DNS re-resolutions of orchestrator names (default 5)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME=URL[,URL...]",
+        help="the replicas of model NAME, for /v1/models/NAME/... and /v2/models/NAME/...; repeatable. "
+        f"Env {ENV_PREFIX}MODEL: 'a=http://h1:8080,http://h2:8080;b=http://h3:8080'",
+    )
+    p.add_argument(
+        "--model-url-template",
+        default=None,
+        metavar="URL",
+        help="where a model not named by --model is, with {service} (neutrino-model-NAME, a DNS label) or {name} "
+        f"filled in, e.g. http://{{service}}:8080 (default: ${URL_TEMPLATE_ENV}, which `neutrino serve` sets)",
     )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return p
@@ -179,6 +217,13 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pod_timeout_s=number(opts.pod_timeout, "POD_TIMEOUT", defaults.pod_timeout_s, float, 0.05),
         resolve_interval_s=number(opts.resolve_interval, "RESOLVE_INTERVAL", defaults.resolve_interval_s, float, 0.1),
         log_level=(pick(opts.log_level, "LOG_LEVEL") or defaults.log_level).upper(),
+        models=_models(opts.model or [part for part in env.get(ENV_PREFIX + "MODEL", "").split(";") if part.strip()]),
+        model_url_env={
+            key: _urls(value, key)
+            for key, value in env.items()
+            if key.startswith(URL_ENV_PREFIX) and key.endswith("_URL") and value.strip()
+        },
+        model_url_template=_template(pick(opts.model_url_template, "MODEL_URL_TEMPLATE") or env.get(URL_TEMPLATE_ENV)),
     )
     if config.default_wait_s > config.max_wait_s:
         raise ConfigError(f"--default-wait {config.default_wait_s} is above --max-wait {config.max_wait_s}")
@@ -187,6 +232,53 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if config.pod_timeout_s <= config.ping_interval_s:
         raise ConfigError("--pod-timeout must be longer than --ping-interval (a few pings)")
     return config
+
+
+def _models(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    models: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, sep, urls = spec.strip().partition("=")
+        if not sep or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"--model {spec!r}: write NAME=URL[,URL...], e.g. --model digits=http://127.0.0.1:8080 "
+                "(a NAME is letters, digits, '_', '.' or '-')"
+            )
+        if name in models:
+            raise ConfigError(f"--model {name!r} is given twice: list all its replicas in one, NAME=URL,URL")
+        models[name] = _urls(urls, f"--model {name}")
+        if not models[name]:
+            raise ConfigError(f"--model {spec!r} names no URL: write {name}=http://HOST:PORT")
+    return models
+
+
+def _urls(value: str, where: str) -> tuple[str, ...]:
+    """Comma-separated base URLs, checked; `HOST:PORT` means http://HOST:PORT (as the SDK reads them)."""
+    urls = []
+    for item in value.split(","):
+        url = item.strip().rstrip("/")
+        if not url:
+            continue
+        if "://" not in url:
+            url = f"http://{url}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+            raise ConfigError(f"{where}: {item.strip()!r} is not a base URL; write http://HOST:PORT")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _template(template: str | None) -> str | None:
+    if not template:
+        return None
+    try:
+        urls = template.format(name="digits", service=service_name("digits"))
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"--model-url-template {template!r}: only {{name}} and {{service}} can be filled in ({exc!r})"
+        ) from None
+    if not _urls(urls, f"--model-url-template {template!r}"):
+        raise ConfigError(f"--model-url-template {template!r} names no URL; e.g. http://{{service}}:8080")
+    return template
 
 
 def _split(value: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document: the fixed routes, and one operation per task with its schemas from the catalog."""
+"""The OpenAPI 3.1 document: the fixed routes, the model routes, and one operation per task with its schemas
+from the catalog."""
 
 from __future__ import annotations
 
@@ -57,6 +58,177 @@ COMMON_ERRORS = {
     "401": _error_response("Missing or wrong bearer token"),
     "413": _error_response("Body over the size limit"),
 }
+
+
+# The model routes answer with the replica's own body, whose error shapes are the model server's:
+# `{"error": {"type", "message"}}` on /v1, `{"error": "<message>"}` on /v2 (the protocol's). The
+# gateway's own refusals (401, 404 unknown model, 429 all busy, 503 none reachable, 504) are its Error.
+MODEL_NAME_PARAM = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
+    "description": "the model's name in the app (`@app.model(name=...)`)",
+}
+V1_MODEL_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "traceback": {"type": "string"}},
+        }
+    },
+}
+V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
+
+def _either(description: str, replica_error: str) -> dict[str, Any]:
+    """An error status that the gateway or the replica may answer, each in its own shape."""
+    schema = {"anyOf": [{"$ref": "#/components/schemas/Error"}, {"$ref": f"#/components/schemas/{replica_error}"}]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _model_call_errors(replica_error: str) -> dict[str, Any]:
+    return {
+        "400": _replica("The body is not one the model server can read", replica_error),
+        "401": COMMON_ERRORS["401"],
+        "404": _either("Unknown model: no replicas configured, or the replica serves another model", replica_error),
+        "413": _either("Body over the gateway's or the model server's size limit", replica_error),
+        "422": _replica("The model refused the input (its validate())", replica_error),
+        "429": _either("Every replica is busy; retry after Retry-After seconds", replica_error),
+        "500": _replica("The model's predict raised", replica_error),
+        "503": _either("No replica took the request (none reachable, or all loading)", replica_error),
+        "504": _either("Past the gateway's or the model server's deadline", replica_error),
+    }
+
+
+def _replica(description: str, replica_error: str) -> dict[str, Any]:
+    """An error status only the replica answers, in its shape."""
+    schema = {"$ref": f"#/components/schemas/{replica_error}"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _model_paths() -> dict[str, Any]:
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": {"type": "string"},
+            "data": {"type": "array"},
+        },
+    }
+    tensor_meta = {"type": "object", "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}}}
+    predict_in = {"type": "object", "required": ["inputs"], "properties": {"inputs": {}}}
+    predict_out = {"type": "object", "required": ["outputs"], "properties": {"outputs": {}}}
+    infer_in = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "minItems": 1, "items": tensor},
+            "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+        },
+    }
+    infer_out = {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": tensor},
+        },
+    }
+    lookup_errors = {
+        "401": COMMON_ERRORS["401"],
+        "404": _either("Unknown model", "V2Error"),
+        "503": _error_response("No replica reachable"),
+        "504": _error_response("Past the gateway's deadline"),
+    }
+    return {
+        "/v1/models/{name}/predict": {
+            "post": {
+                "operationId": "model_predict",
+                "summary": "One input through a model's replicas",
+                "description": 'The body `{"inputs": x}` and its Content-Type go to a replica as they are; '
+                "its answer comes back as it is.",
+                "tags": ["models"],
+                "parameters": [MODEL_NAME_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": predict_in},
+                        "application/msgpack": {"schema": predict_in},
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The model's output",
+                        "content": {
+                            "application/json": {"schema": predict_out},
+                            "application/msgpack": {"schema": predict_out},
+                        },
+                    },
+                    **_model_call_errors("ModelError"),
+                },
+            }
+        },
+        "/v2/models/{name}": {
+            "get": {
+                "operationId": "model_metadata",
+                "summary": "A model's metadata (Open Inference Protocol)",
+                "tags": ["models"],
+                "parameters": [MODEL_NAME_PARAM],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "versions": {"type": "array", "items": {"type": "string"}},
+                                "platform": {"type": "string"},
+                                "inputs": {"type": "array", "items": tensor_meta},
+                                "outputs": {"type": "array", "items": tensor_meta},
+                            },
+                        },
+                        "The model's metadata",
+                    ),
+                    **lookup_errors,
+                },
+            }
+        },
+        "/v2/models/{name}/ready": {
+            "get": {
+                "operationId": "model_ready",
+                "summary": "200 when one of the model's replicas is ready, 400 when none is",
+                "tags": ["models"],
+                "parameters": [MODEL_NAME_PARAM],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
+                        "A replica is ready",
+                    ),
+                    "400": _json({"type": "object"}, "No replica is ready (the protocol's 4xx for false)"),
+                    **lookup_errors,
+                },
+            }
+        },
+        "/v2/models/{name}/infer": {
+            "post": {
+                "operationId": "model_infer",
+                "summary": "A batch of rows as V2 tensors through a model's replicas",
+                "tags": ["models"],
+                "parameters": [MODEL_NAME_PARAM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": infer_in}}},
+                "responses": {"200": _json(infer_out, "The outputs"), **_model_call_errors("V2Error")},
+            }
+        },
+    }
 
 
 def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
@@ -183,6 +355,7 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
             },
         },
     }
+    paths.update(_model_paths())
     for path, what in (("/healthz", "The gateway process is up"), ("/readyz", "At least one task pod answers")):
         paths[path] = {
             "get": {
@@ -214,6 +387,8 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
         "components": {
             "schemas": {
                 "Error": ERROR,
+                "ModelError": V1_MODEL_ERROR,
+                "V2Error": V2_ERROR,
                 "Run": _run_schema({}),
                 "RunError": {
                     "type": "object",

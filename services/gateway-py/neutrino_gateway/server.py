@@ -1,9 +1,10 @@
 """`run(config, shutdown)`: the gateway's parts wired together, started in order and stopped in reverse.
 
-Start: open the run store, connect to the task pods, serve HTTP. A pod that comes up is asked for
-its task catalog; the first catalog lets the runs a previous gateway left unfinished be dealt
-with (runs.py). Stop (shutdown fires): stop accepting HTTP, let handlers finish within a grace
-period, close the pod links, write the store and close it.
+Start: open the run store, connect to the task pods, open the model client session, serve HTTP.
+A pod that comes up is asked for its task catalog; the first catalog lets the runs a previous
+gateway left unfinished be dealt with (runs.py). Stop (shutdown fires): stop accepting HTTP, let
+handlers finish within a grace period, close the model client session and the pod links, write
+the store and close it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from neutrino_protocol import DescribeTasks, TaskCatalog
 from .api import Api
 from .catalog import Catalog
 from .config import Config
+from .models import ModelProxy
 from .pod import Pod
 from .pool import PodPool
 from .runs import Runs
@@ -49,7 +51,8 @@ class Gateway:
         )
         self.pool.on_drained = self.runs.on_drained
         self.runs.attach(self.pool)
-        self.api = Api(config, self.runs, self.catalog, self.pool)
+        self.models = ModelProxy(config)
+        self.api = Api(config, self.runs, self.catalog, self.pool, self.models)
         self._catalog_asked: dict[str, float] = {}
         self._catalog_from: dict[str, float] = {}
         self._nonce = 0
@@ -104,6 +107,7 @@ class Gateway:
     async def run(self, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None) -> None:
         await self.runs.start()
         await self.pool.start()
+        await self.models.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._catalog_loop(), name="catalog"))
         runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
@@ -121,6 +125,7 @@ class Gateway:
         finally:
             log.info("gateway stopping")
             await runner.cleanup()
+            await self.models.close()  # after the HTTP handlers: none is left to call a model
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:

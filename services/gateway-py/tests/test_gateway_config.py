@@ -57,3 +57,51 @@ def test_environment_values_are_checked_too() -> None:
 def test_no_auth_must_be_explicit() -> None:
     assert load([*POD, "--no-auth"], env={}).no_auth
     assert load(POD, env={"NEUTRINO_GATEWAY_NO_AUTH": "true"}).no_auth
+
+
+# -- model replicas -------------------------------------------------------------------------------
+
+
+def test_models_from_flags_and_environment() -> None:
+    argv = [*POD, "--no-auth", "--model", "digits=http://a:8080, http://b:8080/", "--model", "other=c:9000"]
+    config = load(argv, env={})
+    assert config.models == {"digits": ("http://a:8080", "http://b:8080"), "other": ("http://c:9000",)}
+    env = {"NEUTRINO_GATEWAY_MODEL": "digits=http://a:8080,http://b:8080; other=http://c:8080;"}
+    assert load([*POD, "--no-auth"], env=env).models == {
+        "digits": ("http://a:8080", "http://b:8080"),
+        "other": ("http://c:8080",),
+    }
+    assert load([*POD, "--no-auth", "--model", "x=http://x:1"], env=env).models == {"x": ("http://x:1",)}  # flags win
+
+
+def test_where_a_model_is_found_in_order() -> None:
+    env = {
+        "NEUTRINO_MODEL_URL_TEMPLATE": "http://{service}:8080",
+        "NEUTRINO_MODEL_MY_MODEL_URL": "http://mine:1,http://mine:2",
+    }
+    config = load([*POD, "--no-auth", "--model", "digits=http://d:1"], env=env)
+    assert config.model_replicas("digits") == ("http://d:1",)  # --model
+    assert config.model_replicas("my.model") == ("http://mine:1", "http://mine:2")  # the SDK's per-model variable
+    assert config.model_replicas("Big_Model") == ("http://neutrino-model-big-model:8080",)  # the SDK's template
+    config = load([*POD, "--no-auth", "--model-url-template", "http://{name}.models:80"], env=env)
+    assert config.model_replicas("Big_Model") == ("http://Big_Model.models:80",)  # the gateway's template wins
+    assert load([*POD, "--no-auth"], env={}).model_replicas("digits") is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--model", "digits"], {}, "NAME=URL"),
+        (["--model", "bad name=http://a:1"], {}, "NAME=URL"),
+        (["--model", "a=http://x:1", "--model", "a=http://y:1"], {}, "given twice"),
+        (["--model", "a="], {}, "names no URL"),
+        (["--model", "a=ftp://x:1"], {}, "not a base URL"),
+        (["--model", "a=http://x:1/path"], {}, "not a base URL"),
+        (["--model-url-template", "http://{host}:8080"], {}, "only {name} and {service}"),
+        ([], {"NEUTRINO_MODEL_URL_TEMPLATE": "http://{service}/v1"}, "not a base URL"),
+        ([], {"NEUTRINO_MODEL_DIGITS_URL": "http://a:1?x=1"}, "NEUTRINO_MODEL_DIGITS_URL"),
+    ],
+)
+def test_model_settings_that_cannot_work_are_refused(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load([*POD, "--no-auth", *argv], env=env)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import posixpath
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import starlark
 import yaml
 
 from .conftest import ROOT
-from .tilt_stubs import Blob, HTTPGetAction, TiltRun, evaluate, evaluate_source
+from .tilt_stubs import Blob, DockerBuild, HTTPGetAction, TiltRun, evaluate, evaluate_source
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,6 +32,11 @@ IMAGES = {
     "neutrino/task-pod": "services/orchestrator-rs/Dockerfile",
     "neutrino/gateway": "services/gateway-py/Dockerfile",
     "neutrino/model-server": "services/model-server-py/Dockerfile",
+}
+# service image -> the models example's image on top of it (examples/models/Dockerfile)
+APP_IMAGES = {
+    "neutrino/task-pod": "neutrino/example-models-task-pod",
+    "neutrino/model-server": "neutrino/example-models-model-server",
 }
 
 
@@ -133,18 +140,37 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("containers", []), *spec.get("initContainers", [])]
 
 
-def dockerfile_copies(dockerfile: Path) -> list[str]:
-    """The build-context paths a Dockerfile's COPY/ADD instructions read (not those --from a stage)."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    sources = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
+def workloads(run: TiltRun) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in applied_objects(run) if o["kind"] in ("Deployment", "StatefulSet")}
+
+
+def manifest_images(run: TiltRun) -> set[str]:
+    """Image names (without tags) the applied workloads run: Tilt deploys a build only where named."""
+    return {c["image"].rsplit(":", 1)[0] for o in workloads(run).values() for c in containers(o)}
+
+
+@dataclass
+class Copy:
+    source: str  # in the build context
+    dest: str  # absolute in the image
+
+
+def dockerfile_copies(dockerfile: Path) -> list[Copy]:
+    """What a Dockerfile's COPY/ADD instructions take from the build context (not --from a stage)."""
+    copies, workdir = [], "/"
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        words = [w for w in line.split() if not w.startswith("--chown") and not w.startswith("--chmod")]
+        if len(words) >= 2 and words[0].upper() == "WORKDIR":
+            workdir = posixpath.join(workdir, words[1])
+        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD") or any(w.startswith("--from") for w in words):
             continue
-        if any(w.startswith("--from") for w in words):
-            continue
-        sources += [w.rstrip("/") for w in words[1:-1] if not w.startswith("--")]
-    return sources
+        dest = posixpath.join(workdir, words[-1])
+        for source in words[1:-1]:
+            source = source.rstrip("/")
+            copies.append(
+                Copy(source, posixpath.join(dest, posixpath.basename(source)) if dest.endswith("/") else dest)
+            )
+    return copies
 
 
 def site_packages(dockerfile: Path) -> str:
@@ -160,6 +186,12 @@ def covers(paths: list[str], path: str) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths)
 
 
+def base_of(run: TiltRun, build: DockerBuild) -> DockerBuild | None:
+    """The image Tilt builds that `build` is FROM (through its BASE build argument), if any."""
+    base = build.build_args.get("BASE", "").rsplit(":", 1)[0]
+    return run.docker_builds.get(base)
+
+
 @pytest.fixture(scope="module")
 def k8s_run() -> TiltRun:
     return evaluate(TILTFILE, {"k8s": True})
@@ -168,49 +200,55 @@ def k8s_run() -> TiltRun:
 def test_k8s_mode_builds_every_service_image_with_its_dockerfile(k8s_run: TiltRun) -> None:
     dockerfiles = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("services/*/Dockerfile"))
     assert sorted(IMAGES.values()) == dockerfiles, "every service Dockerfile is an image the Tiltfile builds"
-    assert {ref: str(Path(b.dockerfile).relative_to(ROOT)) for ref, b in k8s_run.docker_builds.items()} == IMAGES
+    built = {ref: str(Path(b.dockerfile).relative_to(ROOT)) for ref, b in k8s_run.docker_builds.items()}
+    assert {ref: built.get(ref) for ref in IMAGES} == IMAGES
     for build in k8s_run.docker_builds.values():
         assert build.context == str(ROOT), "Dockerfiles are built from the repository root"
 
 
+def test_k8s_mode_builds_the_example_apps_images_on_the_service_images(k8s_run: TiltRun) -> None:
+    for service, app_image in APP_IMAGES.items():
+        build = k8s_run.docker_builds[app_image]
+        assert build.dockerfile == str(ROOT / "examples/models/Dockerfile")
+        assert build.build_args == {"BASE": service}, "Tilt builds the service image first and puts it in FROM"
+
+
 def test_k8s_mode_sends_each_build_what_its_dockerfile_copies(k8s_run: TiltRun) -> None:
     for build in k8s_run.docker_builds.values():
-        only = build.only  # relative to the context, the repository root
-        for path in only:
+        assert build.only, f"{build.ref}: without `only` every edit in the repository rebuilds it"
+        for path in build.only:
             assert (ROOT / path).exists(), f"{build.ref}: only={path!r} does not exist"
-        for source in dockerfile_copies(Path(build.dockerfile)):
-            sources = [source] if source != "." else []
-            assert all(covers(only, s) for s in sources), f"{build.ref}: its Dockerfile copies {source}, not in only"
+        for copy in dockerfile_copies(Path(build.dockerfile)):
+            assert copy.source == "." or covers(build.only, copy.source), f"{build.ref}: {copy.source} not in only"
 
 
 def test_k8s_mode_applies_the_dev_overlay_and_the_apps_models(k8s_run: TiltRun) -> None:
     assert k8s_run.local_resources == {}
-    overlay, *models = k8s_run.k8s_yaml
-    assert isinstance(overlay, Blob)
+    overlay, models = k8s_run.k8s_yaml
+    assert isinstance(overlay, Blob) and isinstance(models, Blob)
     assert overlay.source == ("kustomize", str(DEV_OVERLAY))
-    # The models come from the app, rendered by `neutrino deploy render`.
-    assert [cmd[2:5] for cmd in k8s_run.local_commands] == [["neutrino", "deploy", "render"]]
-    model_workloads = [
-        o["metadata"]["name"]
-        for o in applied_objects(k8s_run)
-        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("neutrino-model-")
-    ]
-    assert model_workloads == ["neutrino-model-digits"]
-    assert len(models) == 1
+    # The models come from the app, rendered by `neutrino deploy render` into its model-server image.
+    [render] = k8s_run.local_commands
+    assert render[1:6] == ["-m", "neutrino", "deploy", "render", DEFAULT_APP]
+    model = workloads(k8s_run)["neutrino-model-digits"]
+    assert {c["image"].rsplit(":", 1)[0] for c in containers(model)} == {APP_IMAGES["neutrino/model-server"]}
+    assert str(ROOT / "examples" / "models" / "app.py") in k8s_run.watched
 
 
-def test_k8s_mode_images_and_resources_match_the_manifests(k8s_run: TiltRun) -> None:
-    objects = applied_objects(k8s_run)
-    workloads = {o["metadata"]["name"]: o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")}
-    images = {c["image"].rsplit(":", 1)[0] for o in workloads.values() for c in containers(o)}
-    # Tilt deploys the image it built only where the manifests name that image.
-    assert set(k8s_run.docker_builds) == images
+def test_k8s_mode_runs_only_the_overlays_app() -> None:
+    with pytest.raises(starlark.StarlarkError, match="another app needs its own images"):
+        evaluate(TILTFILE, {"k8s": True, "app": "examples.quickstart.app:app"})
+
+
+def test_k8s_mode_resources_and_port_forwards_match_the_manifests(k8s_run: TiltRun) -> None:
+    objects = workloads(k8s_run)
+    assert manifest_images(k8s_run) <= set(k8s_run.docker_builds), "an image the cluster cannot pull"
     names = {r.new_name or r.workload for r in k8s_run.k8s_resources}
-    assert names == set(workloads), "every workload is a named, labelled resource"
+    assert names == set(objects), "every workload is a named, labelled resource"
     for res in k8s_run.k8s_resources:
         assert set(res.resource_deps) <= names - {res.workload}
         assert res.labels
-        ports = {p["containerPort"] for c in containers(workloads[res.workload]) for p in c.get("ports", [])}
+        ports = {p["containerPort"] for c in containers(objects[res.workload]) for p in c.get("ports", [])}
         for forward in res.port_forwards:
             assert (forward.container_port or forward.local_port) in ports, f"{res.workload}: {forward}"
     forwards = {r.workload: {p.container_port or p.local_port for p in r.port_forwards} for r in k8s_run.k8s_resources}
@@ -220,24 +258,39 @@ def test_k8s_mode_images_and_resources_match_the_manifests(k8s_run: TiltRun) -> 
     assert len(local_ports) == len(set(local_ports)), "two port forwards on one local port"
 
 
-def test_k8s_mode_live_updates_sync_python_sources_into_the_image(k8s_run: TiltRun) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="deploy/k8s/overlays/dev runs neutrino/task-pod, which holds no app, for NEUTRINO_APP="
+    "examples.models.app:app; it should run neutrino/example-models-task-pod (as deploy/compose.yaml does)",
+)
+def test_k8s_mode_deploys_every_image_it_builds(k8s_run: TiltRun) -> None:
+    bases = {base.ref for b in k8s_run.docker_builds.values() if (base := base_of(k8s_run, b))}
+    assert set(k8s_run.docker_builds) == manifest_images(k8s_run) | bases
+
+
+def test_k8s_mode_live_updates_sync_the_python_code_into_the_deployed_images(k8s_run: TiltRun) -> None:
+    bases = {base.ref for b in k8s_run.docker_builds.values() if (base := base_of(k8s_run, b))}
     for build in k8s_run.docker_builds.values():
-        syncs = [step for step in build.live_update if step.kind == "sync"]
-        assert syncs, f"{build.ref}: no live_update sync of its Python code"
-        copied = dockerfile_copies(Path(build.dockerfile))
-        for step in syncs:
-            local = Path(step.local_path)
-            source = str(local.relative_to(ROOT))
-            assert covers(build.only, source), f"{build.ref}: {source} is not watched (only)"
-            assert (local / "__init__.py").is_file() or local.name == "examples", f"{local} is not Python code"
-            if covers(copied, source):  # a package the image installs: into its venv
-                assert step.remote_path == f"{site_packages(Path(build.dockerfile))}/{local.name}"
-        # Every package the image installs is synced, so no edit to it needs a rebuild.
-        projects = [ROOT / c for c in copied if (ROOT / c / "pyproject.toml").is_file()]
-        packages = {
-            str(d) for p in projects for d in p.iterdir() if (d / "__init__.py").is_file() and d.name != "tests"
-        }
-        assert packages <= {step.local_path for step in syncs}, f"{build.ref}: packages not synced"
+        if build.ref in bases:
+            assert build.live_update == [], f"{build.ref}: Tilt live-updates deployed images; sync there"
+            continue
+        syncs = {Path(s.local_path).relative_to(ROOT).as_posix(): s.remote_path for s in build.live_update}
+        assert syncs and all(s.kind == "sync" for s in build.live_update), f"{build.ref}: no live_update"
+        chain = [build, *([base] if (base := base_of(k8s_run, build)) else [])]
+        for image in chain:
+            copies = dockerfile_copies(Path(image.dockerfile))
+            # Our packages: every one the image installs from a project it copies, into its venv.
+            for project in (c.source for c in copies if (ROOT / c.source / "pyproject.toml").is_file()):
+                for package in (ROOT / project).iterdir():
+                    if (package / "__init__.py").is_file() and package.name != "tests":
+                        source = package.relative_to(ROOT).as_posix()
+                        expected = f"{site_packages(Path(image.dockerfile))}/{package.name}"
+                        assert syncs.get(source) == expected, f"{build.ref}: {source} is not synced to {expected}"
+            # Files the Dockerfile copies in as they are (the app): synced to where it puts them.
+            for copy in copies:
+                if copy.source.endswith(".py"):
+                    [(local, remote)] = [(k, v) for k, v in syncs.items() if covers([k], copy.source)]
+                    assert posixpath.join(remote, posixpath.relpath(copy.source, local)) == copy.dest
 
 
 # ---- the stand-ins reject what Tilt rejects ---------------------------------------------------------

@@ -1,9 +1,11 @@
 """The HTTP API (aiohttp): routes, body and query parsing, content negotiation, auth, the error shape.
 
 JSON by default; msgpack when the body is `application/msgpack`, and in answers when `Accept`
-asks for it (or the body was msgpack and `Accept` says nothing). In msgpack answers the task's
-result goes out as the bytes the worker packed, never decoded here. In JSON answers, values JSON
-cannot hold are converted: bytes become base64 text. Model routes are models.py's.
+asks for it (or the body was msgpack and `Accept` says nothing). A body labelled with curl's
+default form type is read as JSON when it is a JSON object (so `curl -d '{"x": 1}'` works). In
+msgpack answers the task's result goes out as the bytes the worker packed, never decoded here. In
+JSON answers, values JSON cannot hold are converted: bytes become base64 text. Model routes are
+models.py's; the /docs page is docs.py's.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import errors, metrics, openapi
+from . import docs, errors, metrics, openapi
 from .catalog import Catalog
 from .config import Config
 from .errors import ApiError
@@ -37,6 +41,13 @@ log = logging.getLogger("neutrino.gateway")
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Pages a browser opens: there the token may also be the password of HTTP Basic auth (any user
+# name), which a browser asks for by itself. Only for GET: a browser sends remembered Basic
+# credentials along with other sites' requests too, and these two change nothing.
+BROWSER_PATHS = frozenset({"/docs", "/openapi.json"})
+FORM = "application/x-www-form-urlencoded"
+DOCS_METADATA_WAIT_S = 1.0  # how long /docs waits for a model replica's metadata before leaving it out
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 MAX_RETRIES = 100
 MAX_KEY_LENGTH = 255
 # Task failure kinds (SPEC.md §5) that are the caller's doing get a 4xx; the rest are the task's: 500.
@@ -63,6 +74,7 @@ class Api:
         app.router.add_delete("/v1/runs/{id}", self.cancel_run)
         self.models.add_routes(app.router)
         app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get("/docs", self.docs)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -75,6 +87,8 @@ class Api:
         started = time.perf_counter()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         try:
+            if request.method == "POST" and "Origin" in request.headers:
+                self._check_origin(request)
             if not self.config.no_auth and request.path not in OPEN_PATHS:
                 self._check_token(request)
             async with asyncio.timeout(self.config.request_deadline_s):
@@ -102,18 +116,40 @@ class Api:
         return response
 
     def _check_token(self, request: web.Request) -> None:
+        browser = request.path in BROWSER_PATHS and request.method in ("GET", "HEAD")
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
+        if browser and scheme.lower() == "basic" and token:
+            try:
+                token = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                token = ""
+            scheme = "bearer"
         if scheme.lower() != "bearer" or not token:
-            raise errors.unauthorized("send Authorization: Bearer <token>")
+            hint = " (a browser: any user name, the token as password)" if browser else ""
+            raise errors.unauthorized(f"send Authorization: Bearer <token>{hint}", browser=browser)
         presented = token.strip().encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8
         # compare_digest against every token: the time taken says nothing about which one nearly matched.
         if not any([hmac.compare_digest(presented, known) for known in self._tokens]):
-            raise errors.unauthorized("the bearer token is not one this gateway accepts")
+            raise errors.unauthorized("the bearer token is not one this gateway accepts", browser=browser)
+
+    @staticmethod
+    def _check_origin(request: web.Request) -> None:
+        """A browser names the page behind every POST in `Origin`. A page on another site may send a POST
+        with a form type or none without asking first (no CORS preflight), and with --no-auth nothing else
+        would stop it running tasks; the gateway serves no cross-origin callers (it answers no preflight)."""
+        origin = urlsplit(request.headers["Origin"])
+        if origin.netloc.lower() != request.host.lower():
+            raise ApiError(
+                403,
+                "cross_origin",
+                f"a browser page from {request.headers['Origin'][:100]!r} may not call this gateway; "
+                "call it from a server, a script or curl (they send no Origin header)",
+            )
 
     def _error(self, request: web.Request, exc: ApiError) -> web.Response:
         response = self._respond(request, exc.body(), exc.status)
-        response.headers.update(exc.headers)
+        response.headers.extend(exc.headers)
         return response
 
     # -- tasks -------------------------------------------------------------------------------
@@ -206,6 +242,32 @@ class Api:
             self._openapi = (self.catalog.version, json.dumps(document).encode())
         return web.Response(body=self._openapi[1], content_type="application/json")
 
+    async def docs(self, request: web.Request) -> web.StreamResponse:
+        names = sorted(self.config.models)
+        try:
+            async with asyncio.timeout(DOCS_METADATA_WAIT_S):
+                found = await asyncio.gather(*(self.models.get_json(n, f"/v2/models/{n}") for n in names))
+        except TimeoutError:
+            found = [None] * len(names)
+        page = docs.render(
+            base_url=self._base_url(request),
+            catalog=self.catalog,
+            auth=not self.config.no_auth,
+            models=[docs.ModelDoc(n, m if isinstance(m, dict) else None) for n, m in zip(names, found, strict=True)],
+            model_url_template=self.config.model_url_template,
+        )
+        response = web.Response(text=page, content_type="text/html")
+        response.headers["Content-Security-Policy"] = docs.CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    def _base_url(self, request: web.Request) -> str:
+        """This gateway's URL as the caller reached it (the Host header, when it is a plain host[:port])."""
+        scheme = request.headers.get("X-Forwarded-Proto", request.scheme).lower()
+        host = request.host if _HOST.fullmatch(request.host) else f"{self.config.host}:{self.config.port}"
+        return f"{scheme if scheme in ('http', 'https') else 'http'}://{host}"
+
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
 
@@ -249,6 +311,8 @@ class Api:
                 body = json.loads(raw)
             except (ValueError, RecursionError) as exc:
                 raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
+        elif request.content_type == FORM and (body := _json_object(raw)) is not None:
+            pass  # `curl -d '{...}'`: JSON under curl's default type
         else:
             raise ApiError(
                 415, "unsupported_media_type", f"send application/json or {MSGPACK}, not {request.content_type}"
@@ -309,6 +373,17 @@ class Api:
                 error.pop("traceback", None)
             record["error"] = error
         return record
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """`raw` as a JSON object, or None when it is not one (a real form body, `a=1&b=2`)."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _result(run: Run) -> Any:

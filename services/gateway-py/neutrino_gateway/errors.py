@@ -6,21 +6,33 @@ Handlers raise `ApiError`; the middleware in api.py renders it (JSON or msgpack,
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from multidict import CIMultiDict
+
+BEARER_CHALLENGE = 'Bearer realm="neutrino"'
+# For the pages a browser opens (/docs, /openapi.json): a Basic challenge makes it ask for the token.
+BASIC_CHALLENGE = 'Basic realm="neutrino", charset="UTF-8"'
 
 
 class ApiError(Exception):
     """An HTTP error answer: `status`, a stable `type`, a human `message` and optional `detail`."""
 
     def __init__(
-        self, status: int, type: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        type: str,
+        message: str,
+        detail: Any = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.detail = detail
-        self.headers = headers or {}
+        self.headers: CIMultiDict[str] = CIMultiDict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"type": self.type, "message": self.message, "detail": self.detail}}
@@ -30,8 +42,10 @@ def bad_request(message: str, detail: Any = None) -> ApiError:
     return ApiError(400, "bad_request", message, detail)
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="neutrino"'})
+def unauthorized(message: str, browser: bool = False) -> ApiError:
+    """401; with `browser`, a Basic challenge first (browsers answer only that one), then the Bearer one."""
+    challenges = [BASIC_CHALLENGE, BEARER_CHALLENGE] if browser else [BEARER_CHALLENGE]
+    return ApiError(401, "unauthorized", message, headers=[("WWW-Authenticate", c) for c in challenges])
 
 
 def not_found(type: str, message: str) -> ApiError:

@@ -94,6 +94,7 @@ def _model_call_errors(replica_error: str) -> dict[str, Any]:
     return {
         "400": _replica("The body is not one the model server can read", replica_error),
         "401": COMMON_ERRORS["401"],
+        "403": _error_response("A POST from a browser page on another origin"),
         "404": _either("Unknown model: no replicas configured, or the replica serves another model", replica_error),
         "413": _either("Body over the gateway's or the model server's size limit", replica_error),
         "422": _replica("The model refused the input (its validate())", replica_error),
@@ -298,7 +299,9 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                         {"Location": {"schema": {"type": "string"}, "description": "/v1/runs/{id}"}},
                     ),
                     **COMMON_ERRORS,
+                    "403": _error_response("A POST from a browser page on another origin"),
                     "404": _error_response("Unknown task"),
+                    "415": _error_response("A body that is neither JSON nor msgpack"),
                     "409": _error_response("Cancelled, or the Idempotency-Key belongs to another request"),
                     "422": _error_response("The body does not match the task's parameters"),
                     "429": _error_response("Every task pod is busy; retry after Retry-After seconds"),

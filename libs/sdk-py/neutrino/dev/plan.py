@@ -8,6 +8,7 @@ This list is the single source of truth for the local stack: the supervisor star
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import socket
@@ -63,6 +64,9 @@ def plan_services(app: App, options: DevOptions) -> list[Service]:
     host = options.host
     serve = [sys.executable, "-m", "neutrino", "serve"]
     watch = _app_dirs(options)
+    # Neutrino's own sources count too when they live under the root (working on Neutrino itself).
+    own = {kind: _source_dirs(options.root, packages) for kind, packages in _PACKAGES.items()}
+    own["task-pod"] += _under(options.root, _orchestrator_binary())
     services: list[Service] = []
     model_urls: dict[str, list[str]] = {}
     for model in app.models.values():
@@ -80,7 +84,7 @@ def plan_services(app: App, options: DevOptions) -> list[Service]:
                     env={"PYTHONUNBUFFERED": "1"},
                     readiness_url=f"{url}/v2/health/ready",
                     links=[f"{url}/v2/models/{model.name}"],
-                    deps=watch,
+                    deps=watch + own["model"],
                 )
             )
     model_services = [s.name for s in services]
@@ -102,7 +106,7 @@ def plan_services(app: App, options: DevOptions) -> list[Service]:
                 env=dict(pod_env),
                 readiness_url=f"http://{host}:{metrics_port}/readyz",
                 links=[f"http://{host}:{metrics_port}/metrics"],
-                deps=watch,
+                deps=watch + own["task-pod"],
                 resource_deps=list(model_services),
             )
         )
@@ -122,6 +126,7 @@ def plan_services(app: App, options: DevOptions) -> list[Service]:
             env={"PYTHONUNBUFFERED": "1"},
             readiness_url=f"{api}/readyz",
             links=[f"{api}/docs", f"{api}/openapi.json"],
+            deps=own["gateway"],
             resource_deps=[name for name, _ in pods],
         )
     )
@@ -193,6 +198,44 @@ def example_value(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Any:
         return {k: example_value(props[k], defs) for k in schema.get("required", []) if k in props}
     simple = {"integer": 1, "number": 1.0, "string": "hello", "boolean": True, "array": [], "null": None}
     return simple.get(kind) if isinstance(kind, str) else None
+
+
+# The Python packages each kind of service runs, besides the app.
+_PACKAGES = {
+    "model": ("neutrino", "neutrino_protocol", "neutrino_model_server"),
+    "task-pod": ("neutrino", "neutrino_protocol", "neutrino_worker"),
+    "gateway": ("neutrino", "neutrino_protocol", "neutrino_gateway"),
+}
+
+
+def _source_dirs(root: Path, packages: tuple[str, ...]) -> list[str]:
+    """The folders of `packages` that are under `root` (an editable install in a Neutrino checkout),
+    relative to it; none for an installed Neutrino, whose code does not change under you."""
+    found = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        for location in list(spec.submodule_search_locations or []) if spec is not None else []:
+            found += _under(root, location)
+    return found
+
+
+def _under(root: Path, path: str | None) -> list[str]:
+    """`[path relative to root]` when it is under root, else `[]`."""
+    if path is None:
+        return []
+    try:
+        return [str(Path(path).resolve().relative_to(root))]
+    except ValueError:
+        return []
+
+
+def _orchestrator_binary() -> str | None:
+    from ..serve import ServeError, find_orchestrator
+
+    try:
+        return find_orchestrator()
+    except ServeError:
+        return None
 
 
 def _app_dirs(options: DevOptions) -> list[str]:

@@ -202,10 +202,15 @@ class Supervisor:
         from watchfiles import PythonFilter, watch
 
         stop = threading.Event()
-        folders = sorted({(self.root / d).resolve() for c in self.children for d in c.service.deps})
+        paths = sorted({(self.root / d).resolve() for c in self.children for d in c.service.deps})
+        files = {str(p) for p in paths if p.is_file()}  # e.g. the orchestrator binary after `cargo build`
+        python = PythonFilter()
+
+        def wanted(change: object, path: str) -> bool:
+            return path in files or bool(python(change, path))  # type: ignore[arg-type]
 
         def loop() -> None:
-            for changes in watch(*folders, watch_filter=PythonFilter(), stop_event=stop, debounce=300):
+            for changes in watch(*paths, watch_filter=wanted, stop_event=stop, debounce=300):
                 self._events.put(("changed", {Path(path) for _, path in changes}))
 
         threading.Thread(target=loop, daemon=True, name="reload-watcher").start()

@@ -258,11 +258,6 @@ def test_k8s_mode_resources_and_port_forwards_match_the_manifests(k8s_run: TiltR
     assert len(local_ports) == len(set(local_ports)), "two port forwards on one local port"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploy/k8s/overlays/dev runs neutrino/task-pod, which holds no app, for NEUTRINO_APP="
-    "examples.models.app:app; it should run neutrino/example-models-task-pod (as deploy/compose.yaml does)",
-)
 def test_k8s_mode_deploys_every_image_it_builds(k8s_run: TiltRun) -> None:
     bases = {base.ref for b in k8s_run.docker_builds.values() if (base := base_of(k8s_run, b))}
     assert set(k8s_run.docker_builds) == manifest_images(k8s_run) | bases

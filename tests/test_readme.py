@@ -204,3 +204,36 @@ def test_a_broken_example_is_caught() -> None:
         parse("text\n```bash\nrm -rf /\n```\n")
     steps = parse('<!-- readme-test: run -->\n```bash\ncurl -d x localhost\n# {"a":…}\n```\n')
     assert list(commands(steps[0].code)) == [("curl -d x localhost", '{"a":…}')]
+
+
+@pytest.mark.timeout(120)
+def test_the_curl_lines_make_demo_prints_work_when_pasted() -> None:
+    """`make demo --keep-running`'s `$ curl ...` lines, pasted into bash, answer what the demo printed."""
+    import json
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cmd = [sys.executable, "examples/quickstart/demo.py", "--keep-running", "--http-port", str(ports[0])]
+    cmd += ["--frontend", f"tcp://127.0.0.1:{ports[1]}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = ProcessLog(proc=proc, stream=proc.stdout)
+    demo.follow()
+    try:
+        demo.wait_for("Ctrl-C to stop", timeout=90)
+        lines = demo.log.splitlines()
+        pasted = [(line[2:], lines[i + 1]) for i, line in enumerate(lines) if line.startswith("$ curl")]
+        assert len(pasted) == 2, demo.log
+        for command, printed in pasted:
+            out = subprocess.run(["bash", "-c", command + " -s"], capture_output=True, text=True, timeout=30)
+            shown = json.loads(printed.split("   (HTTP")[0])
+            got = json.loads(out.stdout)
+            for answer in (shown, got):
+                answer.pop("id", None)
+            assert got == shown, (command, out.stdout)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, demo.log

@@ -83,7 +83,7 @@ def main() -> int:
         print(f'$ curl -d \'{{"x": 20, "y": 22}}\' {url}/v1/tasks/add\n{conn.getresponse().read().decode()}')
         conn.request("POST", "/v1/tasks/add", body=b'{"x": "twenty"}', headers={"Content-Type": "application/json"})
         reply = conn.getresponse()
-        print(f'$ curl -d \'{{"x": "twenty"}}\' {url}/v1/tasks/add   -> {reply.status}\n{reply.read().decode()}')
+        print(f'$ curl -d \'{{"x": "twenty"}}\' {url}/v1/tasks/add\n{reply.read().decode()}   (HTTP {reply.status})')
         conn.request("GET", "/v1/tasks")
         tasks = json.loads(conn.getresponse().read())["tasks"]
         print(f"GET /v1/tasks: {', '.join(task['name'] for task in tasks)}   (schemas in {url}/openapi.json)")

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from examples.models.app import ZERO
+
 from .conftest import BINARY, ROOT, ProcessLog, wait_until
 
 APP_SOURCE = ROOT / "tests" / "apps" / "dev_stack_app.py"
@@ -85,17 +87,18 @@ class Dev(ProcessLog):
 def dev(tmp_path: Path) -> Iterator[Any]:
     started: list[Dev] = []
 
-    def _start(*flags: str) -> Dev:
-        (tmp_path / "devapp").mkdir(exist_ok=True)
-        (tmp_path / "devapp" / "__init__.py").touch()
-        shutil.copy(APP_SOURCE, tmp_path / "devapp" / "app.py")
-        cmd = [sys.executable, "-m", "neutrino", "dev", APP, "--no-color", "--port", "0", "--pod-port", "0"]
+    def _start(*flags: str, app: str = APP, root: Path = tmp_path) -> Dev:
+        if app == APP:
+            (tmp_path / "devapp").mkdir(exist_ok=True)
+            (tmp_path / "devapp" / "__init__.py").touch()
+            shutil.copy(APP_SOURCE, tmp_path / "devapp" / "app.py")
+        cmd = [sys.executable, "-m", "neutrino", "dev", app, "--no-color", "--port", "0", "--pod-port", "0"]
         cmd += ["--metrics-port", "0", "--model-port", "0", "--grace-period", "5", *flags]
         env = {**os.environ, "NEUTRINO_ORCHESTRATOR_BIN": str(BINARY)}
         read, write = os.pipe()
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=write, stderr=write, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, cwd=root, stdout=write, stderr=write, stdin=subprocess.DEVNULL, env=env)
         os.close(write)
-        stack = Dev(proc=proc, stream=os.fdopen(read, errors="replace"), root=tmp_path)  # type: ignore[arg-type]
+        stack = Dev(proc=proc, stream=os.fdopen(read, errors="replace"), root=root)  # type: ignore[arg-type]
         stack.follow()
         started.append(stack)
         stack.wait_for(r"is ready \(", timeout=60)
@@ -110,6 +113,16 @@ def dev(tmp_path: Path) -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 stack.proc.kill()
                 stack.proc.wait()
+
+
+def paste_curl_lines(stack: Dev) -> list[str]:
+    """Run each `curl` line of the ready banner in bash, as a user would paste it; each must answer 200."""
+    curls = re.findall(r"^\s+(curl .*)$", stack.log, flags=re.MULTILINE)
+    for line in curls:
+        shell = ["bash", "-c", line + " -s -w '\\n%{http_code}'"]
+        out = subprocess.run(shell, capture_output=True, text=True, timeout=30)
+        assert out.stdout.rsplit("\n", 1)[-1] == "200", (line, out.stdout, out.stderr)
+    return curls
 
 
 def stop_and_check_clean(stack: Dev) -> None:
@@ -139,12 +152,8 @@ def test_dev_stack_serves_tasks_models_and_survives_a_killed_pod(dev: Any) -> No
     assert names.split(", ") == ["model-doubler-1", "pod-1", "pod-2", "gateway"]
 
     # The curl lines the banner prints work as printed (a plain task, a task calling the model, the model).
-    curls = re.findall(r"^\s+(curl .*)$", stack.log, flags=re.MULTILINE)
+    curls = paste_curl_lines(stack)
     assert any("/v1/tasks/double" in c for c in curls) and any("/v1/models/doubler/predict" in c for c in curls)
-    for line in curls:
-        shell = ["bash", "-c", line + " -s -w '\\n%{http_code}'"]
-        out = subprocess.run(shell, capture_output=True, text=True, timeout=30)
-        assert out.stdout.rsplit("\n", 1)[-1] == "200", (line, out.stdout, out.stderr)
     status, run = stack.request("POST", "/v1/tasks/double", {"x": 21})
     assert (status, run["result"]) == (200, 42)
     status, out = stack.request("POST", "/v1/models/doubler/predict", {"inputs": 5})
@@ -183,6 +192,21 @@ def test_dev_stack_serves_tasks_models_and_survives_a_killed_pod(dev: Any) -> No
     # dev noticed the dead pod, restarted it, and it came back.
     stack.wait_for(r"pod-1\s+\| killed by SIGKILL; restarting in")
     stack.wait_for(r"pod-1\s+\| ready again", timeout=30)
+    stop_and_check_clean(stack)
+
+
+@pytest.mark.timeout(120)
+def test_the_models_example_prints_curl_lines_that_work(dev: Any) -> None:
+    """`make dev`'s stack: a plain task, tasks that call the digits model, and the model through the gateway."""
+    stack = dev(app="examples.models.app:app", root=ROOT)
+    curls = paste_curl_lines(stack)
+    assert [c.split()[-1].split("/", 3)[-1] for c in curls] == [
+        "v1/tasks/ink",
+        "v1/tasks/classify_digit",
+        "v1/tasks/classify_digits",
+        "v1/models/digits/predict",
+    ]
+    assert stack.request("POST", "/v1/tasks/classify_digit", {"pixels": ZERO})[1]["result"] == 0
     stop_and_check_clean(stack)
 
 

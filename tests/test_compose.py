@@ -229,8 +229,8 @@ def test_tasks_and_model_calls_through_the_gateway(stack: Stack) -> None:
 def test_a_task_pod_killed_under_load_loses_no_run(stack: Stack) -> None:
     with stack.logs_on_failure():
         victim = "task-pod-1"
-        with ThreadPoolExecutor(8) as pool:
-            retried = list(pool.map(lambda i: stack.submit("hold", {"seconds": 0.25, "tag": i}, retries=3), range(48)))
+        with ThreadPoolExecutor(8) as pool:  # about 6 s of work for 4 workers
+            retried = list(pool.map(lambda i: stack.submit("hold", {"seconds": 0.25, "tag": i}, retries=3), range(80)))
             model = list(pool.map(lambda _: stack.submit("classify_digit", {"pixels": ZERO}, retries=3), range(16)))
             once = list(pool.map(lambda i: stack.submit("hold", {"seconds": 0.25, "tag": i}, retries=0), range(16)))
         # SIGKILL while the victim's workers are busy with some of those runs.
@@ -240,8 +240,8 @@ def test_a_task_pod_killed_under_load_loses_no_run(stack: Stack) -> None:
         finals = stack.finish(retried + model + once)
         FINISHED.update(finals)
         # Runs whose policy allows a retry all succeed, each with its own answer.
-        assert [finals[i]["status"] for i in retried + model] == ["succeeded"] * 64, finals
-        assert [finals[i]["result"] for i in retried] == list(range(48))
+        assert [finals[i]["status"] for i in retried + model] == ["succeeded"] * 96, finals
+        assert [finals[i]["result"] for i in retried] == list(range(80))
         assert [finals[i]["result"] for i in model] == [0] * 16
         # A run that may not be retried either finished, or failed saying its pod was lost mid-run.
         for run_id in once:

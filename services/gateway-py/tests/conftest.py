@@ -6,34 +6,14 @@ tests/conftest.py), imported from the repository root; every process is stopped 
 
 from __future__ import annotations
 
-import socket
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gateway_support import DIGITS_APP, ROOT, free_port  # also puts the repository root on sys.path
 from neutrino_model_server.testing import ServerProcess, model_replicas
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the `tests` package (harness) and the example apps, as the processes see them
-
-from tests.gateway_harness import Gateway, start_gateway  # noqa: E402
-
-ECHO_APP = "gateway_models_app:app"  # in this folder (--app-dir)
-DIGITS_APP = "examples.models.app:app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def dead_url() -> str:
-    """A URL nothing listens on: connections to it are refused."""
-    return f"http://127.0.0.1:{free_port()}"
+from tests.gateway_harness import Gateway, start_gateway
 
 
 @pytest.fixture(scope="session")

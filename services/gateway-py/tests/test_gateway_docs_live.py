@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import DIGITS_APP, ROOT, free_port
+from gateway_support import DIGITS_APP, ROOT, free_port
 from neutrino_model_server.testing import ServerProcess
 
 from tests.conftest import Orchestrator, start_orchestrator

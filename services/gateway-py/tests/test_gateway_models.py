@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ECHO_APP, HERE, ROOT, dead_url
+from gateway_support import ECHO_APP, HERE, ROOT, dead_url
 from neutrino_model_server.testing import ServerProcess, model_replicas, start_model_server
 
 from tests.gateway_harness import Gateway

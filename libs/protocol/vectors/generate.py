@@ -205,6 +205,35 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
             {"tasks": [], "build_ms": 0.25, "payload_hex": msgpack.packb({}).hex()},
             "what a zygote sends when building its catalog failed",
         ),
+        (
+            12,
+            "worker failed to start",
+            "WorkerExited",
+            {
+                "worker_id": "worker-003",
+                "pid": 4245,
+                "exit_code": 1,
+                "error": {
+                    "kind": "worker_start_error",
+                    "ename": "ZMQError",
+                    "evalue": "No such file or directory",
+                    "traceback": "Traceback (most recent call last):\nzmq.error.ZMQError: No such file or directory\n",
+                },
+            },
+            "the start-up failure signal: error is set only for a worker that never sent WorkerReady",
+        ),
+        (
+            13,
+            "fork failed",
+            "WorkerExited",
+            {
+                "worker_id": "worker-004",
+                "pid": 0,
+                "exit_code": 1,
+                "error": {"kind": "worker_start_error", "ename": "BlockingIOError", "evalue": "fork() failed: [Errno 11]"},
+            },
+            "",
+        ),
     ],
 }
 
@@ -294,6 +323,13 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
             123,
             "zygote catalog build_ms not a number",
             [H(0x25), msgpack.packb({"tasks": [], "build_ms": "1"}).hex(), "80"],
+            "meta",
+            "",
+        ),
+        (
+            124,
+            "worker exited with an error that is not a map",
+            [H(0x24), msgpack.packb({"worker_id": "w", "pid": 1, "error": "boom"}).hex()],
             "meta",
             "",
         ),

@@ -48,6 +48,9 @@ class WorkerExited(Message):
     pid: U32
     exit_code: U32 | None = None
     signal: U32 | None = None
+    # Set only when the worker failed to start (it never sent WorkerReady): the start-up failure
+    # signal, kind `worker_start_error`. Never inferred from `exit_code`.
+    error: ErrorInfo | None = None
 
 
 @message

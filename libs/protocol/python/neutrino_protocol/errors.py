@@ -16,6 +16,7 @@ class ErrorKind(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     TIMEOUT = "timeout"
     APP_IMPORT_ERROR = "app_import_error"
+    WORKER_START_ERROR = "worker_start_error"
 
 
 class RejectReason(enum.StrEnum):
@@ -26,6 +27,8 @@ class RejectReason(enum.StrEnum):
 
 
 class ExitCode(enum.IntEnum):
+    """What Neutrino's own processes exit with (SPEC.md §7). A worker's code is reported, never acted on."""
+
     OK = 0
     FAILURE = 1
     USAGE = 2

@@ -60,6 +60,10 @@ pub struct WorkerExited {
     pub exit_code: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<u32>,
+    /// Set only when the worker failed to start (it never sent `WorkerReady`): the start-up
+    /// failure signal, kind `worker_start_error`. Never inferred from `exit_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
 }
 impl_message!(WorkerExited, Never);
 

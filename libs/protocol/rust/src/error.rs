@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Jupyter-style error shape carried by `TaskReply`, `TaskResult` and `ZygoteFailed`.
+/// Jupyter-style error shape carried by `TaskReply`, `TaskResult`, `ZygoteFailed` and `WorkerExited`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
     pub kind: String,
@@ -31,6 +31,7 @@ pub mod error_kind {
     pub const PROTOCOL_ERROR: &str = "protocol_error";
     pub const TIMEOUT: &str = "timeout";
     pub const APP_IMPORT_ERROR: &str = "app_import_error";
+    pub const WORKER_START_ERROR: &str = "worker_start_error";
 }
 
 /// `TaskRejected.reason` values (SPEC.md §4.2).
@@ -41,7 +42,8 @@ pub mod reject_reason {
     pub const TOO_LARGE: &str = "too_large";
 }
 
-/// Process exit codes (SPEC.md §7).
+/// Process exit codes (SPEC.md §7): what Neutrino's own processes exit with. A worker's code is
+/// reported and logged, never acted on: user code can exit with any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ExitCode {

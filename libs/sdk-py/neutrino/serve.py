@@ -151,8 +151,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = os.environ
     try:
         host = _setting(opts.host, env, "NEUTRINO_HOST", ALL_INTERFACES) or ALL_INTERFACES
-        if role in ("task-pod", "gateway"):
-            env.setdefault(URL_TEMPLATE_ENV, CLUSTER_URL_TEMPLATE)
         if role == "task-pod":
             _serve_task_pod(opts, passthrough, host)
             return
@@ -160,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             opts, passthrough, host, "NEUTRINO_GATEWAY_" if role == "gateway" else "NEUTRINO_MODEL_SERVER_"
         )
         if role == "gateway":
+            env.setdefault(URL_TEMPLATE_ENV, CLUSTER_URL_TEMPLATE)
             _run_python_service("neutrino_gateway.__main__", "gateway", listen + passthrough)
             return
         name = _setting(opts.name, env, "NEUTRINO_MODEL")
@@ -181,6 +180,7 @@ def _serve_task_pod(opts: argparse.Namespace, rest: list[str], host: str) -> Non
     port = _port(opts.port, env, "NEUTRINO_PORT", TASK_POD_PORT)
     metrics_port = _port(opts.metrics_port, env, "NEUTRINO_METRICS_PORT", TASK_POD_METRICS_PORT)
     argv = orchestrator_argv(app, host=host, port=port, metrics_port=metrics_port, rest=rest, env=env)
+    env.setdefault(URL_TEMPLATE_ENV, CLUSTER_URL_TEMPLATE)  # the workers' default way to the models
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the orchestrator becomes this process: SIGTERM drains it directly

@@ -46,6 +46,7 @@ def test_serve_refuses_unknown_roles_and_missing_settings(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NEUTRINO_APP", raising=False)
+    monkeypatch.delenv("NEUTRINO_MODEL_URL_TEMPLATE", raising=False)
     with pytest.raises(SystemExit, match="unknown role 'worker'"):
         main(["worker"])
     with pytest.raises(SystemExit) as exit_info:
@@ -54,6 +55,7 @@ def test_serve_refuses_unknown_roles_and_missing_settings(
     with pytest.raises(SystemExit) as exit_info:
         main(["model", "--app", "a:app"])
     assert exit_info.value.code == 2 and "which model?" in capsys.readouterr().err
+    assert "NEUTRINO_MODEL_URL_TEMPLATE" not in os.environ, "a role that did not start changed nothing"
 
 
 class Double:

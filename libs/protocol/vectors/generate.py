@@ -230,7 +230,11 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
                 "worker_id": "worker-004",
                 "pid": 0,
                 "exit_code": 1,
-                "error": {"kind": "worker_start_error", "ename": "BlockingIOError", "evalue": "fork() failed: [Errno 11]"},
+                "error": {
+                    "kind": "worker_start_error",
+                    "ename": "BlockingIOError",
+                    "evalue": "fork() failed: [Errno 11]",
+                },
             },
             "",
         ),

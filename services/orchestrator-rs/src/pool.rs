@@ -164,12 +164,7 @@ impl<'a> Pool<'a> {
                     None => anyhow::bail!("the broker thread stopped unexpectedly"),
                 },
                 msg = self.zygote.recv() => match msg {
-                    Ok(Some(msg)) => {
-                        if let Some(exit) = self.on_control(msg, serving).await? {
-                            self.broker.send(Command::Drain);
-                            return Ok(exit);
-                        }
-                    }
+                    Ok(Some(msg)) => self.on_control(msg, serving).await?,
                     Ok(None) | Err(_) if serving => {
                         if let Some(exit) = self.restart_zygote(&mut shutdown).await? {
                             return Ok(exit);
@@ -275,19 +270,18 @@ impl<'a> Pool<'a> {
         Ok(())
     }
 
-    /// Returns an exit code when the orchestrator must stop (a worker exit that no restart fixes).
-    async fn on_control(&mut self, msg: ControlMessage, serving: bool) -> anyhow::Result<Option<ExitCode>> {
+    async fn on_control(&mut self, msg: ControlMessage, serving: bool) -> anyhow::Result<()> {
         let ControlMessage { code, meta, payload } = msg;
         match MessageType::from_code(code) {
             Some(MessageType::Forked) => {
                 let m: Forked = decode_meta(&meta)?;
                 debug!(worker = %m.worker_id, pid = m.pid, "forked");
             }
-            Some(MessageType::WorkerExited) => return self.on_exit(decode_meta(&meta)?, serving).await,
+            Some(MessageType::WorkerExited) => self.on_exit(decode_meta(&meta)?, serving).await?,
             Some(MessageType::ZygoteCatalog) => self.on_catalog(&meta, payload),
             _ => debug!(code, "ignoring control message"),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The zygote's task catalog: handed to the broker as bytes, never decoded here. A malformed
@@ -308,7 +302,10 @@ impl<'a> Pool<'a> {
         self.broker.send(Command::Catalog(CatalogBytes { tasks: m.tasks, payload }));
     }
 
-    async fn on_exit(&mut self, m: WorkerExited, serving: bool) -> anyhow::Result<Option<ExitCode>> {
+    /// A worker process is gone (SPEC.md §4.4, `WorkerExited`). Its exit code is reported, never
+    /// acted on (§7): whether it could not start is what `error` says, or, without one, whether
+    /// its `WorkerReady` had arrived. Nothing a worker does stops the pod.
+    async fn on_exit(&mut self, m: WorkerExited, serving: bool) -> anyhow::Result<()> {
         self.metrics.worker_exits.inc();
         let how = match (m.exit_code, m.signal) {
             (_, Some(sig)) => format!("killed by signal {sig}"),
@@ -326,25 +323,25 @@ impl<'a> Pool<'a> {
         if self.retired.remove(&m.worker_id) || !serving {
             // Retired (its place was already filled or given up), or we are stopping.
             debug!(worker = %m.worker_id, "worker exited ({how})");
-            return Ok(None);
+            return Ok(());
         }
-        let code = m.exit_code.and_then(|c| ExitCode::from_code(c as i32));
-        if let Some(code) = code.filter(|c| !c.restartable() && *c != ExitCode::Ok) {
-            // Only the framework exits 2, 3 or 4 (a task's sys.exit() becomes 1).
-            error!(
-                "Worker {} exited with {code:?} ({how}); a new worker would fail the same way, stopping",
-                m.worker_id
-            );
-            return Ok(Some(code));
-        }
-        // A worker that never became ready could not start: back off. One that a task killed
-        // (a crash, os._exit) is replaced at once; its task was answered or retried.
-        let early = !was_ready && !was_killed;
+        // A worker that could not start is backed off, so a broken one cannot fork-loop. It said
+        // why (`error`), or it died before it could (no `WorkerReady` either). One that was
+        // serving, or that the broker killed, is replaced at once; its tasks were answered or
+        // retried by the broker.
+        let early = m.error.is_some() || (!was_ready && !was_killed);
         self.early_exits = if early { self.early_exits + 1 } else { 0 };
-        if was_killed {
+        if let Some(e) = &m.error {
+            // The traceback once per run of failures; each later one in a line.
+            let detail = match (&e.traceback, self.early_exits) {
+                (Some(tb), 1) => format!("\n{}", tb.trim_end()),
+                _ => String::new(),
+            };
+            error!("Worker {} (pid={}) failed to start: {}: {} ({how}){detail}", m.worker_id, m.pid, e.ename, e.evalue);
+        } else if was_killed {
             info!("Worker {} (pid={}) was killed; replacing it", m.worker_id, m.pid);
         } else if !early {
-            warn!("Worker {} (pid={}) exited ({how}); replacing it", m.worker_id, m.pid);
+            warn!("Worker {} (pid={}) died ({how}); replacing it", m.worker_id, m.pid);
         }
         if was_standby {
             if !early {
@@ -353,7 +350,7 @@ impl<'a> Pool<'a> {
                 // The next recycling forks another; no loop of broken spares meanwhile.
                 error!("Standby worker {} (pid={}) exited ({how}) before it was ready", m.worker_id, m.pid);
             }
-            return Ok(None);
+            return Ok(());
         }
         // Replace up to the target (not one per exit), so capacity cannot creep.
         let deficit = self.target.saturating_sub(self.capacity());
@@ -367,7 +364,7 @@ impl<'a> Pool<'a> {
             );
             self.owe(deficit, delay);
         }
-        Ok(None)
+        Ok(())
     }
 
     fn owe(&mut self, n: u32, delay: Duration) {

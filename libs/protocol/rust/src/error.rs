@@ -65,9 +65,4 @@ impl ExitCode {
             _ => return None,
         })
     }
-
-    /// Whether a supervisor should start the process again after this exit.
-    pub fn restartable(self) -> bool {
-        matches!(self, ExitCode::Failure)
-    }
 }

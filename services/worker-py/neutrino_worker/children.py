@@ -1,7 +1,8 @@
 """The zygote's table of live workers: reaping them by pid and stopping them.
 
 Reaping asks about each known pid (`waitpid(pid, WNOHANG)`), never `waitpid(-1)`: user code in
-the zygote may have children of its own that are not ours to collect.
+the zygote may have children of its own that are not ours to collect. Each worker's start-up
+report pipe (startup.py) is read when it is reaped, into its `WorkerExited.error`.
 """
 
 from __future__ import annotations
@@ -12,21 +13,27 @@ import os
 
 from neutrino_protocol import WorkerExited
 
+from .startup import read_report
+
 log = logging.getLogger("neutrino.zygote")
 
 
 class Children:
     def __init__(self) -> None:
-        self._by_pid: dict[int, str] = {}  # pid -> worker id
+        self._by_pid: dict[int, tuple[str, int]] = {}  # pid -> (worker id, read end of its report pipe)
 
     def __len__(self) -> int:
         return len(self._by_pid)
 
-    def add(self, pid: int, worker_id: str) -> None:
-        self._by_pid[pid] = worker_id
+    def add(self, pid: int, worker_id: str, report_fd: int) -> None:
+        self._by_pid[pid] = (worker_id, report_fd)
 
     def pids(self) -> list[int]:
         return list(self._by_pid)
+
+    def report_fds(self) -> list[int]:
+        """The zygote's ends of the report pipes, which a new child must close."""
+        return [fd for _, fd in self._by_pid.values()]
 
     def reap(self) -> list[WorkerExited]:
         """Collect every worker that has exited, without blocking."""
@@ -58,10 +65,12 @@ class Children:
         except ChildProcessError:
             # Someone else reaped it (user code calling waitpid(-1)); its status is lost.
             log.warning("worker pid %d was reaped by someone else; exit status unknown", pid)
-            return WorkerExited(self._by_pid.pop(pid), pid)
+            worker_id, report_fd = self._by_pid.pop(pid)
+            return WorkerExited(worker_id, pid, error=read_report(report_fd))
         if got == 0:
             return None
-        worker_id = self._by_pid.pop(pid)
+        worker_id, report_fd = self._by_pid.pop(pid)
+        error = read_report(report_fd)
         if os.WIFSIGNALED(status):
-            return WorkerExited(worker_id, pid, signal=os.WTERMSIG(status))
-        return WorkerExited(worker_id, pid, exit_code=os.WEXITSTATUS(status))
+            return WorkerExited(worker_id, pid, signal=os.WTERMSIG(status), error=error)
+        return WorkerExited(worker_id, pid, exit_code=os.WEXITSTATUS(status), error=error)

@@ -2,7 +2,9 @@
 
 `worker_main` is entered in the child right after fork and never returns: every way out is
 `os._exit`, so a worker can never fall back into the zygote's loop with a copy of its state.
-When the `Fork` asked for heartbeats, a side thread sends them (heartbeat.py).
+A failure before `WorkerReady` is written to the start-up report pipe first (startup.py); after
+it, any exit is a worker death. When the `Fork` asked for heartbeats, a side thread sends them
+(heartbeat.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from neutrino_protocol import ExitCode, ProtocolError, Shutdown, TaskAssignment,
 
 from .heartbeat import HeartbeatThread
 from .runner import Runner, TaskSpec
+from .startup import write_report
 
 log = logging.getLogger("neutrino.worker")
 
@@ -47,22 +50,56 @@ class WorkerSpec:
     heartbeat_ms: int | None = None  # from Fork; None (or 0): no heartbeats
 
 
-def worker_main(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int]) -> NoReturn:
-    """Child entry point. `inherited_fds` are the zygote's descriptors to close; `sigmask` the mask to restore."""
+class _StartFailed(Exception):
+    """Start-up failed and was reported to the zygote (or logged, if the report could not be written)."""
+
+
+@dataclass(slots=True)
+class _Connection:
+    ctx: zmq.Context[Any]
+    sock: zmq.Socket[Any]
+    runner: Runner
+
+
+def worker_main(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int], report_fd: int) -> NoReturn:
+    """Child entry point. `inherited_fds` are the zygote's descriptors to close; `sigmask` the mask to
+    restore; `report_fd` the write end of this worker's start-up report pipe."""
     code: int = ExitCode.FAILURE
     try:
-        _shed_zygote(spec, inherited_fds, sigmask)
-        gc.enable()
-        code = _serve(spec)
-    except SystemExit as exc:  # sys.exit() inside a task
-        # Exit codes 2-4 mean framework failures the supervisor acts on (SPEC.md §7); a task's
-        # own sys.exit(n) must not look like one, so any non-zero code becomes 1.
-        code = ExitCode.OK if exc.code in (None, 0) else ExitCode.FAILURE
+        conn = _start(spec, inherited_fds, sigmask, report_fd)
+        code = _serve(spec, conn)
+    except _StartFailed:
+        pass
+    except SystemExit as exc:  # sys.exit() inside a task: exit as a Python program would (SPEC.md §7)
+        code = _exit_status(exc.code)
     except BaseException:
         log.exception("worker %s crashed", spec.worker_id)
     finally:
         _flush()
         os._exit(code)
+
+
+def _start(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int], report_fd: int) -> _Connection:
+    """Everything up to and including `WorkerReady`; a failure on the way is reported, not inferred."""
+    try:
+        _shed_zygote(spec, inherited_fds, sigmask)
+        gc.enable()
+        conn = _connect(spec)
+    except BaseException as exc:
+        if not write_report(report_fd, exc):
+            log.exception("worker %s failed to start (and could not report why to the zygote)", spec.worker_id)
+        raise _StartFailed from exc
+    os.close(report_fd)  # ready: from here on, however this process ends, it is a worker death
+    return conn
+
+
+def _exit_status(code: object) -> int:
+    """The status `sys.exit(code)` gives a Python program: None is 0, a non-integer (a message) is 1."""
+    if code is None:
+        return ExitCode.OK
+    if isinstance(code, int):
+        return code & 0xFF
+    return ExitCode.FAILURE
 
 
 def _shed_zygote(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterable[int]) -> None:
@@ -82,7 +119,7 @@ def _shed_zygote(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterab
             raise SystemExit(ExitCode.FAILURE)
 
 
-def _serve(spec: WorkerSpec) -> int:
+def _connect(spec: WorkerSpec) -> _Connection:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.ROUTING_ID, spec.worker_id.encode())
@@ -91,6 +128,11 @@ def _serve(spec: WorkerSpec) -> int:
     runner = Runner(spec.tasks)
     sock.send_multipart(WorkerReady(spec.worker_id, os.getpid(), spec.credits, list(spec.tasks)).encode())
     log.debug("worker %s ready on %s", spec.worker_id, spec.backend)
+    return _Connection(ctx, sock, runner)
+
+
+def _serve(spec: WorkerSpec, conn: _Connection) -> int:
+    ctx, sock, runner = conn.ctx, conn.sock, conn.runner
     heartbeat = None
     if spec.heartbeat_ms:
         heartbeat = HeartbeatThread(ctx, spec.backend, spec.worker_id, spec.heartbeat_ms)
@@ -111,8 +153,8 @@ def _serve(spec: WorkerSpec) -> int:
             msg = decode(frames)
         except ProtocolError as exc:
             if exc.kind == "version":
-                # SPEC §7: an orchestrator of another protocol version cannot be served, and a
-                # replacement worker would fare no better; exit 4 tells the supervisor so.
+                # SPEC §7: an orchestrator of another protocol version cannot be served; exit 4
+                # says so in the log (the orchestrator replaces the worker like any other death).
                 log.error(
                     "worker %s: the orchestrator speaks another protocol version (%s); exiting", spec.worker_id, exc
                 )

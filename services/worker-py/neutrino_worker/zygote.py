@@ -3,7 +3,8 @@
 Run by the orchestrator as
 `python -m neutrino_worker.zygote --app MODULE:ATTR --app-dir DIR --control PATH --backend ENDPOINT`.
 It speaks the control link (SPEC §4.4): ZygoteReady (with each task's options) or ZygoteFailed
-once, then Fork → Forked, WorkerExited whenever a worker dies, and Shutdown; once, after the first
+once, then Fork → Forked, WorkerExited whenever a worker dies (with its start-up report when it
+failed before WorkerReady, startup.py), and Shutdown; once, after the first
 Forks, ZygoteCatalog (catalog.py). It never creates a ZeroMQ context; workers do, after fork.
 """
 
@@ -38,6 +39,7 @@ from .config import ZygoteConfig, parse_args, setup_logging
 from .control import ControlLink, LinkClosed
 from .loader import AppLoadError, load_app
 from .runner import TaskSpec
+from .startup import fork_failed, open_pipe
 from .worker import WorkerSpec, worker_main
 
 if TYPE_CHECKING:
@@ -164,24 +166,31 @@ class Zygote:
         # Keep SIGCHLD/SIGTERM away from the zygote's handlers while the child still has them;
         # the child unblocks after installing its own.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+        report_r = report_w = -1
         try:
+            report_r, report_w = open_pipe()
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fd in (report_r, report_w):
+                if fd >= 0:
+                    os.close(fd)
             log.error("fork of worker %s failed: %s", worker_id, exc)
-            # The protocol has no "fork failed" message; an immediate exit lets the orchestrator retry.
-            self._link.send(WorkerExited(worker_id, 0, exit_code=ExitCode.FAILURE))
+            # Reported as a worker that failed to start (SPEC §4.4), so the orchestrator backs off.
+            self._link.send(WorkerExited(worker_id, 0, exit_code=ExitCode.FAILURE, error=fork_failed(exc)))
             return
         if pid == 0:
             try:
                 spec = WorkerSpec(
                     worker_id, self._config.backend, self._config.credits, self._tasks, self._pid, heartbeat_ms
                 )
-                worker_main(spec, (self._link.fileno(), self._wake_r, self._wake_w), mask)
+                inherited = (self._link.fileno(), self._wake_r, self._wake_w, report_r, *self._children.report_fds())
+                worker_main(spec, inherited, mask, report_w)
             finally:
                 os._exit(ExitCode.FAILURE)  # only if worker_main could not even start: never back into the zygote
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self._children.add(pid, worker_id)
+        os.close(report_w)
+        self._children.add(pid, worker_id, report_r)
         log.debug("forked worker %s as pid %d", worker_id, pid)
         self._link.send(Forked(worker_id, pid))
 

@@ -26,7 +26,7 @@ from worker_harness import APPS_DIR, REPO_ROOT, FakeOrchestrator, pid_alive, pid
 
 GOOD_TASKS = {
     *("add", "greet", "fail", "die", "unserializable", "sleep", "gc_enabled", "noop"),
-    *("spin", "retry_later", "flaky"),
+    *("spin", "retry_later", "flaky", "exit_with"),
 }
 
 
@@ -161,12 +161,44 @@ def test_sigkill_is_reported_as_signal_9(orchestrator: FakeOrchestrator) -> None
     assert value(result_of(orchestrator, "w-1", 1)) == 2
 
 
-def test_exit_code_is_reported(orchestrator: FakeOrchestrator) -> None:
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
+def test_exit_code_is_reported_and_a_ready_worker_reports_no_start_up_error(
+    orchestrator: FakeOrchestrator, code: int
+) -> None:
     orchestrator.start_ready()
     pids = orchestrator.fork("w-1")
-    orchestrator.assign("w-1", 1, "die", 1)
+    orchestrator.assign("w-1", 1, "die", code)
     exited = orchestrator.expect(WorkerExited)
-    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 1, None)
+    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], code, None)
+    assert exited.error is None, "it sent WorkerReady: whatever its code, this is a death, not a start-up failure"
+
+
+def test_a_worker_that_fails_to_start_says_why(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready("broken_worker_app:app")
+    orchestrator.send_control(Fork(["w-1"]))
+    forked = orchestrator.expect(Forked)
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.worker_id, exited.pid) == ("w-1", forked.pid)
+    assert exited.error is not None
+    assert (exited.error.kind, exited.error.ename) == ("worker_start_error", "OSError")
+    assert exited.error.evalue == "no ZeroMQ context for this worker (broken on purpose)"
+    assert exited.error.traceback is not None and "_connect" in exited.error.traceback
+    assert not orchestrator.router.poll(100), "it never sent WorkerReady"
+    # The zygote keeps serving: the next worker fails the same way, and says so again.
+    orchestrator.send_control(Fork(["w-2"]))
+    assert orchestrator.expect(Forked).worker_id == "w-2"
+    again = orchestrator.expect(WorkerExited)
+    assert again.worker_id == "w-2" and again.error is not None
+
+
+def test_sys_exit_in_a_task_exits_with_its_code(orchestrator: FakeOrchestrator) -> None:
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1", "w-2", "w-3")
+    for task_id, (worker_id, arg, status) in enumerate([("w-1", 3, 3), ("w-2", None, 0), ("w-3", "why", 1)]):
+        orchestrator.assign(worker_id, task_id, "exit_with", arg)
+        exited = orchestrator.expect(WorkerExited)
+        assert (exited.worker_id, exited.pid, exited.exit_code) == (worker_id, pids[worker_id], status)
+        assert exited.error is None
 
 
 def test_other_protocol_version_exits_worker_with_4(orchestrator: FakeOrchestrator) -> None:

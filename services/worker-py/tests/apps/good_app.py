@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import time
 
 from neutrino import App, Retry
@@ -31,6 +32,11 @@ def fail(message: str = "boom") -> None:
 @app.task()
 def die(code: int) -> None:
     os._exit(code)
+
+
+@app.task()
+def exit_with(code: int | str | None) -> None:
+    sys.exit(code)
 
 
 @app.task()

@@ -28,7 +28,7 @@ test: setup
 check: setup
 	uv run ruff check .
 	uv run ruff format --check .
-	uv run mypy --strict libs/sdk-py/neutrino libs/protocol/python/neutrino_protocol services/gateway-py/neutrino_gateway services/model-server-py/neutrino_model_server
+	uv run mypy --strict libs/sdk-py/neutrino libs/protocol/python/neutrino_protocol services/worker-py/neutrino_worker services/gateway-py/neutrino_gateway services/model-server-py/neutrino_model_server
 	cargo fmt --check
 	cargo clippy --release --all-targets --quiet -- -D warnings
 	uv run hadolint $(DOCKERFILES)

@@ -48,8 +48,12 @@ BROWSER_PATHS = frozenset({"/docs", "/openapi.json"})
 FORM = "application/x-www-form-urlencoded"
 DOCS_METADATA_WAIT_S = 1.0  # how long /docs waits for a model replica's metadata before leaving it out
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-MAX_RETRIES = 100
-MAX_KEY_LENGTH = 255
+MAX_RETRIES = openapi.MAX_RETRIES
+MAX_KEY_LENGTH = openapi.IDEMPOTENCY_KEY_MAX_LENGTH
+_KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)  # what /openapi.json declares is what is checked
+# A query parameter declared as a number: what JSON Schema calls one, written out in decimal. Not
+# Python's wider float() syntax ("1_0", "inf", "nan", " 5"), which the document does not allow.
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # Task failure kinds (SPEC.md §5) that are the caller's doing get a 4xx; the rest are the task's: 500.
 STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409}
 
@@ -168,12 +172,12 @@ class Api:
         timeout_s = _number(query, "timeout", None, minimum=0.0, exclusive=True)
         retries = _integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and key.isprintable() and key.isascii()):
+        if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key)):
             raise errors.validation_failed(
                 [
                     {
                         "loc": ["header", "Idempotency-Key"],
-                        "msg": f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+                        "msg": f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters, no space at either end",
                         "type": "string_length",
                     }
                 ]
@@ -420,10 +424,9 @@ def _number(
     raw = query.get(name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _query_error(name, f"must be a number, got {raw!r}", "float_parsing") from None
+    if not _NUMBER.fullmatch(raw):
+        raise _query_error(name, f"must be a number, got {raw!r}", "float_parsing")
+    value = float(raw)
     if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
         raise _query_error(name, f"must be {'above' if exclusive else 'at least'} {minimum:g}", "greater_than")
     if maximum is not None and value > maximum:
@@ -435,10 +438,11 @@ def _integer(query: Any, name: str, default: int | None, *, minimum: int, maximu
     raw = query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _query_error(name, f"must be an integer, got {raw!r}", "int_parsing") from None
+    # JSON Schema's integer is a number with no fractional part: 2 and 2.0 are both integers.
+    number = float(raw) if _NUMBER.fullmatch(raw) else math.nan
+    if not (math.isfinite(number) and number.is_integer()):
+        raise _query_error(name, f"must be an integer, got {raw!r}", "int_parsing")
+    value = int(number)
     if not minimum <= value <= maximum:
         raise _query_error(name, f"must be from {minimum} to {maximum}", "range")
     return value

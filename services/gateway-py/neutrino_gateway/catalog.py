@@ -4,11 +4,20 @@ Each task comes with JSON Schemas of its parameters and result, which the worker
 the function's signature with pydantic. The gateway keeps no copy of user code: it checks request
 bodies against the parameters schema (jsonschema, one compiled validator per task) and answers
 422 with FastAPI-shaped field errors before anything is recorded or sent.
+
+The schema checked is the one /openapi.json publishes, exactly. pydantic's schemas name their
+shared parts in `$defs` and point at them with `#/$defs/Name`, which inside an OpenAPI document
+resolves against the document's root, where there is no `$defs`: readers of the document (client
+generators, schemathesis) could not resolve those parts and took them as "anything", so the
+document and the check disagreed. Each task's definitions are published as components
+(`#/components/schemas/<task>.<Name>`) with every reference rewritten to point there, and the
+validator checks the same rewritten schema, the same components beside it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +31,47 @@ _TYPES = Draft202012Validator.TYPE_CHECKER.redefine("string", lambda _checker, v
 _Validator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPES)  # type: ignore[no-untyped-call]
 
 
+_DEFS = "#/$defs/"
+COMPONENTS = "#/components/schemas/"
+_COMPONENT_NAME = re.compile(r"[^A-Za-z0-9._-]")  # OpenAPI's rule for component names
+
+
+def _rewrite_refs(value: Any, names: dict[str, str]) -> Any:
+    """`value` with every `#/$defs/Name` reference pointing at its component instead."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "$ref" and isinstance(item, str) and item.startswith(_DEFS) and item[len(_DEFS) :] in names:
+                out[key] = COMPONENTS + names[item[len(_DEFS) :]]
+            else:
+                out[key] = _rewrite_refs(item, names)
+        return out
+    if isinstance(value, list):
+        return [_rewrite_refs(item, names) for item in value]
+    return value
+
+
+def publishable(task: str, schema: dict[str, Any], taken: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`schema` as an OpenAPI document can hold it: its `$defs` moved out as components named
+    `<task>.<Name>` (unique among `taken`, which grows), references rewritten. Returns the schema
+    and its components."""
+    defs = schema.get("$defs")
+    if not isinstance(defs, dict) or not defs:
+        return schema, {}
+    names: dict[str, str] = {}
+    for name in defs:
+        base = _COMPONENT_NAME.sub("_", f"{task}.{name}")
+        unique, n = base, 1
+        while unique in taken:
+            n += 1
+            unique = f"{base}_{n}"
+        taken.add(unique)
+        names[str(name)] = unique
+    components = {names[str(name)]: _rewrite_refs(definition, names) for name, definition in defs.items()}
+    body = _rewrite_refs({key: value for key, value in schema.items() if key != "$defs"}, names)
+    return body, components
+
+
 @dataclass(slots=True)
 class TaskInfo:
     name: str
@@ -30,6 +80,11 @@ class TaskInfo:
     doc: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     validator: Any = None
+    # What /openapi.json publishes, and what the validator checks: `params` with its `$defs` moved
+    # to `components` (their names in the document's components/schemas) and references rewritten.
+    body: dict[str, Any] = field(default_factory=dict)
+    result_body: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)
 
     def errors(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """FastAPI-shaped errors (`loc`, `msg`, `type`) for `body`; empty when it fits."""
@@ -64,6 +119,7 @@ class Catalog:
         self.tasks: dict[str, TaskInfo] = {}
         self.sources: set[str] = set()  # pods whose catalog arrived
         self.version = 0  # bumped on every change, so the OpenAPI document is rebuilt only then
+        self._component_names: set[str] = set()
 
     @property
     def known(self) -> bool:
@@ -83,9 +139,16 @@ class Catalog:
             current = self.tasks.get(name)
             if current is not None and current.params == params and current.result == result:
                 continue
+            if current is not None:
+                self._component_names.difference_update(current.components)
+            body, components = publishable(name, params, self._component_names)
+            result_body, result_components = publishable(f"{name}.result", result, self._component_names)
+            # The published schema with its components beside it, where its `#/components/schemas/...`
+            # references find them (an unknown keyword, ignored by JSON Schema itself).
+            checked = {**body, "components": {"schemas": components}} if components else body
             try:
-                Draft202012Validator.check_schema(params)
-                validator = _Validator(params)
+                Draft202012Validator.check_schema(checked)
+                validator = _Validator(checked)
             except jsonschema.SchemaError as exc:
                 log.warning(
                     "task pod %s: task %r has an invalid parameter schema (%s); not checked", source, name, exc.message
@@ -98,6 +161,9 @@ class Catalog:
                 doc=str(entry.get("doc") or ""),
                 options=dict(entry.get("options") or {}),
                 validator=validator,
+                body=body,
+                result_body=result_body,
+                components={**components, **result_components},
             )
             changed = True
         if source not in self.sources:

@@ -18,6 +18,17 @@ ERROR = {
         }
     },
 }
+# Idempotency-Key: 1 to 255 printable ASCII characters, none of them whitespace at either end (HTTP
+# trims a header value's ends, RFC 9110 §5.5). api.py checks the key against this very pattern.
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+IDEMPOTENCY_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
+}
+MAX_RETRIES = 100
 RUN_STATUS = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
 
 
@@ -237,7 +248,7 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
     run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     for name in sorted(catalog.tasks):
         info = catalog.tasks[name]
-        params = dict(info.params) or {"type": "object"}
+        params = dict(info.body) or {"type": "object"}
         paths[f"/v1/tasks/{name}"] = {
             "post": {
                 "operationId": f"run_{name}",
@@ -260,14 +271,15 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                     {
                         "name": "retries",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
                         "description": "retries after a worker death, a timeout or a retryable error",
                     },
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "schema": {"type": "string", "maxLength": 255},
-                        "description": "the same key within the run TTL returns the same run; it never runs twice",
+                        "schema": IDEMPOTENCY_KEY,
+                        "description": "the same key within the run TTL returns the same run; it never runs twice "
+                        "(1 to 255 printable ASCII characters, no space at either end)",
                     },
                     {
                         "name": "Prefer",
@@ -288,7 +300,7 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                             "properties": {
                                 "id": {"type": "string"},
                                 "status": {"const": "succeeded"},
-                                "result": info.result or {},
+                                "result": info.result_body or {},
                             },
                         },
                         "The run succeeded within the wait",
@@ -303,7 +315,10 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                     "404": _error_response("Unknown task"),
                     "415": _error_response("A body that is neither JSON nor msgpack"),
                     "409": _error_response("Cancelled, or the Idempotency-Key belongs to another request"),
-                    "422": _error_response("The body does not match the task's parameters"),
+                    "422": _error_response(
+                        "The body does not match the task's parameters, or a query parameter or the "
+                        "Idempotency-Key header is outside its schema"
+                    ),
                     "429": _error_response("Every task pod is busy; retry after Retry-After seconds"),
                     "500": _error_response("The task failed: the remote error's type and message"),
                     "503": _error_response("No task pod is reachable"),
@@ -341,6 +356,7 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                 "200": _json({"$ref": "#/components/schemas/Run"}, "The run"),
                 **COMMON_ERRORS,
                 "404": _error_response("Unknown run"),
+                "422": _error_response("`wait` is not a number from 0 to the gateway's --max-wait"),
             },
         },
         "delete": {
@@ -406,6 +422,8 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
             },
         },
     }
+    for name in sorted(catalog.tasks):
+        document["components"]["schemas"].update(catalog.tasks[name].components)
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]

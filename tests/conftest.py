@@ -10,11 +10,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,22 @@ class Orchestrator(ProcessLog):
             code = self.proc.wait()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         return code
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the process under test binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    """Whether `url` answers 200 now: a readiness probe to poll with `wait_until`."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

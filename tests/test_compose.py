@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -30,7 +29,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, free_port
+
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 TAG = "dev"
 TEST_IMAGE = f"neutrino/compose-test-task-pod:{TAG}"  # the example's task-pod image + tests/apps/compose_app.py
@@ -171,9 +171,7 @@ def images() -> None:
 def stack(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     override = tmp_path_factory.mktemp("compose") / "override.yaml"
     override.write_text(OVERRIDE)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "NEUTRINO_PORT": str(port), "NEUTRINO_AUTH_TOKEN": TOKEN, "NEUTRINO_TAG": TAG}
     project = f"neutrino-test-{uuid.uuid4().hex[:8]}"
     stack = Stack(project=project, override=override, port=port, env=env)

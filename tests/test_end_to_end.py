@@ -24,7 +24,7 @@ from neutrino import (
     WorkerDiedError,
 )
 
-from .conftest import start_orchestrator, wait_until
+from .conftest import free_port, start_orchestrator, wait_until
 
 
 def test_sync_and_async_tasks_return_their_values(start) -> None:
@@ -258,11 +258,7 @@ def test_cancel_drops_a_queued_task(start, raw) -> None:
 
 
 def test_metrics_endpoint_reports_queue_outcomes_latency_and_workers(start) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     orch = start("--metrics", f"127.0.0.1:{port}")
     with Client(orch.address) as client:
         assert client.call("add", 1, 1) == 2
@@ -330,12 +326,9 @@ def test_describe_waits_while_the_app_imports(raw) -> None:
 
 
 def test_probes_say_live_and_ready_and_not_ready_while_draining(start) -> None:
-    import socket
     import urllib.error
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
 
     def status(path: str) -> int:
         try:

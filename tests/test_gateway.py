@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,17 +19,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from .conftest import Orchestrator, start_orchestrator, wait_until
+from .conftest import Orchestrator, free_port, start_orchestrator, wait_until
 from .gateway_harness import Gateway, start_gateway
 
 APP = "tests.apps.gateway_app:app"
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def task_pod(*args: str, workers: int = 2) -> tuple[Orchestrator, str]:

@@ -6,7 +6,6 @@ task), and every status must be one the document declares."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,21 +16,15 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from .conftest import start_orchestrator
+from .conftest import free_port, start_orchestrator
 from .gateway_harness import TOKEN, Gateway, start_gateway
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tcp = f"tcp://127.0.0.1:{_free_port()}"
+    tcp = f"tcp://127.0.0.1:{free_port()}"
     orch = start_orchestrator("--frontend", tcp, workers=2, app="tests.apps.fuzz_app:app")
     gw = start_gateway([tcp], tmp_path_factory.mktemp("fuzz") / "runs.db")
     yield gw

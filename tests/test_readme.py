@@ -27,14 +27,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, ProcessLog, wait_until
+from .conftest import ROOT, ProcessLog, free_port, http_ok, wait_until
 
 README = Path(os.environ.get("NEUTRINO_README", ROOT / "README.md"))
 MARKER = re.compile(r"<!-- readme-test: ([a-z]+)(.*?) -->\n")
@@ -172,11 +171,7 @@ def start_background(step: Step, cwd: Path, env: dict[str, str]) -> Background:
 
         def ready() -> bool:
             assert proc.poll() is None, f"README line {step.line}: exited {proc.returncode}:\n{bg.log}"
-            try:
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    return bool(reply.status == 200)
-            except OSError:
-                return False
+            return http_ok(url)
 
         wait_until(ready, timeout=90, what=f"{url} (README line {step.line})")
     return bg
@@ -210,13 +205,8 @@ def test_a_broken_example_is_caught() -> None:
 def test_the_curl_lines_make_demo_prints_work_when_pasted() -> None:
     """`make demo --keep-running`'s `$ curl ...` lines, pasted into bash, answer what the demo printed."""
     import json
-    import socket
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [free_port(), free_port()]
     cmd = [sys.executable, "examples/quickstart/demo.py", "--keep-running", "--http-port", str(ports[0])]
     cmd += ["--frontend", f"tcp://127.0.0.1:{ports[1]}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

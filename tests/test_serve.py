@@ -10,35 +10,18 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import BINARY, ROOT, ProcessLog, wait_until
+from .conftest import BINARY, ROOT, ProcessLog, free_port, http_ok, wait_until
 
 APPS = ROOT / "tests" / "apps"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.mark.timeout(120)
 def test_each_role_serves_and_drains(tmp_path: Path) -> None:
-    model_port, pod_port, metrics_port, gateway_port = (_free_port() for _ in range(4))
+    model_port, pod_port, metrics_port, gateway_port = (free_port() for _ in range(4))
     env = {
         **os.environ,
         "NEUTRINO_ORCHESTRATOR_BIN": str(BINARY),
@@ -62,9 +45,9 @@ def test_each_role_serves_and_drains(tmp_path: Path) -> None:
             )
             procs[role] = ProcessLog(proc=proc)
             procs[role].follow()
-        wait_until(lambda: _answers(f"http://127.0.0.1:{model_port}/v2/health/ready"), 60, "model ready")
-        wait_until(lambda: _answers(f"http://127.0.0.1:{metrics_port}/readyz"), 60, "task pod ready")
-        wait_until(lambda: _answers(f"http://127.0.0.1:{gateway_port}/readyz"), 60, "gateway ready")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{model_port}/v2/health/ready"), 60, "model ready")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{metrics_port}/readyz"), 60, "task pod ready")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{gateway_port}/readyz"), 60, "gateway ready")
         # serve task-pod exec'd the orchestrator: same pid, the binary's name.
         assert os.readlink(f"/proc/{procs['task-pod'].proc.pid}/exe") == str(BINARY.resolve())
         conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=30)

@@ -3,7 +3,6 @@ folder has, so `from conftest import ...` finds whichever was imported first in 
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -12,14 +11,12 @@ ROOT = HERE.parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the `tests` package (harness) and the example apps, as the processes see them
 
+from tests.conftest import free_port  # noqa: E402
+
+__all__ = ["DIGITS_APP", "ECHO_APP", "HERE", "ROOT", "dead_url", "free_port"]
+
 ECHO_APP = "gateway_models_app:app"  # in this folder (--app-dir)
 DIGITS_APP = "examples.models.app:app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dead_url() -> str:

@@ -23,7 +23,7 @@ import pytest
 import zmq
 from neutrino import Client, ShuttingDownError
 
-from .conftest import Orchestrator, start_orchestrator, wait_until
+from .conftest import ROOT, Orchestrator, start_orchestrator, wait_until
 
 APP = "tests.apps.exit_codes_app:app"
 WORKERS = 2
@@ -180,7 +180,8 @@ def test_a_worker_killed_from_outside_retries_its_task(
 
 
 def test_a_worker_that_cannot_start_is_reported_and_backed_off_and_its_tasks_answered_once(tmp_path: Path) -> None:
-    orch = start_orchestrator(workers=1, app="tests.apps.broken_worker_app:app", wait_ready=False)
+    apps = ROOT / "services" / "worker-py" / "tests" / "apps"  # the worker runtime's own test app
+    orch = start_orchestrator("--app-dir", str(apps), workers=1, app="broken_worker_app:app", wait_ready=False)
     try:
         orch.wait_for(r"Worker worker-001 \(pid=\d+\) failed to start: OSError: no ZeroMQ context", timeout=30)
         orch.wait_for(r"3 time\(s\) in a row before it was ready; next replacement in", timeout=30)

@@ -154,10 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if role == "task-pod":
             _serve_task_pod(opts, passthrough, host)
             return
-        listen = _listen_flags(
-            opts, passthrough, host, "NEUTRINO_GATEWAY_" if role == "gateway" else "NEUTRINO_MODEL_SERVER_"
-        )
         if role == "gateway":
+            listen = _listen_flags(opts, passthrough, host, "NEUTRINO_GATEWAY_", GATEWAY_PORT)
             env.setdefault(URL_TEMPLATE_ENV, CLUSTER_URL_TEMPLATE)
             _run_python_service("neutrino_gateway.__main__", "gateway", listen + passthrough)
             return
@@ -166,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not name:
             raise ServeError("which model? pass its name: neutrino serve model NAME --app module:attr")
         model = ["--model", name] + (["--app", app] if app else [])
+        listen = _listen_flags(opts, passthrough, host, "NEUTRINO_MODEL_SERVER_", MODEL_PORT)
         _run_python_service("neutrino_model_server.__main__", "model-server", model + listen + passthrough)
     except ServeError as exc:
         print(f"neutrino serve {role}: {exc}", file=sys.stderr)
@@ -186,7 +185,9 @@ def _serve_task_pod(opts: argparse.Namespace, rest: list[str], host: str) -> Non
     os.execv(argv[0], argv)  # the orchestrator becomes this process: SIGTERM drains it directly
 
 
-def _listen_flags(opts: argparse.Namespace, rest: list[str], host: str, env_prefix: str) -> list[str]:
+def _listen_flags(
+    opts: argparse.Namespace, rest: list[str], host: str, env_prefix: str, default_port: int
+) -> list[str]:
     """`--host`/`--port` for a Python service: serve's own flags win, then the service's own flags and
     environment variables, then the container defaults (all interfaces, the role's port)."""
     env = os.environ
@@ -194,8 +195,7 @@ def _listen_flags(opts: argparse.Namespace, rest: list[str], host: str, env_pref
     if opts.host is not None or not (_has_flag(rest, "--host") or env_prefix + "HOST" in env):
         flags += ["--host", host]
     if opts.port is not None or not (_has_flag(rest, "--port") or env_prefix + "PORT" in env):
-        default = GATEWAY_PORT if env_prefix == "NEUTRINO_GATEWAY_" else MODEL_PORT
-        flags += ["--port", str(_port(opts.port, env, "NEUTRINO_PORT", default))]
+        flags += ["--port", str(_port(opts.port, env, "NEUTRINO_PORT", default_port))]
     return flags
 
 

@@ -85,6 +85,7 @@ class Supervisor:
         ]
         self._color = color
         self._announced = False
+        self._stopping = False  # set by the first Ctrl-C / SIGTERM; a second one kills
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        if getattr(self, "_stopping", False):
+        if self._stopping:
             self._kill_all()  # a second Ctrl-C: no more waiting
             return
         self._stopping = True

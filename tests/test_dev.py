@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 @dataclass(kw_only=True)
 class Dev(ProcessLog):
     root: Path
+    temp: Path  # the stack's TMPDIR: where the orchestrators make their run directories and ipc sockets
 
     @property
     def api(self) -> tuple[str, int]:
@@ -86,6 +88,7 @@ class Dev(ProcessLog):
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Any]:
     started: list[Dev] = []
+    temps: list[Path] = []
 
     def _start(*flags: str, app: str = APP, root: Path = tmp_path) -> Dev:
         if app == APP:
@@ -94,11 +97,15 @@ def dev(tmp_path: Path) -> Iterator[Any]:
             shutil.copy(APP_SOURCE, tmp_path / "devapp" / "app.py")
         cmd = [sys.executable, "-m", "neutrino", "dev", app, "--no-color", "--port", "0", "--pod-port", "0"]
         cmd += ["--metrics-port", "0", "--model-port", "0", "--grace-period", "5", *flags]
-        env = {**os.environ, "NEUTRINO_ORCHESTRATOR_BIN": str(BINARY)}
+        temp = Path(tempfile.mkdtemp(prefix="nd-", dir="/tmp"))  # short: ipc paths stay under 107 bytes
+        temps.append(temp)
+        env = {**os.environ, "NEUTRINO_ORCHESTRATOR_BIN": str(BINARY), "TMPDIR": str(temp)}
+        env.pop("XDG_RUNTIME_DIR", None)
         read, write = os.pipe()
         proc = subprocess.Popen(cmd, cwd=root, stdout=write, stderr=write, stdin=subprocess.DEVNULL, env=env)
         os.close(write)
-        stack = Dev(proc=proc, stream=os.fdopen(read, errors="replace"), root=root)  # type: ignore[arg-type]
+        stream = os.fdopen(read, errors="replace")
+        stack = Dev(proc=proc, stream=stream, root=root, temp=temp)  # type: ignore[arg-type]
         stack.follow()
         started.append(stack)
         stack.wait_for(r"is ready \(", timeout=60)
@@ -113,6 +120,8 @@ def dev(tmp_path: Path) -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 stack.proc.kill()
                 stack.proc.wait()
+    for temp in temps:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def paste_curl_lines(stack: Dev) -> list[str]:
@@ -125,16 +134,20 @@ def paste_curl_lines(stack: Dev) -> list[str]:
     return curls
 
 
-def stop_and_check_clean(stack: Dev) -> None:
-    """SIGINT drains and stops everything: exit 0, no process left, no socket file left."""
+def stop_and_check_clean(stack: Dev, killed: frozenset[int] = frozenset()) -> None:
+    """SIGINT drains and stops everything: exit 0, no process left, no run directory or socket file left
+    (but those of orchestrators the test SIGKILLed, which cannot clean up: `neutrino-<pid>-*`)."""
     children = stack.descendants()
     assert children, "neutrino dev started no processes"
+    assert list(stack.temp.iterdir()), "the task pods' run directories (where the check below looks) are not there"
     stack.proc.send_signal(signal.SIGINT)
     assert stack.proc.wait(timeout=30) == 0, stack.log
     stack.wait_for(r"dev \| stopped")
     left = {pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
     assert not left, f"processes outlived neutrino dev: {left}\n{stack.log}"
-    sockets = [p for p in stack.root.rglob("*") if p.is_socket()]
+    left_dirs = [p for p in stack.temp.iterdir() if not any(p.name.startswith(f"neutrino-{pid}-") for pid in killed)]
+    assert not left_dirs, f"left behind: {list(stack.temp.rglob('*'))}"
+    sockets = [p for p in (stack.root / ".neutrino").rglob("*") if p.is_socket()]
     assert not sockets, sockets
 
 
@@ -192,7 +205,7 @@ def test_dev_stack_serves_tasks_models_and_survives_a_killed_pod(dev: Any) -> No
     # dev noticed the dead pod, restarted it, and it came back.
     stack.wait_for(r"pod-1\s+\| killed by SIGKILL; restarting in")
     stack.wait_for(r"pod-1\s+\| ready again", timeout=30)
-    stop_and_check_clean(stack)
+    stop_and_check_clean(stack, killed=frozenset({victim}))
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,5 @@
 # One command per intent. `make dev` and `make test` are the README's two set-up commands.
-.PHONY: setup dev demo up test test-rust test-python check fmt bench images stack stack-down clean
+.PHONY: setup dev demo up test test-rust test-python check fmt fuzz bench images stack stack-down clean
 
 ORCH := target/release/neutrino-orchestrator
 DOCKERFILES := $(wildcard services/*/Dockerfile examples/*/Dockerfile)
@@ -33,6 +33,11 @@ check: setup
 	cargo clippy --release --all-targets --quiet -- -D warnings
 	uv run hadolint $(DOCKERFILES)
 
+## Every cargo-fuzz target (protocol decoder, control link, broker) for FUZZ_SECONDS each, seeded from the golden vectors.
+FUZZ_SECONDS ?= 30
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
 fmt:
 	uv run ruff format .
 	uv run ruff check --fix .
@@ -59,4 +64,5 @@ stack-down:
 
 clean:
 	cargo clean
+	rm -rf libs/protocol/rust/fuzz/target services/orchestrator-rs/fuzz/target
 	rm -rf .venv

@@ -4,7 +4,7 @@ Run as a script (from the repository root) in one of two modes:
 
     python benchmarks/_fork_control.py fork --children N [--freeze] MODULE
     python benchmarks/_fork_control.py hold MODULE
-    python benchmarks/_fork_control.py churn --children N MODULE
+    python benchmarks/_fork_control.py churn --children N [--zygote] MODULE
 
 `fork` imports MODULE with the collector off (as the zygote does), optionally calls gc.freeze(),
 then forks N children that each turn the collector on and run a full gc.collect(). `hold`
@@ -15,7 +15,8 @@ their memory from /proc. Children leave when the parent does: they block on a pi
 write end the parent holds.
 
 `churn` is the floor under recycling: it imports MODULE as the zygote does (collector off,
-gc.freeze()), then forks N children one after another that each leave at once through
+gc.freeze()), with `--zygote` the zygote's own modules too (so the process is the zygote's size),
+then forks N children one after another that each leave at once through
 os._exit, and prints the CPU one such fork costs, parent and child together. No worker can be
 replaced for less, whatever it does once started.
 """
@@ -83,7 +84,9 @@ def hold(module: str) -> None:
     _report({"parent": os.getpid(), "children": [], "import": info})
 
 
-def churn(module: str, children: int) -> None:
+def churn(module: str, children: int, zygote: bool) -> None:
+    if zygote:
+        _import("neutrino_worker.zygote")
     info = _import(module)
     gc.freeze()
     before_self, before_children = (
@@ -133,12 +136,13 @@ def main() -> None:
     parser.add_argument("module", help="the module to import, e.g. benchmarks.apps.big_import")
     parser.add_argument("--children", type=int, default=8)
     parser.add_argument("--freeze", action="store_true", help="gc.freeze() before forking")
+    parser.add_argument("--zygote", action="store_true", help="churn: import the zygote's modules too")
     opts = parser.parse_args()
     sys.path.insert(0, os.getcwd())
     if opts.mode == "fork":
         fork(opts.module, opts.children, opts.freeze)
     elif opts.mode == "churn":
-        churn(opts.module, opts.children)
+        churn(opts.module, opts.children, opts.zygote)
     else:
         hold(opts.module)
 

@@ -120,6 +120,14 @@ def collect_everywhere(client: Any, workers: set[int]) -> dict[str, Any]:
     raise RuntimeError(f"{len(workers - seen)} of {len(workers)} workers never ran collect in {COLLECT_BATCHES} bursts")
 
 
+def wait_for_line(log_path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {text!r} in {log_path} within {timeout_s} s")
+        time.sleep(0.05)  # polling the log: the orchestrator has no other signal for it
+
+
 def neutrino_memory(opts: argparse.Namespace, procs: Processes, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     from neutrino import Client
 
@@ -141,6 +149,9 @@ def neutrino_memory(opts: argparse.Namespace, procs: Processes, workdir: Path, e
     try:
         result["ready_ms"] = round(wait_ready(client, orch, opts.workers, START_TIMEOUT_S + 30) * 1000, 1)
         zygote = find_zygote(orch.proc.pid)
+        # The zygote builds its task catalog in a short-lived child of its own: once the catalog
+        # has arrived, that child is gone and the zygote's children are its workers.
+        wait_for_line(log_path, "Task catalog received", START_TIMEOUT_S)
         workers = children_of(zygote)
         if len(workers) != opts.workers:
             raise RuntimeError(f"zygote {zygote} has {len(workers)} children, expected {opts.workers}: {workers}")

@@ -54,12 +54,15 @@ def floor_system(procs: Processes, workdir: Path, workers: int) -> Iterator[Syst
 
 
 @contextlib.contextmanager
-def neutrino_system(procs: Processes, orch_args: dict[str, Any], name: str = "neutrino") -> Iterator[System]:
+def neutrino_system(
+    procs: Processes, orch_args: dict[str, Any], name: str = "neutrino", client_kwargs: dict[str, Any] | None = None
+) -> Iterator[System]:
+    """`client_kwargs` go to `neutrino.Client` (e.g. CURVE keys, with the matching orch_args extra_args)."""
     from neutrino import Client
 
     orch = Orchestrator(procs, **orch_args)
     log(f"{name}: started {' '.join(orch.argv)}")
-    client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S)
+    client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S, **(client_kwargs or {}))
     system = System(name, client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
     try:
         ready_s = wait_ready(client, orch, orch_args["workers"])

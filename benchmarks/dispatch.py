@@ -16,6 +16,10 @@ both alike. Measured for each system:
 - echo round trip: a 100 KiB bytes argument echoed back, p50/p99 µs over `--echo-calls` calls;
 - Neutrino only, after the above with everything stopped: ms from orchestrator Popen to the first
   `noop` result of a client that submits at once (queued until workers are ready), 3 cold starts.
+- CURVE (unless --no-curve): a third system, `neutrino_curve`, the same orchestrator with
+  --curve-secret-key/--curve-clients and a `neutrino.Client` holding the keys (pairs made by
+  `neutrino.keys.create` in the run's temp dir), measured in the same alternating rounds. The
+  `curve` section sets its noop p50/p99, echo p50 and throughput beside plain Neutrino's.
 
 Run from the repository root (build the orchestrator first: `cargo build --release`):
 
@@ -187,11 +191,14 @@ def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
     starters = {
         "floor": lambda: floor_system(procs, workdir, opts.workers),
         "neutrino": lambda: neutrino_system(procs, orch_args),
+        "neutrino_curve": lambda: curve_system(procs, orch_args, workdir),
     }
+    if "neutrino" in wanted and not opts.no_curve:
+        wanted.append("neutrino_curve")
     report: dict[str, Any] = {name: {"error": "skipped (--only)"} for name in ("floor", "neutrino")}
     if "neutrino" in wanted and (problem := neutrino_missing(opts.orchestrator)):
         log(f"neutrino: {problem}")
-        wanted.remove("neutrino")
+        wanted = [name for name in wanted if not name.startswith("neutrino")]
         report["neutrino"] = {"error": problem}
     systems = []
     with contextlib.ExitStack() as stack:
@@ -215,7 +222,55 @@ def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
             report["neutrino"]["first_result"] = {"error": f"{type(exc).__name__}: {exc}"}
         report["neutrino"]["worker_ready_ms"] = fork_to_ready_ms(orch_args["log_path"])
         report["neutrino"]["window"] = opts.window
+    if "neutrino_curve" in wanted:
+        report["curve"] = curve_section(report["neutrino"], report.pop("neutrino_curve", {}))
     return report
+
+
+def curve_system(
+    procs: Processes, orch_args: dict[str, Any], workdir: Path
+) -> contextlib.AbstractContextManager[System]:
+    """Neutrino with CURVE on its tcp frontend: a pod pair, a client pair in the allowlist."""
+    from neutrino.keys import create
+
+    keys = workdir / "curve"
+    _, pod_secret = create("pod", keys)
+    create("client", keys / "allowed")
+    args = {
+        **orch_args,
+        "log_path": workdir / "orchestrator-curve.log",
+        "extra_args": ["--curve-secret-key", str(pod_secret), "--curve-clients", str(keys / "allowed")],
+    }
+    client = {"curve_server_key": keys / "pod.key", "curve_client_key": keys / "allowed" / "client.key_secret"}
+    return neutrino_system(procs, args, "neutrino_curve", client)
+
+
+def curve_section(plain: dict[str, Any], curve: dict[str, Any]) -> dict[str, Any]:
+    """CURVE on beside off, both measured in the same alternating rounds of this run."""
+
+    def figures(half: dict[str, Any]) -> dict[str, Any]:
+        if "noop_us" not in half or "throughput" not in half:
+            return {"error": half.get("error", "not measured")}
+        return {
+            "noop_p50_us": half["noop_us"]["p50"],
+            "noop_p99_us": half["noop_us"]["p99"],
+            "echo_100k_p50_us": half.get("echo_100k_us", {}).get("p50"),
+            "tasks_per_s": half["throughput"]["tasks_per_s"],
+            "all_replied_once": half["throughput"]["all_replied_once"],
+        }
+
+    off, on = figures(plain), figures(curve)
+    section: dict[str, Any] = {
+        "setup": "the same orchestrator and client over tcp://127.0.0.1; on: --curve-secret-key + --curve-clients "
+        "(ZAP allowlist of one key), Client(curve_server_key=..., curve_client_key=...)",
+        "off": off,
+        "on": on,
+        "on_details": curve,
+    }
+    if "error" not in off and "error" not in on:
+        section["noop_p50_ratio_on_off"] = round(on["noop_p50_us"] / off["noop_p50_us"], 3)
+        section["throughput_ratio_on_off"] = round(on["tasks_per_s"] / off["tasks_per_s"], 3)
+    return section
 
 
 # ---------------------------------------------------------------- report
@@ -281,6 +336,12 @@ def print_summary(report: dict[str, Any]) -> None:
             )
     if report["neutrino"] and "first_result" in report["neutrino"]:
         print(f"neutrino first result: {report['neutrino']['first_result']}")
+    if curve := report.get("curve"):
+        print(f"curve:   off {curve['off']}\n         on  {curve['on']}")
+        print(
+            f"         p50 on/off {curve.get('noop_p50_ratio_on_off')}  "
+            f"throughput on/off {curve.get('throughput_ratio_on_off')}"
+        )
     print(f"machine during run: {report['machine']['during_run']}")
     print(f"ratios:  {report['ratios']}")
     print(f"targets: {report['targets']}")
@@ -303,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per measurement")
     parser.add_argument("--only", choices=["floor", "neutrino"], help="run one half only")
+    parser.add_argument("--no-curve", action="store_true", help="skip the CURVE-on copy of the Neutrino half")
     return parser.parse_args(argv)
 
 

@@ -497,7 +497,8 @@ def test_a_run_that_cannot_be_recorded_is_not_sent(gateway: Gateway, tmp_path: P
     lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
         reply = gateway.request("POST", "/v1/tasks/record", {"path": str(tmp_path / "ran"), "token": "x"})
-        assert reply.status == 500 and reply.json["error"]["type"] == "internal"
+        assert reply.status == 503 and reply.json["error"]["type"] == "store_unavailable", reply.body
+        assert reply.headers["Retry-After"]
     finally:
         lock.execute("ROLLBACK")
         lock.close()

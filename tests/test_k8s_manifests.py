@@ -136,9 +136,10 @@ def grace_period_s(env: dict[str, str]) -> float:
 def orchestrator_metric(name: str) -> str:
     """metrics.rs registers `name` under the registry's prefix: the series name Prometheus sees."""
     source = ORCHESTRATOR_METRICS.read_text()
-    prefix = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', source)
-    assert prefix is not None and re.search(rf'register\(\s*"{name}"', source), f"metrics.rs registers no {name}"
-    return f"{prefix[1]}_{name}"
+    root = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', source)
+    sub = re.search(r'sub_registry_with_prefix\("([a-z_]+)"\)', source)
+    assert root is not None and re.search(rf'register\(\s*"{name}"', source), f"metrics.rs registers no {name}"
+    return "_".join(p[1] for p in (root, sub) if p is not None) + f"_{name}"
 
 
 def routes(path: Path, pattern: str) -> set[str]:

@@ -115,6 +115,18 @@ def test_ten_thousand_tasks_with_recycling_every_fifty(start) -> None:
     assert "takes its place" in orch.log
 
 
+def test_a_ready_standby_killed_is_replaced_at_once_not_backed_off(start) -> None:
+    orch = start("--max-tasks-per-worker", "1000", workers=1, app=APP)
+    wait_until(lambda: re.search(r"Worker (\S+) is the standby", orch.log) is not None, what="a ready standby")
+    standby = re.search(r"Worker (\S+) is the standby", orch.log)[1]  # type: ignore[index]
+    pid = int(re.search(rf"Worker {re.escape(standby)} connected \(pid=(\d+)\)", orch.log)[1])  # type: ignore[index]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: orch.log.count("is the standby") >= 2, what="a new standby")
+    assert "before it was ready" not in orch.log, "a ready standby's death is not a start-up failure"
+    with Client(orch.address) as client:
+        assert client.call("add", 1, 2) == 3
+
+
 def test_sigterm_with_a_thousand_queued_tasks_answers_each_once(start) -> None:
     orch = start(workers=2, app=APP, grace_period_s=30)
     with Client(orch.address) as client:

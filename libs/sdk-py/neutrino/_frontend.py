@@ -7,6 +7,7 @@ to a value or an exception. The two clients differ only in how they wait.
 from __future__ import annotations
 
 import math
+import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -15,11 +16,13 @@ from typing import Any
 import zmq
 from neutrino_protocol import CancelTask, DescribeTasks, Ping, Pong, SubmitTask, TaskCatalog, TaskRejected, TaskReply
 
+from ._handshake import watch
 from .app import MAX_RETRIES, Task
 from .codec import pack_args, unpack_catalog, unpack_result
 from .errors import (
     AddressError,
     CatalogNotReadyError,
+    HandshakeError,
     NeutrinoTimeoutError,
     NotSupportedError,
     PayloadTooLargeError,
@@ -27,6 +30,8 @@ from .errors import (
     error_from_reply,
     rejected_error,
 )
+from .keys import CurveKeys, client_keys
+from .keys import apply as apply_keys
 
 # SPEC.md §2: ipc socket paths must stay under 107 bytes (sun_path is 108 with the NUL).
 _MAX_IPC_PATH = 107
@@ -61,20 +66,53 @@ def check_address(address: str) -> str:
     )
 
 
-def connect(address: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
-    """A client's own context (one I/O thread) and its DEALER, configured and connected."""
+def connect(
+    address: str, keys: CurveKeys | None = None
+) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes], zmq.Socket[bytes] | None]:
+    """A client's own context (one I/O thread), its DEALER, configured and connected, and for a
+    tcp:// address the monitor that reports a refused handshake (see _handshake.py)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
     configure(sock)
-    if address.startswith("tcp://["):
-        sock.setsockopt(zmq.IPV6, 1)
+    monitor = None
+    if address.startswith("tcp://"):
+        if address.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        if keys is not None:
+            apply_keys(sock, keys)
+        monitor = watch(sock)
     try:
         sock.connect(address)
     except zmq.ZMQError as exc:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close(linger=0)
         ctx.term()
         raise AddressError(f"cannot connect to {address!r}: {exc}") from None
-    return ctx, sock
+    return ctx, sock, monitor
+
+
+def link_gone(address: str, refused: HandshakeError | None) -> HandshakeError:
+    """What a send raises when the DEALER has no link left to queue on. With IMMEDIATE off that
+    happens only after libzmq gave the connection up for a protocol error in the handshake (a
+    refused key, CURVE on one side only): it never reconnects then, and a blocking send would
+    wait forever. The monitor usually has the exact cause already (`refused`)."""
+    if refused is not None:
+        return HandshakeError(str(refused), reason=refused.reason)
+    return HandshakeError(
+        f"the task pod at {address} gave up the connection during the ZeroMQ handshake, so nothing was sent: "
+        "it refused this client's keys or security (CURVE or plain text); check curve_server_key and "
+        "curve_client_key (NEUTRINO_CURVE_SERVER_KEY / NEUTRINO_CURVE_CLIENT_KEY) against the pod's",
+        reason="refused",
+    )
+
+
+def curve_keys(
+    address: str, server_key: str | os.PathLike[str] | None, client_key: str | os.PathLike[str] | None
+) -> CurveKeys | None:
+    """The CURVE keys of a client for `address`: the arguments, else NEUTRINO_CURVE_*; None for
+    plain text, and always for ipc:// (which never leaves the machine). Raises KeyFileError."""
+    return client_keys(server_key, client_key) if address.startswith("tcp://") else None
 
 
 def configure(sock: zmq.Socket[Any]) -> None:

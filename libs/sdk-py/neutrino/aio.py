@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -25,8 +26,9 @@ import zmq
 from neutrino_protocol import Pong, TaskCatalog, TaskRejected, TaskReply
 
 from . import _frontend
+from ._handshake import HandshakeWatch, read_events
 from .app import Task
-from .errors import ClientClosedError, NeutrinoTimeoutError
+from .errors import ClientClosedError, HandshakeError, NeutrinoTimeoutError
 
 __all__ = ["AsyncClient", "AsyncTaskFuture"]
 
@@ -36,6 +38,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 
 
 class AsyncTaskFuture(asyncio.Future[Any]):
@@ -63,7 +66,8 @@ class AsyncTaskFuture(asyncio.Future[Any]):
 
 
 class AsyncClient:
-    """A connection to one orchestrator frontend for asyncio code; see `Client` for the semantics."""
+    """A connection to one orchestrator frontend for asyncio code; see `Client` for the semantics
+    (CURVE keys included: `curve_server_key`, `curve_client_key`, HandshakeError)."""
 
     def __init__(
         self,
@@ -71,12 +75,18 @@ class AsyncClient:
         *,
         timeout_s: float | None = None,
         max_payload_bytes: int = _frontend.DEFAULT_MAX_PAYLOAD_BYTES,
+        curve_server_key: str | os.PathLike[str] | None = None,
+        curve_client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
         self.max_payload_bytes = _frontend.check_max_payload(max_payload_bytes)
-        self._ctx, self._sock = _frontend.connect(address)
+        keys = _frontend.curve_keys(address, curve_server_key, curve_client_key)
+        self._ctx, self._sock, self._monitor = _frontend.connect(address, keys)
+        self._handshake = HandshakeWatch(address, keys)
+        self._refused: HandshakeError | None = None
+        self._monitor_fd: int | None = None if self._monitor is None else self._monitor.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._pings: dict[int, asyncio.Future[Any]] = {}
@@ -174,6 +184,10 @@ class AsyncClient:
         self._closed = True
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._fd)
+            if self._monitor_fd is not None:
+                self._loop.remove_reader(self._monitor_fd)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
         self._sock.close(linger=0)
         self._ctx.term()
         waiting = [*self._pending.values(), *self._pings.values()]
@@ -212,10 +226,16 @@ class AsyncClient:
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
             raise ClientClosedError(f"the client for {self.address} is closed; create a new AsyncClient")
+        if self._refused is not None:
+            raise HandshakeError(str(self._refused), reason=self._refused.reason)
         loop = asyncio.get_running_loop()
         if self._loop is None:
             loop.add_reader(self._fd, self._drain)
             self._loop = loop
+            if self._monitor_fd is not None:
+                loop.add_reader(self._monitor_fd, self._check_handshake)
+                # Events from before the loop was bound do not fire the edge-triggered FD again.
+                loop.call_soon(self._check_handshake)
         elif self._loop is not loop:
             raise RuntimeError("this AsyncClient belongs to another event loop; create one client per loop")
         return loop
@@ -232,16 +252,45 @@ class AsyncClient:
         self._drain()
 
     def _send_frames(self, frames: list[bytes]) -> None:
-        # No high-water mark (see _frontend.configure), so a send never blocks the loop.
+        # No high-water mark (see _frontend.configure): a send would block only when the link is
+        # gone for good after a refused handshake (see _frontend.link_gone), so it never waits.
         send = self._sock.send
-        for frame in frames[:-1]:
-            send(frame, _SNDMORE)
-        send(frames[-1])
+        try:
+            for frame in frames[:-1]:
+                send(frame, _SNDMORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
+        except zmq.Again:
+            self._check_handshake()
+            raise _frontend.link_gone(self.address, self._refused) from None
 
     def _cancel(self, task_id: int) -> None:
-        if self._pending.pop(task_id, None) is not None and not self._closed:
-            self._send_frames(_frontend.cancel_frames(task_id))
+        if self._pending.pop(task_id, None) is not None and not self._closed and self._refused is None:
+            try:
+                self._send_frames(_frontend.cancel_frames(task_id))
+            except HandshakeError:
+                return  # never delivered: nothing to cancel
             self._drain()
+
+    def _check_handshake(self) -> None:
+        """The monitor's reader callback: on a refused handshake, fail every waiting future with
+        HandshakeError and drop the queued requests (see `Client._check_handshake`)."""
+        if self._closed or self._monitor is None or self._refused is not None:
+            return
+        error = None
+        for event, value in read_events(self._monitor):
+            error = error or self._handshake.feed(event, value)
+        if error is None:
+            return
+        self._refused = error
+        self._sock.disconnect(self.address)
+        waiting = [*self._pending.values(), *self._pings.values()]
+        # Raised to whoever waits; logged loudly only when nobody does (the next request raises it).
+        _log.log(logging.DEBUG if waiting else logging.WARNING, "%s", error)
+        self._pending.clear()
+        self._pings.clear()
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(HandshakeError(str(error), reason=error.reason))
 
     def _drain(self) -> None:
         """Settle every queued reply (the loop's reader callback, and the tail of every send)."""

@@ -3,6 +3,7 @@
     neutrino dev examples.models.app:app            # the whole stack as local processes, for development
     neutrino serve task-pod --app myapp:app         # one role per process: the container entry point
     neutrino deploy render myapp:app -o deploy/app  # Kubernetes manifests for the app's models
+    neutrino keygen pod --dir keys                  # a CURVE key pair for encrypted tcp:// links
     neutrino model-server --app examples.models.app:app --model digits --port 8001
     neutrino gateway --orchestrator tcp://127.0.0.1:5555 --no-auth
 
@@ -24,11 +25,12 @@ COMMANDS = {
     "dev": ("neutrino.dev", "neutrino", "run gateway, task pods and model servers locally, with --reload"),
     "serve": ("neutrino.serve", "neutrino", "run one role (task-pod, gateway, model NAME): the container entry point"),
     "deploy": ("neutrino.deploy", "neutrino", "render Kubernetes manifests for an app's models"),
+    "keygen": ("neutrino.keys", "neutrino", "write a CURVE key pair (NAME.key, NAME.key_secret) for tcp:// links"),
     "gateway": ("neutrino_gateway.__main__", "neutrino-gateway", "the HTTP API for tasks, in front of orchestrators"),
     "model-server": ("neutrino_model_server.__main__", "neutrino-model-server", "serve one @app.model over HTTP"),
 }
 # Commands whose main() takes its arguments; the services' entry points read sys.argv.
-_TAKES_ARGV = ("dev", "serve", "deploy")
+_TAKES_ARGV = ("dev", "serve", "deploy", "keygen")
 
 
 def usage() -> str:

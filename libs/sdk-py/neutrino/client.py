@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import select
 import threading
 import time
@@ -50,9 +51,10 @@ import zmq
 from neutrino_protocol import Message, Pong, TaskCatalog, TaskRejected, TaskReply
 
 from . import _frontend
+from ._handshake import HandshakeWatch, read_events
 from ._waker import Waker
 from .app import Task
-from .errors import ClientClosedError, NeutrinoTimeoutError
+from .errors import ClientClosedError, HandshakeError, NeutrinoTimeoutError
 
 __all__ = ["Client", "TaskFuture"]
 
@@ -63,6 +65,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _POLL_IN = select.POLLIN
 _decode = neutrino_protocol.decode
 
@@ -109,6 +112,12 @@ class Client:
     caps the packed arguments of one task: larger ones raise PayloadTooLargeError before anything
     is sent; keep it at or below the orchestrator's --max-message-bytes. Thread-safe; use it as
     a context manager or call `close()`, which fails tasks still waiting with ClientClosedError.
+
+    For a task pod that requires CURVE (SPEC.md §2.1), pass `curve_server_key` (the pod's
+    NAME.key file, or its 40-character Z85 public key) and `curve_client_key` (this client's own
+    NAME.key_secret file), or set NEUTRINO_CURVE_SERVER_KEY / NEUTRINO_CURVE_CLIENT_KEY; arguments
+    win over the environment, and ipc:// addresses ignore both. A pod that refuses the handshake
+    fails every waiting task, and every later one, with HandshakeError.
     """
 
     def __new__(cls, address: str, *args: Any, **kwargs: Any) -> Client:
@@ -126,12 +135,18 @@ class Client:
         *,
         timeout_s: float | None = None,
         max_payload_bytes: int = _frontend.DEFAULT_MAX_PAYLOAD_BYTES,
+        curve_server_key: str | os.PathLike[str] | None = None,
+        curve_client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address = _frontend.check_address(address)
         _frontend.check_options(timeout_s, None)
         self.timeout_s = timeout_s
         self.max_payload_bytes = _frontend.check_max_payload(max_payload_bytes)
-        self._ctx, self._sock = _frontend.connect(address)
+        keys = _frontend.curve_keys(address, curve_server_key, curve_client_key)
+        self._ctx, self._sock, self._monitor = _frontend.connect(address, keys)
+        self._handshake = HandshakeWatch(address, keys)
+        # Set when the pod refused the handshake: every later request raises it (see _refuse).
+        self._refused: HandshakeError | None = None
         # Ids only need to be unique among this client's unanswered tasks (SPEC.md §4.2); a counter
         # never repeats, and next() on it is atomic under the GIL.
         self._ids = itertools.count(1)
@@ -157,6 +172,14 @@ class Client:
         self._poll_io_watching.register(self._io_wake.fileno(), _POLL_IN)
         self._poll_io_idle = select.poll()
         self._poll_io_idle.register(self._io_wake.fileno(), _POLL_IN)
+        # The I/O thread also reads the handshake monitor, idle or not: a refusal must fail the
+        # futures that wait, whoever receives for them.
+        self._monitor_fd: int | None = None
+        if self._monitor is not None:
+            monitor_fd: int = self._monitor.getsockopt(zmq.FD)  # type: ignore[assignment]
+            self._poll_io_watching.register(monitor_fd, _POLL_IN)
+            self._poll_io_idle.register(monitor_fd, _POLL_IN)
+            self._monitor_fd = monitor_fd
 
         self._io_thread = threading.Thread(target=self._io_loop, name=f"neutrino-client {address}", daemon=True)
         self._io_thread.start()
@@ -272,6 +295,8 @@ class Client:
                 self._rx_wake.close()
             else:
                 self._rx_wake.set()  # the receiving call closes it on its way out
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
             self._sock.close(linger=0)
         if threading.current_thread() is not self._io_thread:
             self._io_thread.join()
@@ -304,6 +329,8 @@ class Client:
         with self._lock:
             if self._closed:
                 raise ClientClosedError(f"the client for {self.address} is closed; create a new Client")
+            if self._refused is not None:
+                raise HandshakeError(str(self._refused), reason=self._refused.reason)
             table[key] = fut
             try:
                 self._send_locked(frames)
@@ -392,7 +419,10 @@ class Client:
             fut = self._pending.pop(task_id, None) if forget else self._pending.get(task_id)
             if fut is None:  # answered, or cancelled already
                 return
-            self._send_locked(_frontend.cancel_frames(task_id))
+            try:
+                self._send_locked(_frontend.cancel_frames(task_id))
+            except HandshakeError:
+                return  # never delivered, so there is nothing to cancel; the monitor fails the future
             settled, wake = self._drain_locked(False)
             self._update_role_locked()
         if settled:
@@ -400,11 +430,15 @@ class Client:
 
     def _send_locked(self, frames: list[bytes]) -> None:
         # send_multipart spends more time on enum flag arithmetic than on sending; a message is
-        # 2 or 3 small frames, and a multipart message is atomic either way.
+        # 2 or 3 small frames, and a multipart message is atomic either way. NOBLOCK: with no
+        # high-water mark a send waits only when the link is gone for good (see link_gone).
         send = self._sock.send
-        for frame in frames[:-1]:
-            send(frame, _SNDMORE)
-        send(frames[-1])
+        try:
+            for frame in frames[:-1]:
+                send(frame, _SNDMORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
+        except zmq.Again:
+            raise _frontend.link_gone(self.address, self._refused) from None
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -460,6 +494,32 @@ class Client:
                 if not self._closed:
                     self._rx_wake.set()
 
+    def _check_handshake(self) -> None:
+        """Read the monitor's events (I/O thread); on a refused handshake, fail what waits (see _refuse)."""
+        with self._lock:
+            if self._closed or self._monitor is None:
+                return
+            error = None
+            for event, value in read_events(self._monitor):
+                error = error or self._handshake.feed(event, value)
+            if error is None or self._refused is not None:
+                return
+            self._refused = error
+            waiting = [*self._pending.values(), *self._pings.values()]
+            self._pending.clear()
+            self._pings.clear()
+            # Drops the requests still queued for the pod, so none is delivered after its caller
+            # was told it failed (libzmq would otherwise keep reconnecting and send them later).
+            self._sock.disconnect(self.address)
+            self._update_role_locked()
+        # Raised to whoever waits; logged loudly only when nobody does (the next request raises it).
+        _log.log(logging.DEBUG if waiting else logging.WARNING, "%s", error)
+        for fut in waiting:
+            _settle_one(fut, None, HandshakeError(str(error), reason=error.reason))
+        with self._lock:
+            if not self._closed and self._receiver is not None:
+                self._rx_wake.set()
+
     def _update_role_locked(self) -> None:
         """The I/O thread watches the socket exactly while futures wait and no call is receiving."""
         want = self._receiver is None and bool(self._pending or self._pings)
@@ -472,10 +532,16 @@ class Client:
     def _io_loop(self) -> None:
         watching = False
         wake_fd = self._io_wake.fileno()
+        monitor_fd = self._monitor_fd
+        if monitor_fd is not None:
+            # A zmq.FD fires only for what arrives after someone read zmq.EVENTS: read it once first.
+            self._check_handshake()
         while True:
             try:
                 events = (self._poll_io_watching if watching else self._poll_io_idle).poll()
                 woken = any(fd == wake_fd for fd, _ in events)
+                if monitor_fd is not None and any(fd == monitor_fd for fd, _ in events):
+                    self._check_handshake()
                 if watching and not woken and time.monotonic_ns() - self._submitted_ns < _DEFER_TO_SUBMITTER_NS:
                     # A thread is submitting right now, and it drains replies as it sends (see
                     # _send): stepping in would only fight it for the lock and the GIL (measured:

@@ -14,9 +14,11 @@ Layout:
     ├── ModelError                a model server answered a predict with an error (`status`, `type`, `message`)
     │   └── ModelInputError, ModelBusyError
     ├── AuthenticationError       the HTTP gateway refused the bearer token
+    │   └── HandshakeError        a task pod refused the tcp:// link's handshake (CURVE keys)
     ├── UnavailableError          the gateway, every task pod behind it, or every model replica is unreachable
     ├── ClientClosedError         the client was closed while a task was pending
     ├── AddressError              an orchestrator address the client cannot use (also a ValueError)
+    ├── KeyFileError              a CURVE key or key file that cannot be used (also a ValueError)
     └── NotSupportedError         a feature this version does not have yet (also a NotImplementedError)
 
 `neutrino.Retry` is not in this tree: tasks raise it to ask for a retry (see retry.py).
@@ -264,6 +266,22 @@ class AuthenticationError(NeutrinoError):
     """The gateway refused the client's bearer token (HTTP 401); pass `Client(..., token=...)` or set NEUTRINO_TOKEN."""
 
 
+class HandshakeError(AuthenticationError):
+    """A task pod refused this client's tcp:// connection during the ZeroMQ handshake: its CURVE key
+    is not in the pod's allowlist, the server key is not that pod's, or one side speaks CURVE and the
+    other plain text. Nothing was delivered; the tasks that waited on the link fail with this error,
+    and the client stays unusable (fix the keys and create a new client). `reason` names the case:
+    "refused" (the pod's allowlist), "mechanism" (CURVE on one side only) or "closed" (the pod hung
+    up mid-handshake: almost always a wrong server key)."""
+
+    def __init__(self, message: str, *, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), {"reason": self.reason}))
+
+
 class UnavailableError(NeutrinoError):
     """The gateway cannot be reached, or has no task pod to run on (HTTP 503); retry later."""
 
@@ -274,6 +292,11 @@ class ClientClosedError(NeutrinoError):
 
 class AddressError(NeutrinoError, ValueError):
     """An orchestrator address the client cannot connect to (wrong scheme or shape)."""
+
+
+class KeyFileError(NeutrinoError, ValueError):
+    """A CURVE key that cannot be used: a missing or malformed key file, a secret key file where a
+    public one belongs (or the reverse), or a server key without the client's own pair."""
 
 
 class NotSupportedError(NeutrinoError, NotImplementedError):

@@ -10,6 +10,10 @@ takes every setting from flags or the environment (`NEUTRINO_APP`, the orchestra
 drains on SIGTERM (the orchestrator is exec'd, so the signal reaches it directly). Task pods and the
 gateway find a model at `http://neutrino-model-<name>:8080` (its Service name in a cluster) unless
 `NEUTRINO_MODEL_<NAME>_URL` or `NEUTRINO_MODEL_URL_TEMPLATE` says otherwise.
+
+CURVE (README "Encrypted links"): a task pod takes `NEUTRINO_CURVE_SECRET_KEY` / `NEUTRINO_CURVE_CLIENTS`
+(or --curve-secret-key / --curve-clients, passed through to the orchestrator), the gateway
+`NEUTRINO_CURVE_SERVER_KEY` / `NEUTRINO_CURVE_CLIENT_KEY` (or --curve-server-key / --curve-client-key).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -55,7 +56,8 @@ _KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)  # what /openapi.json declare
 # Python's wider float() syntax ("1_0", "inf", "nan", " 5"), which the document does not allow.
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # Task failure kinds (SPEC.md §5) that are the caller's doing get a 4xx; the rest are the task's: 500.
-STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409}
+# `too_large`: the task pod refused the arguments as over its --max-message-bytes.
+STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409, "too_large": 413}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,11 +98,19 @@ class Api:
             if not self.config.no_auth and request.path not in OPEN_PATHS:
                 self._check_token(request)
             async with asyncio.timeout(self.config.request_deadline_s):
+                if request.method == "POST" and request.body_exists:  # the routes that read a body
+                    await self._read_body(request)
                 response = await handler(request)
         except ApiError as exc:
             response = self._error(request, exc)
         except web.HTTPRequestEntityTooLarge:
             response = self._error(request, errors.too_large(self.config.max_body_bytes))
+            response.force_close()  # the rest of the body is not read: the connection cannot carry another request
+        except sqlite3.Error as exc:
+            # The run store cannot be written (a full disk, a file-size limit, a lost volume) or read:
+            # nothing was accepted; what was written before stays (store.py).
+            log.error("%s %s: the run store failed: %s", request.method, request.path, exc)
+            response = self._error(request, errors.store_unavailable(str(exc)))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -116,8 +126,19 @@ class Api:
             response = self._error(
                 request, ApiError(500, "internal", "the gateway failed on this request; see its log")
             )
+        if response.status == 408:
+            await _answer_and_close(request, response)
         metrics.observe_request(route, response.status, time.perf_counter() - started)
         return response
+
+    async def _read_body(self, request: web.Request) -> None:
+        """Read the whole body now, within --body-timeout (handlers then get it from aiohttp's cache):
+        a client that trickles its body cannot hold the connection for the whole request deadline."""
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                await request.read()
+        except TimeoutError:
+            raise errors.body_timeout(self.config.body_timeout_s) from None
 
     def _check_token(self, request: web.Request) -> None:
         browser = request.path in BROWSER_PATHS and request.method in ("GET", "HEAD")
@@ -377,6 +398,18 @@ class Api:
                 error.pop("traceback", None)
             record["error"] = error
         return record
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response` now and close the connection: aiohttp would otherwise read ("linger" over)
+    the rest of an unread body for up to 10 s more, which a client trickling it would use."""
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client is gone already
+    finally:
+        request.protocol.force_close()
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

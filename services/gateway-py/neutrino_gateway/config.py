@@ -8,6 +8,7 @@ Units are in the names.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from neutrino.errors import KeyFileError
+from neutrino.keys import CLIENT_KEY_ENV, SERVER_KEY_ENV, CurveKeys, client_keys
 from neutrino.models import URL_ENV_PREFIX, URL_TEMPLATE_ENV, model_url_env, service_name
 
 ENV_PREFIX = "NEUTRINO_GATEWAY_"
@@ -35,6 +38,12 @@ class Config:
     auth_tokens: frozenset[str] = field(default_factory=frozenset)
     no_auth: bool = False
     max_body_bytes: int = 16 * 2**20
+    # Slow clients: a connection must finish sending a request's head within header_timeout_s of
+    # opening (or of its previous answer; it is also the keep-alive idle limit), and its body within
+    # body_timeout_s; beyond max_connections open at once, new connections are closed at once.
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 10_000
     default_wait_s: float = 30.0
     max_wait_s: float = 300.0
     request_deadline_s: float = 330.0  # the longest any one HTTP request may take, wait included
@@ -45,6 +54,8 @@ class Config:
     pod_timeout_s: float = 3.0  # a pod silent this long is lost: 6 pings
     resolve_interval_s: float = 5.0
     log_level: str = "INFO"
+    # CURVE on every task pod link (SPEC.md §2.1): the pods' public key and the gateway's own pair.
+    curve: CurveKeys | None = None
     # Model replicas (models.py): by name from --model, else NEUTRINO_MODEL_<NAME>_URL (the SDK's
     # variable, keyed by that name), else the URL template with {name} and {service} filled in.
     models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -90,6 +101,25 @@ def parser() -> argparse.ArgumentParser:
         "--no-auth", action="store_true", default=None, help="accept requests without a token (local development only)"
     )
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest accepted request body (default 16 MiB)")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds a connection has to send a request's headers, from opening or from its previous answer; "
+        "also how long an idle keep-alive connection stays open (default 30)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help="seconds a request has to send its whole body; past it the answer is 408 (default 60)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="most HTTP connections open at once; beyond, new ones are closed at once (default 10000)",
+    )
     p.add_argument(
         "--default-wait",
         type=float,
@@ -149,6 +179,21 @@ def parser() -> argparse.ArgumentParser:
         f"filled in, e.g. http://{{service}}:8080 (default: ${URL_TEMPLATE_ENV}, which `neutrino serve` sets)",
     )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument(
+        "--curve-server-key",
+        default=None,
+        metavar="FILE",
+        help="the task pods' CURVE public key (their NAME.key, or its 40-character Z85 text): every pod link is "
+        f"encrypted and authenticated; needs --curve-client-key (env {ENV_PREFIX}CURVE_SERVER_KEY or "
+        f"{SERVER_KEY_ENV})",
+    )
+    p.add_argument(
+        "--curve-client-key",
+        default=None,
+        metavar="FILE",
+        help="the gateway's own CURVE key pair (NAME.key_secret); its NAME.key must be in the pods' --curve-clients "
+        f"(env {ENV_PREFIX}CURVE_CLIENT_KEY or {CLIENT_KEY_ENV})",
+    )
     return p
 
 
@@ -203,6 +248,9 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         auth_tokens=frozenset(tokens),
         no_auth=no_auth,
         max_body_bytes=int(number(opts.max_body_bytes, "MAX_BODY_BYTES", defaults.max_body_bytes, int, 1)),
+        header_timeout_s=number(opts.header_timeout, "HEADER_TIMEOUT", defaults.header_timeout_s, float, 0.1),
+        body_timeout_s=number(opts.body_timeout, "BODY_TIMEOUT", defaults.body_timeout_s, float, 0.1),
+        max_connections=int(number(opts.max_connections, "MAX_CONNECTIONS", defaults.max_connections, int, 1)),
         default_wait_s=number(opts.default_wait, "DEFAULT_WAIT", defaults.default_wait_s),
         max_wait_s=number(opts.max_wait, "MAX_WAIT", defaults.max_wait_s),
         request_deadline_s=number(opts.request_deadline, "REQUEST_DEADLINE", defaults.request_deadline_s, float, 0.1),
@@ -225,6 +273,18 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         },
         model_url_template=_template(pick(opts.model_url_template, "MODEL_URL_TEMPLATE") or env.get(URL_TEMPLATE_ENV)),
     )
+    try:
+        curve = client_keys(
+            pick(opts.curve_server_key, "CURVE_SERVER_KEY") or env.get(SERVER_KEY_ENV) or None,
+            pick(opts.curve_client_key, "CURVE_CLIENT_KEY") or env.get(CLIENT_KEY_ENV) or None,
+            env={},
+            server_what="--curve-server-key",
+            client_what="--curve-client-key",
+        )
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+    if curve is not None:
+        config = dataclasses.replace(config, curve=curve)
     if config.default_wait_s > config.max_wait_s:
         raise ConfigError(f"--default-wait {config.default_wait_s} is above --max-wait {config.max_wait_s}")
     if config.max_wait_s >= config.request_deadline_s:

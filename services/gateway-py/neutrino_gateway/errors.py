@@ -56,6 +56,21 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the request body is over the gateway's limit of {limit} bytes")
 
 
+def body_timeout(limit_s: float) -> ApiError:
+    return ApiError(
+        408, "body_timeout", f"the request body did not arrive within the gateway's --body-timeout of {limit_s:g}s"
+    )
+
+
+def store_unavailable(reason: str) -> ApiError:
+    return ApiError(
+        503,
+        "store_unavailable",
+        f"the gateway cannot write its run records ({reason}); nothing was accepted, retry after Retry-After",
+        headers={"Retry-After": "5"},
+    )
+
+
 def validation_failed(errors: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "validation_error", "the request does not match the task's parameters", errors)
 

@@ -107,6 +107,9 @@ def _model_call_errors(replica_error: str) -> dict[str, Any]:
         "401": COMMON_ERRORS["401"],
         "403": _error_response("A POST from a browser page on another origin"),
         "404": _either("Unknown model: no replicas configured, or the replica serves another model", replica_error),
+        "408": _either(
+            "The body did not arrive within the gateway's or the model server's --body-timeout", replica_error
+        ),
         "413": _either("Body over the gateway's or the model server's size limit", replica_error),
         "422": _replica("The model refused the input (its validate())", replica_error),
         "429": _either("Every replica is busy; retry after Retry-After seconds", replica_error),
@@ -311,6 +314,10 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                         {"Location": {"schema": {"type": "string"}, "description": "/v1/runs/{id}"}},
                     ),
                     **COMMON_ERRORS,
+                    "408": _error_response("The body did not arrive within --body-timeout"),
+                    "413": _error_response(
+                        "Body over --max-body-bytes, or the arguments over the task pod's --max-message-bytes"
+                    ),
                     "403": _error_response("A POST from a browser page on another origin"),
                     "404": _error_response("Unknown task"),
                     "415": _error_response("A body that is neither JSON nor msgpack"),
@@ -321,7 +328,10 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                     ),
                     "429": _error_response("Every task pod is busy; retry after Retry-After seconds"),
                     "500": _error_response("The task failed: the remote error's type and message"),
-                    "503": _error_response("No task pod is reachable"),
+                    "503": _error_response(
+                        "No task pod is reachable, or the run store cannot be written (`store_unavailable`: "
+                        "nothing was accepted); retry after Retry-After seconds"
+                    ),
                 },
             }
         }
@@ -401,7 +411,12 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
     }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "Neutrino gateway", "version": "1", "description": "Run Python tasks over HTTP."},
+        "info": {
+            "title": "Neutrino gateway",
+            "version": "1",
+            "description": "Run Python tasks over HTTP. Any request may also be answered 503 "
+            "`too_many_connections` (with Retry-After) when the gateway already holds --max-connections connections.",
+        },
         "paths": paths,
         "components": {
             "schemas": {

@@ -9,11 +9,17 @@ asked for msgpack.
 Liveness: a ping every `ping_interval_s`; a pod that has not answered any for `pod_timeout_s` is
 lost, and the runs it held are handed back to the caller (runs.py decides: retry or fail). So is
 one whose pongs carry a new `instance`: the orchestrator restarted and forgot them.
+
+With CURVE keys every link is a CURVE client (SPEC.md §2.1). A pod that refuses the handshake
+never answers a ping, so it never becomes usable and no run is sent to it; the socket monitor says
+why in the log (once per cause), rather than leaving only "no pong". libzmq does not reconnect
+after such a refusal, so the link is made again every RECONNECT_AFTER_REFUSAL_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -23,6 +29,9 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
+from neutrino._handshake import HandshakeWatch, read_events, watch
+from neutrino.keys import CurveKeys
+from neutrino.keys import apply as apply_keys
 from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask
 
 log = logging.getLogger("neutrino.gateway")
@@ -31,6 +40,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
+# libzmq gives a link up for good when the pod refuses the handshake (a key not in its allowlist,
+# CURVE on one side only); the pod tries it again this often, so a fixed allowlist is picked up.
+RECONNECT_AFTER_REFUSAL_S = 5.0
 
 # Called with every decoded message but Pong (which the pod keeps for itself): (pod, message).
 OnMessage = Callable[["Pod", Any], None]
@@ -47,6 +60,7 @@ class Pod:
         on_state: Callable[[Pod], None],
         ping_interval_s: float,
         pod_timeout_s: float,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
         self._on_message = on_message
@@ -61,6 +75,12 @@ class Pod:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         if address.startswith("tcp://["):
             self._sock.setsockopt(zmq.IPV6, 1)
+        if curve is not None:
+            apply_keys(self._sock, curve)
+        self._monitor = watch(self._sock)
+        self._monitor_fd: int = self._monitor.getsockopt(zmq.FD)  # type: ignore[assignment]
+        self._handshake = HandshakeWatch(address, curve)
+        self.refused: str | None = None  # HandshakeError.reason while the pod refuses the handshake
         self._sock.connect(address)
         self._fd: int = self._sock.getsockopt(zmq.FD)
         self._ids = itertools.count(1)
@@ -82,6 +102,8 @@ class Pod:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self.drain)
+        self._loop.add_reader(self._monitor_fd, self._check_handshake)
+        self._check_handshake()  # the monitor's FD fires only for events after a first read
         self._pinger = self._loop.create_task(self._ping_loop(), name=f"ping {self.address}")
 
     def close(self) -> None:
@@ -92,6 +114,8 @@ class Pod:
             self._pinger.cancel()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._fd)
+            self._loop.remove_reader(self._monitor_fd)
+        self._monitor.close(linger=0)
         self._sock.close(linger=0)
 
     @property
@@ -131,12 +155,37 @@ class Pod:
         if self._closed:
             return
         send = self._sock.send
-        for frame in frames[:-1]:
-            send(frame, _SNDMORE)
-        send(frames[-1])
+        try:
+            for frame in frames[:-1]:
+                send(frame, _SNDMORE_NOBLOCK)
+            send(frames[-1], _NOBLOCK)
+        except zmq.Again:
+            # No link to queue on: the pod refused the handshake (with no high-water mark, nothing
+            # else makes a send wait). A run sent now stays in in_flight and is handed back when
+            # the pod is marked down, which the monitor does next.
+            self._check_handshake()
         self.drain()
 
     # -- receiving ----------------------------------------------------------------------------
+
+    def _check_handshake(self) -> None:
+        if self._closed:
+            return
+        for event, value in read_events(self._monitor):
+            error = self._handshake.feed(event, value)
+            if error is not None and error.reason != self.refused:
+                self.refused = error.reason
+                log.error("%s", error)
+            if error is not None and error.reason != "closed" and self._loop is not None:
+                # A refusal ends the link for good in libzmq: make it again later.
+                self._loop.call_later(RECONNECT_AFTER_REFUSAL_S, self._reconnect)
+            if error is not None and self.up:
+                self.up = False
+                self.lost_reason = f"refused the handshake ({error.reason})"
+                self._on_state(self)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.refused is not None:
+                log.info("task pod %s accepted the handshake", self.address)
+                self.refused = None
 
     def drain(self) -> None:
         if self._closed:
@@ -181,6 +230,13 @@ class Pod:
         if not was_up:
             log.info("task pod %s is up (%d workers)", self.address, msg.workers)
             self._on_state(self)
+
+    def _reconnect(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # already gone with the refused session
+            self._sock.disconnect(self.address)
+        self._sock.connect(self.address)
 
     async def _ping_loop(self) -> None:
         nonce = itertools.count(1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
+from neutrino.keys import CurveKeys
 
 from .pod import OnMessage, Pod
 
@@ -44,6 +45,7 @@ class PodPool:
         ping_interval_s: float,
         pod_timeout_s: float,
         resolve_interval_s: float,
+        curve: CurveKeys | None = None,
     ) -> None:
         self._addresses = list(addresses)
         self._on_message = on_message
@@ -51,6 +53,7 @@ class PodPool:
         self._ping_interval_s = ping_interval_s
         self._pod_timeout_s = pod_timeout_s
         self._resolve_interval_s = resolve_interval_s
+        self._curve = curve
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
         self.pods: dict[str, Pod] = {}
         self._resolver: asyncio.Task[None] | None = None
@@ -91,7 +94,15 @@ class PodPool:
     def _add(self, address: str) -> None:
         if address in self.pods:
             return
-        pod = Pod(address, self._ctx, self._on_message, self._on_state, self._ping_interval_s, self._pod_timeout_s)
+        pod = Pod(
+            address,
+            self._ctx,
+            self._on_message,
+            self._on_state,
+            self._ping_interval_s,
+            self._pod_timeout_s,
+            self._curve,
+        )
         pod.on_drained = self.on_drained
         self.pods[address] = pod
         pod.start()

@@ -12,6 +12,8 @@ The rules, in one place:
 - At start-up, runs a previous gateway left queued or running are treated the same way
   (`gateway_restarted`): re-sent when retries allow, else failed with a reason that says the
   outcome is unknown.
+- A cancel is never undone: a run asked to stop is not sent anywhere again (its pod lost,
+  drained or refused it first); it ends `cancelled`.
 - Every outcome is written before anyone waiting on the run is told.
 """
 
@@ -54,6 +56,7 @@ class Runs:
         self.active: dict[str, Run] = {}  # runs not finished yet
         self.keys: dict[str, Run] = {}  # Idempotency-Key -> run, for runs not finished yet
         self._waiting_for_pod: list[Run] = []  # refused everywhere, or no pod usable
+        self._cancelling: set[str] = set()  # runs asked to stop while on a pod: never sent anywhere again
         self._recovered: list[Run] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expirer: asyncio.Task[None] | None = None
@@ -138,6 +141,7 @@ class Runs:
 
     def _forget(self, run: Run) -> None:
         self.active.pop(run.id, None)
+        self._cancelling.discard(run.id)
         if run.idempotency_key is not None and self.keys.get(run.idempotency_key) is run:
             del self.keys[run.idempotency_key]
 
@@ -154,13 +158,14 @@ class Runs:
 
     def cancel(self, run: Run) -> None:
         """Ask for `run` to stop: dropped when it waits in the gateway, else its pod interrupts it."""
-        if run.finished:
+        if run.finished or run.finishing:
             return
         if run in self._waiting_for_pod or run.pod is None:
             if run in self._waiting_for_pod:
                 self._waiting_for_pod.remove(run)
             self._finish(run, "cancelled", error=_error("cancelled", "TaskCancelledError", "cancelled before it ran"))
             return
+        self._cancelling.add(run.id)
         assert self.pool is not None
         pod = self.pool.pods.get(run.pod)
         if pod is not None and run.wire_id is not None:
@@ -170,6 +175,12 @@ class Runs:
 
     def _dispatch(self, run: Run, exclude: frozenset[str] = frozenset()) -> None:
         assert self.pool is not None
+        if run.id in self._cancelling:
+            # Asked to stop, and its pod lost it, drained or refused it before saying so: a cancel
+            # is never undone by sending the run again (as a revoked Celery task is not re-run).
+            message = "cancelled; its task pod lost the run before confirming the cancel, so it was not sent again"
+            self._finish(run, "cancelled", error=_error("cancelled", "TaskCancelledError", message))
+            return
         pod = self.pool.choose(exclude)
         if pod is None:
             if exclude and self.pool.usable():
@@ -205,7 +216,7 @@ class Runs:
         self._loop.call_later(delay, self._redispatch, run)
 
     def _redispatch(self, run: Run) -> None:
-        if not run.finished and run.id in self.active:
+        if not (run.finished or run.finishing) and run.id in self.active:
             self._dispatch(run)
 
     def _retries_left(self, run: Run) -> bool:
@@ -272,14 +283,14 @@ class Runs:
     def _pod_up(self) -> None:
         waiting, self._waiting_for_pod = self._waiting_for_pod, []
         for run in waiting:
-            if not run.finished:
+            if not (run.finished or run.finishing):
                 self._dispatch(run)
 
     def recover(self) -> None:
         """Deal with the runs a previous gateway left unfinished (once the catalog is known)."""
         recovered, self._recovered = self._recovered, []
         for run in recovered:
-            if run.finished:
+            if run.finished or run.finishing:
                 continue  # cancelled meanwhile
             run.dispatches = 1  # it was (or may have been) sent once already
             self._lost(run, "gateway_restarted", "the gateway restarted while the run was in flight")
@@ -312,21 +323,28 @@ class Runs:
         result: bytes | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
-        if run.finished:
+        if run.finished or run.finishing:
             return
-        run.status = status
-        run.attempts += attempts
-        run.result = result
-        run.error = error
-        run.finished_at = time.time()
-        run.expires_at = run.finished_at + self.run_ttl_s
-        run.pod, run.wire_id = None, None
-        self.store.stage_update(run)
+        # The outcome goes to the store first and onto `run` once it is on disk: until then GET
+        # shows the run unfinished and no waiter is told, so a write that fails (a full disk) and
+        # is never made cannot leave a caller with an outcome the next gateway does not know.
+        run.finishing = True
+        finished_at = time.time()
+        expires_at = finished_at + self.run_ttl_s
+        attempts += run.attempts
+        self.store.stage_finish(run, status, attempts, result, error, finished_at, expires_at)
         metrics.RUNS_FINISHED.labels(status).inc()
 
-        def written(error: BaseException | None) -> None:
-            if error is not None:
-                log.error("run %s finished (%s) but its record could not be written: %s", run.id, status, error)
+        def written(failure: BaseException | None) -> None:
+            if failure is not None:
+                if not run.finish_failed:
+                    log.error("run %s finished (%s); writing it failed, trying again: %s", run.id, status, failure)
+                run.finish_failed = True
+                self.store.after_commit(written)  # the store keeps the update staged and retries it
+                return
+            run.status, run.attempts, run.result, run.error = status, attempts, result, error
+            run.finished_at, run.expires_at = finished_at, expires_at
+            run.pod, run.wire_id, run.finishing = None, None, False
             self._forget(run)
             run.done.set()
 

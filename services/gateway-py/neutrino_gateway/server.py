@@ -1,6 +1,9 @@
 """`run(config, shutdown)`: the gateway's parts wired together, started in order and stopped in reverse.
 
-Start: open the run store, connect to the task pods, open the model client session, serve HTTP.
+Start: open the run store, connect to the task pods, open the model client session, serve HTTP
+(with the slow-client limits: --header-timeout is aiohttp's keep-alive timer, which also runs from
+a connection's opening until its first request head is complete; --max-connections caps the open
+connections in the listener's protocol factory; --body-timeout is api.py's).
 A pod that comes up is asked for its task catalog; the first catalog lets the runs a previous
 gateway left unfinished be dealt with (runs.py). Stop (shutdown fires): stop accepting HTTP, let
 handlers finish within a grace period, close the model client session and the pod links, write
@@ -11,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import msgpack
 from aiohttp import web
@@ -33,6 +38,7 @@ log = logging.getLogger("neutrino.gateway")
 CATALOG_RETRY_S = 1.0  # ask a pod again when its catalog is not ready (its zygote is still importing)
 CATALOG_REFRESH_S = 30.0  # and now and then anyway: a redeployed app may have new tasks
 SHUTDOWN_GRACE_S = 10.0
+REFUSE_LINGER_S = 1.0  # how long a connection over --max-connections may take to read its 503
 
 
 class Gateway:
@@ -48,6 +54,7 @@ class Gateway:
             config.ping_interval_s,
             config.pod_timeout_s,
             config.resolve_interval_s,
+            config.curve,
         )
         self.pool.on_drained = self.runs.on_drained
         self.runs.attach(self.pool)
@@ -109,11 +116,21 @@ class Gateway:
         await self.pool.start()
         await self.models.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._catalog_loop(), name="catalog"))
-        runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        runner = web.AppRunner(
+            self.api.app(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            keepalive_timeout=self.config.header_timeout_s,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
-        await site.start()
-        self.bound = [address[:2] for address in runner.addresses]
+        listener = await asyncio.get_running_loop().create_server(
+            capped(runner.server, self.config.max_connections),
+            self.config.host,
+            self.config.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self.bound = [sock.getsockname()[:2] for sock in listener.sockets]
         log.info("gateway listening on %s", ", ".join(f"http://{host}:{port}" for host, port in self.bound) or "?")
         if ready is not None:
             ready.set()
@@ -124,6 +141,7 @@ class Gateway:
                 await shutdown
         finally:
             log.info("gateway stopping")
+            listener.close()
             await runner.cleanup()
             await self.models.close()  # after the HTTP handlers: none is left to call a model
             for task in self._tasks:
@@ -135,6 +153,54 @@ class Gateway:
             self.pool.close()
             self.store.close()
             log.info("gateway stopped")
+
+
+def capped(server: web.Server | None, limit: int) -> Callable[[], asyncio.BaseProtocol]:
+    """The listener's protocol factory: aiohttp's handler while fewer than `limit` connections are
+    open, else one that answers a typed 503 and closes (slow clients holding many connections
+    cannot take every file descriptor)."""
+    assert server is not None
+
+    def factory() -> asyncio.BaseProtocol:
+        if len(server.connections) >= limit:
+            return _Refuse()
+        return server()
+
+    return factory
+
+
+_REFUSAL_BODY = json.dumps(
+    {
+        "error": {
+            "type": "too_many_connections",
+            "message": "the gateway has as many connections open as --max-connections allows; retry shortly",
+            "detail": None,
+        }
+    }
+).encode()
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+)
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers the 503 and closes its side at once; reads (and drops) what the client sends until it
+    closes too, for at most REFUSE_LINGER_S: closing with its request unread would reset the
+    connection, and the client could lose the answer."""
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports do not derive from asyncio's
+        transport.write(_REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
 
 
 async def run(

@@ -5,18 +5,27 @@ the caller schedules (runs.py: at once when the gateway is quiet, within a short
 load), so a burst of requests costs one commit, not one each.
 WAL with `synchronous=NORMAL` survives a killed gateway (the point of the records); a power loss
 may lose the last transactions, which is the usual trade for a queue's metadata.
+
+A write that fails (a full disk, a file-size limit) is rolled back whole, so the file stays
+consistent. New runs in it are dropped: their callers hear the error (a 503) and nothing was
+accepted. Outcomes and deletions of runs already accepted are kept staged and written again every
+RETRY_S until the disk takes them; until then their waiters are not told (runs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("neutrino.gateway")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,6 +49,7 @@ CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status) WHERE status IN ('qu
 CREATE INDEX IF NOT EXISTS runs_expires_at ON runs (expires_at);
 """
 
+RETRY_S = 1.0  # after a failed write, how soon what must not be lost is written again
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -70,6 +80,8 @@ class Run:
     requeues: int = 0
     http_waiting: int = 0  # POSTs waiting on it now (while nobody has its id, a refusal can become a 429)
     seen: bool = False  # some caller has been given its id: it must never vanish
+    finishing: bool = False  # its outcome is staged but not on disk yet: nobody is told until it is
+    finish_failed: bool = False  # writing that outcome failed at least once (logged once)
     rejection: Any = None  # the ApiError that POST gets when every pod refused the run
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -90,12 +102,18 @@ class RunStore:
         # the pings too and make every task pod look lost. Fail the write instead.
         self._db.execute("PRAGMA busy_timeout=200")
         self._db.executescript(SCHEMA)
-        self._staged: list[tuple[str, tuple[Any, ...]]] = []
+        # (sql, params, keep): `keep` statements are written again when a write fails (see the top).
+        self._staged: list[tuple[str, tuple[Any, ...], bool]] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
         self._flush_scheduled = False
 
     def close(self) -> None:
-        self._write_staged()
+        try:
+            self._write_staged()
+        except sqlite3.Error as exc:
+            # The runs whose outcomes these were are still `running` on disk: the next gateway
+            # deals with them as runs left in flight (runs.py), and nobody was told their outcome.
+            log.error("closing the run store: %d writes could not be made: %s", len(self._staged), exc)
         self._db.close()
 
     # -- writes -------------------------------------------------------------------------------
@@ -117,29 +135,44 @@ class RunStore:
                     run.expires_at,
                     run.idempotency_key,
                 ),
+                False,
             )
         )
 
     def stage_update(self, run: Run) -> None:
+        self.stage_finish(run, run.status, run.attempts, run.result, run.error, run.finished_at, run.expires_at)
+
+    def stage_finish(
+        self,
+        run: Run,
+        status: str,
+        attempts: int,
+        result: bytes | None,
+        error: dict[str, Any] | None,
+        finished_at: float | None,
+        expires_at: float,
+    ) -> None:
+        """`run`'s outcome, staged before it is set on `run` (runs.py sets it once this is written)."""
         self._staged.append(
             (
                 "UPDATE runs SET status = ?, result = ?, error = ?, attempts = ?, started_at = ?, finished_at = ?,"
                 " expires_at = ? WHERE id = ?",
                 (
-                    run.status,
-                    run.result,
-                    None if run.error is None else json.dumps(run.error),
-                    run.attempts,
+                    status,
+                    result,
+                    None if error is None else json.dumps(error),
+                    attempts,
                     run.started_at,
-                    run.finished_at,
-                    run.expires_at,
+                    finished_at,
+                    expires_at,
                     run.id,
                 ),
+                True,
             )
         )
 
     def stage_delete(self, run: Run) -> None:
-        self._staged.append(("DELETE FROM runs WHERE id = ?", (run.id,)))
+        self._staged.append(("DELETE FROM runs WHERE id = ?", (run.id,), True))
 
     async def commit(self, delay_s: float = 0.0) -> None:
         """Write everything staged so far, within `delay_s`; everything staged meanwhile shares the transaction."""
@@ -178,23 +211,31 @@ class RunStore:
             self._write_staged()
         except Exception as exc:  # the disk is full, the file gone or locked: every waiter hears it
             error = exc
+            if self._staged:
+                with contextlib.suppress(RuntimeError):  # no event loop (a unit test): the caller retries
+                    self.flush_soon(RETRY_S)
         for callback in callbacks:
             callback(error)
         return error
 
     def _write_staged(self) -> None:
+        """One transaction for everything staged; on failure it is rolled back whole and the `keep`
+        statements are staged again, ahead of anything newer."""
         staged, self._staged = self._staged, []
         if not staged:
             return
         execute = self._db.execute
-        execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in staged:
+            execute("BEGIN IMMEDIATE")
+            for sql, params, _keep in staged:
                 execute(sql, params)
+            execute("COMMIT")
         except BaseException:
-            execute("ROLLBACK")
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    execute("ROLLBACK")
+            self._staged[:0] = [entry for entry in staged if entry[2]]
             raise
-        execute("COMMIT")
 
     # -- reads --------------------------------------------------------------------------------
 

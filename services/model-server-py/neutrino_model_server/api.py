@@ -3,8 +3,9 @@
 - `POST /v1/models/{name}/predict`: `{"inputs": x}` -> `{"outputs": y}`, JSON or msgpack (by
   Content-Type; answered in kind, or as `Accept` asks). Errors: `{"error": {"type", "message"}}`
   (+ `traceback` for a predict failure): 400 unreadable body, 422 input refused by `validate`,
-  404 other model, 429 queue full (Retry-After), 503 not ready (Retry-After), 504 deadline,
-  500 predict raised (every request of that batch).
+  404 other model, 408 body not sent within --body-timeout, 413 body over --max-body-bytes (or
+  more inputs than the queue holds), 429 queue full (Retry-After), 503 not ready (Retry-After),
+  504 deadline, 500 predict raised (every request of that batch).
 - Open Inference Protocol (KServe V2): `GET /v2`, `/v2/health/live`, `/v2/health/ready`,
   `/v2/models/{name}[/versions/{v}]`, `.../ready`, `POST .../infer` (see v2.py); errors
   `{"error": "<message>"}`.
@@ -63,7 +64,7 @@ class Api:
         }
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=self.config.max_body_bytes)
         name = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         app.router.add_post("/v1/models/{name}/predict", self._timed("predict", self.predict))
@@ -86,6 +87,7 @@ class Api:
             started = time.perf_counter()
             self.in_flight += 1
             try:
+                await self._read_body(request)
                 response = await handler(request)
             except HttpError as err:
                 response = self._error(request, err, v1)
@@ -94,10 +96,38 @@ class Api:
                 response = self._error(request, HttpError(500, type(exc).__name__, str(exc) or "internal error"), v1)
             finally:
                 self.in_flight -= 1
+            if response.status == 408:
+                # Sent now, and the connection closed: aiohttp would otherwise read ("linger" over)
+                # the rest of the unread body for up to 10 s more, which a trickling client would use.
+                try:
+                    await response.prepare(request)
+                    await response.write_eof()
+                except ConnectionError:
+                    pass  # the client is gone already
+                finally:
+                    request.protocol.force_close()
+            elif response.status == 413:
+                response.force_close()  # the body was not read to its end
             self.metrics.observe(route, response.status, time.perf_counter() - started)
             return response
 
         return wrapped
+
+    async def _read_body(self, request: web.Request) -> None:
+        """The whole body, within --body-timeout and --max-body-bytes (handlers then get aiohttp's cached copy)."""
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                await request.read()
+        except TimeoutError:
+            limit = self.config.body_timeout_s
+            message = f"the request body did not arrive within --body-timeout {limit:g}s"
+            raise HttpError(408, "body_timeout", message) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(
+                413,
+                "payload_too_large",
+                f"the request body is over this server's --max-body-bytes of {self.config.max_body_bytes} bytes",
+            ) from None
 
     # -- the two inference routes ----------------------------------------------------------------
 
@@ -123,7 +153,9 @@ class Api:
         except (ValueError, RecursionError) as exc:
             raise HttpError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
         try:
-            req = v2.parse_request(doc)
+            req = v2.parse_request(doc, self.config.max_elements)
+        except v2.TooManyElements as exc:
+            raise HttpError(413, "too_many_elements", str(exc)) from None
         except v2.InferError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
         outputs = await self._run(req.rows)

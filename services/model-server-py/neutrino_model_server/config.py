@@ -37,6 +37,16 @@ class Config:
     max_batch_size: int | None = None  # None: the model's option
     batch_wait_ms: float | None = None
     max_concurrency: int | None = None
+    # Input limits: the body's bytes (413), and the elements of one infer request's tensors, all
+    # inputs together (413; a V2 tensor's shape is checked before its data is converted).
+    max_body_bytes: int = 64 * 2**20
+    max_elements: int = 16 * 2**20
+    # Slow clients, as the gateway's: request head within header_timeout_s of opening (or of the
+    # previous answer; also the keep-alive idle limit), whole body within body_timeout_s (408),
+    # at most max_connections open (beyond, a typed 503 and close).
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 10_000
     include_traceback: bool = True  # 500 answers carry predict's traceback (the callers are our own tasks)
     log_level: str = "INFO"
 
@@ -57,6 +67,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=None, help="override the model's max_batch_size")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="override the model's batch_wait_ms")
     p.add_argument("--max-concurrency", type=int, default=None, help="override the model's max_concurrency")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=None, help="largest request body; beyond, 413 (default 64 MiB)"
+    )
+    p.add_argument(
+        "--max-elements",
+        type=int,
+        default=None,
+        help="most tensor elements in one V2 infer request, all inputs together; beyond, 413 (default 16777216)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        help="seconds a connection has to send a request's headers, from opening or its previous answer; "
+        "also the keep-alive idle limit (default 30)",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=None, help="seconds to send a whole request body; then 408 (default 60)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="most HTTP connections open at once; beyond, a 503 and close (default 10000)",
+    )
     p.add_argument("--no-traceback", action="store_true", default=None, help="leave tracebacks out of 500 answers")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     return p
@@ -96,6 +131,11 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         ("max_batch_size", "max-batch-size", args.max_batch_size, int, 1),
         ("batch_wait_ms", "batch-wait-ms", args.batch_wait_ms, float, 0),
         ("max_concurrency", "max-concurrency", args.max_concurrency, int, 1),
+        ("max_body_bytes", "max-body-bytes", args.max_body_bytes, int, 1),
+        ("max_elements", "max-elements", args.max_elements, int, 1),
+        ("header_timeout_s", "header-timeout", args.header_timeout, float, 0.1),
+        ("body_timeout_s", "body-timeout", args.body_timeout, float, 0.1),
+        ("max_connections", "max-connections", args.max_connections, int, 1),
     ):
         got = number(flag, value, kind, minimum)
         if got is not None:

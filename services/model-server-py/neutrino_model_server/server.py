@@ -5,6 +5,10 @@ false); call `load()`; start the batch loop; mark ready. A failing `load()` rais
 (the process exits with EXIT_LOAD_FAILED and the traceback). Stop (shutdown fires): mark not ready,
 stop accepting and let handlers finish within a grace period (the batch loop still runs for them),
 then stop the batch loop and the predict threads.
+
+Slow clients: --header-timeout is aiohttp's keep-alive timer, which also runs from a connection's
+opening until its first request head is complete; --max-connections caps the open connections in
+the listener's protocol factory; --body-timeout is api.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import contextlib
 import logging
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -26,6 +31,7 @@ from .loader import Served, find_model
 log = logging.getLogger("neutrino.model_server")
 
 SHUTDOWN_GRACE_S = 10.0
+REFUSE_LINGER_S = 1.0  # how long a connection over --max-connections may take to read its 503
 
 
 class LoadFailed(Exception):
@@ -71,12 +77,21 @@ class ModelServer:
         # handler_cancellation: a client that hangs up cancels its handler, and so its queued inputs,
         # which the batcher then drops instead of spending predict time on answers nobody reads.
         runner = web.AppRunner(
-            self.api.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, handler_cancellation=True
+            self.api.app(),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            handler_cancellation=True,
+            keepalive_timeout=self.config.header_timeout_s,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
-        await site.start()
-        self.bound = [address[:2] for address in runner.addresses]
+        listener = await asyncio.get_running_loop().create_server(
+            capped(runner.server, self.config.max_connections),
+            self.config.host,
+            self.config.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self.bound = [sock.getsockname()[:2] for sock in listener.sockets]
         urls = ", ".join(f"http://{host}:{port}" for host, port in self.bound)
         log.info("model server for %r listening on %s", name, urls)
         batch_loop: asyncio.Task[None] | None = None
@@ -105,6 +120,7 @@ class ModelServer:
         finally:
             log.info("model server stopping")
             self.api.ready = False
+            listener.close()
             await runner.cleanup()
             if batch_loop is not None:
                 batch_loop.cancel()
@@ -112,6 +128,45 @@ class ModelServer:
                     await batch_loop
             self.served.close()
             log.info("model server stopped")
+
+
+def capped(server: web.Server | None, limit: int) -> Callable[[], asyncio.BaseProtocol]:
+    """The listener's protocol factory: aiohttp's handler while fewer than `limit` connections are
+    open, else one that answers a 503 in the protocol's error shape and closes."""
+    assert server is not None
+
+    def factory() -> asyncio.BaseProtocol:
+        if len(server.connections) >= limit:
+            return _Refuse()
+        return server()
+
+    return factory
+
+
+_REFUSAL_BODY = b'{"error":"too many connections open (--max-connections); retry shortly"}'
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+)
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers the 503 and closes its side at once; reads (and drops) what the client sends until it
+    closes too, for at most REFUSE_LINGER_S: closing with its request unread would reset the
+    connection, and the client could lose the answer."""
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's transports do not derive from asyncio's
+        transport.write(_REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
 
 
 async def run(

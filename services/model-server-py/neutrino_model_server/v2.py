@@ -38,6 +38,10 @@ class InferError(ValueError):
     """The request does not follow the protocol; the message says which field and why (HTTP 400)."""
 
 
+class TooManyElements(InferError):
+    """The request's tensors hold more elements than the server's --max-elements (HTTP 413)."""
+
+
 @dataclass(frozen=True, slots=True)
 class InferRequest:
     id: str | None
@@ -45,7 +49,9 @@ class InferRequest:
     outputs: tuple[str, ...]  # requested output names; empty means all
 
 
-def parse_request(doc: object) -> InferRequest:
+def parse_request(doc: object, max_elements: int | None = None) -> InferRequest:
+    """The request's rows; `max_elements` bounds the elements of all its tensors together, checked
+    from their shapes before any data is converted."""
     if not isinstance(doc, dict):
         raise InferError("the infer request must be a JSON object with an `inputs` list")
     inputs = doc.get("inputs")
@@ -56,6 +62,13 @@ def parse_request(doc: object) -> InferRequest:
         raise InferError("`id` must be a string")
     columns: dict[str, np.ndarray[Any, Any]] = {}
     batch: int | None = None
+    if max_elements is not None:
+        total = sum(_declared_elements(tensor) for tensor in inputs)
+        if total > max_elements:
+            raise TooManyElements(
+                f"the input tensors' shapes hold {total} elements; this server takes at most {max_elements} "
+                "per request (--max-elements): send fewer rows per request"
+            )
     for i, tensor in enumerate(inputs):
         name, arr = _tensor(i, tensor)
         if name in columns:
@@ -76,6 +89,14 @@ def parse_request(doc: object) -> InferRequest:
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise InferError("`outputs` must be a list of {name} objects")
     return InferRequest(request_id, rows, tuple(o["name"] for o in wanted))
+
+
+def _declared_elements(tensor: object) -> int:
+    """The element count a tensor's shape claims (0 when the shape is not a list of sizes: _tensor says why)."""
+    shape = tensor.get("shape") if isinstance(tensor, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        return 0
+    return max(0, math.prod(shape))
 
 
 def _tensor(i: int, tensor: object) -> tuple[str, np.ndarray[Any, Any]]:

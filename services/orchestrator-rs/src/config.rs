@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::curve::ServerKeys;
 use crate::scheduler::Limits;
 
 #[derive(Debug, Clone, Parser)]
@@ -105,6 +106,17 @@ pub struct Config {
     /// Seconds to wait for the zygote to import the app and report ready.
     #[arg(long = "start-timeout", env = "NEUTRINO_START_TIMEOUT_S", default_value_t = 120.0)]
     pub start_timeout_s: f64,
+
+    /// This pod's CURVE certificate (`NAME.key_secret`, from `neutrino keygen NAME`): every
+    /// tcp:// frontend becomes a CURVE server that only lets in the keys of --curve-clients.
+    /// ipc:// frontends stay plain. Unset: no encryption (SPEC.md §2).
+    #[arg(long, env = "NEUTRINO_CURVE_SECRET_KEY")]
+    pub curve_secret_key: Option<PathBuf>,
+
+    /// Client public keys let in over CURVE: a directory of `*.key` files, or one `.key` file.
+    /// Read at start-up. Needs --curve-secret-key.
+    #[arg(long, env = "NEUTRINO_CURVE_CLIENTS")]
+    pub curve_clients: Option<PathBuf>,
 }
 
 /// Longest accepted duration flag (a day): long enough for any grace period, far from overflow.
@@ -204,6 +216,18 @@ impl Config {
         Duration::from_secs_f64(self.start_timeout_s.max(0.0))
     }
 
+    /// The CURVE keys of the tcp:// frontends, read from their files; `None` when CURVE is off.
+    pub fn curve_keys(&self) -> Result<Option<ServerKeys>, String> {
+        match (&self.curve_secret_key, &self.curve_clients) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("--curve-clients needs --curve-secret-key (the pod's own NAME.key_secret)".into()),
+            (Some(_), None) => Err("--curve-secret-key needs --curve-clients (a directory of the clients' *.key \
+                                    files): without an allowlist every client would be refused"
+                .into()),
+            (Some(secret), Some(clients)) => ServerKeys::load(secret, clients).map(Some),
+        }
+    }
+
     /// Checks what clap cannot: endpoint schemes, the app reference, and numeric ranges.
     pub fn validate(&self) -> Result<(), String> {
         for (flag, secs) in [
@@ -232,6 +256,7 @@ impl Config {
                 return Err(format!("--frontend {f:?}: use tcp://HOST:PORT or ipc://PATH"));
             }
         }
+        self.curve_keys()?;
         match self.app.split_once(':') {
             Some((module, attr)) if !module.is_empty() && !attr.is_empty() => Ok(()),
             _ => Err(format!("--app {:?}: use module:attr, e.g. examples.quickstart.app:app", self.app)),

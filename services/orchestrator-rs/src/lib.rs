@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`config`]: command-line flags and environment, read once.
+//! - [`curve`]: CURVE key files (the pod's certificate, the client allowlist) for tcp frontends.
 //! - [`supervisor`]: `run(config, shutdown)`: start-up and the drain order.
 //! - [`pool`]: the worker pool: replacements, crash backoff, elastic sizing, zygote restarts.
 //! - [`broker`]: the ZeroMQ thread (the only code touching `zmq`): sockets and message handling.
@@ -19,6 +20,7 @@
 pub mod broker;
 pub mod catalog;
 pub mod config;
+pub mod curve;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

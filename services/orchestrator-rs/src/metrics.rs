@@ -16,6 +16,12 @@ use tokio::net::TcpListener;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// `side` labels of `neutrino_orchestrator_malformed_messages_total`: the link a malformed
+/// message came in on (clients, workers, the zygote's control link).
+pub const MALFORMED_FRONTEND: &str = "frontend";
+pub const MALFORMED_BACKEND: &str = "backend";
+pub const MALFORMED_CONTROL: &str = "control";
+
 /// Cheap to clone: every field is a shared handle.
 #[derive(Clone)]
 pub struct Metrics {
@@ -36,15 +42,35 @@ pub struct Metrics {
     retiring_workers: Gauge,
     recycles: Family<Labels, Counter>,
     worker_rss: Histogram,
+    /// Messages dropped or rejected as malformed, by link (`MALFORMED_*`).
+    malformed: Family<Labels, Counter>,
     /// Seconds from asking the zygote for a worker to that worker's `WorkerReady`.
     pub worker_start: Histogram,
     /// What `/readyz` answers: set when the pool first reaches its size, cleared when draining.
     ready: Arc<AtomicBool>,
+    /// CURVE handshakes the ZAP handler refused (`neutrino_curve_refused_total`).
+    pub curve_refused: Counter,
+    /// CURVE handshakes that failed before ZAP (`neutrino_curve_failed_handshakes_total`).
+    pub curve_failed_handshakes: Counter,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("neutrino_orchestrator");
+        // Every metric is neutrino_orchestrator_*, but for the CURVE counter (SPEC.md §2).
+        let mut root = Registry::with_prefix("neutrino");
+        let curve_refused = Counter::default();
+        root.register(
+            "curve_refused",
+            "CURVE clients refused on the tcp frontends (public key not in --curve-clients)",
+            curve_refused.clone(),
+        );
+        let curve_failed_handshakes = Counter::default();
+        root.register(
+            "curve_failed_handshakes",
+            "Handshakes on the CURVE tcp frontends that failed before the key check (plain text, another server key)",
+            curve_failed_handshakes.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("orchestrator");
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Tasks accepted and waiting for a worker", queue_depth.clone());
         let workers = Family::<Labels, Gauge>::default();
@@ -88,13 +114,22 @@ impl Metrics {
         // 16 MiB .. 16 GiB
         let worker_rss = Histogram::new(exponential_buckets(16.0 * 1024.0 * 1024.0, 2.0, 11));
         registry.register("worker_rss_bytes", "Worker resident set size, from heartbeats", worker_rss.clone());
+        let malformed = Family::<Labels, Counter>::default();
+        registry.register(
+            "malformed_messages",
+            "Messages dropped or rejected as malformed (or of an unknown type), by link",
+            malformed.clone(),
+        );
         let label = |k: &'static str, v: &str| vec![(k, v.to_owned())];
+        for side in [MALFORMED_FRONTEND, MALFORMED_BACKEND, MALFORMED_CONTROL] {
+            let _ = malformed.get_or_create(&label("side", side));
+        }
         let idle_workers = workers.get_or_create(&label("state", "idle")).clone();
         let retiring_workers = workers.get_or_create(&label("state", "retiring")).clone();
         let busy_workers = workers.get_or_create(&label("state", "busy")).clone();
         let tasks_ok = tasks.get_or_create(&label("outcome", "ok")).clone();
         Metrics {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
             queue_depth,
             idle_workers,
             busy_workers,
@@ -110,7 +145,10 @@ impl Metrics {
             retiring_workers,
             recycles,
             worker_rss,
+            malformed,
             ready: Arc::new(AtomicBool::new(false)),
+            curve_refused,
+            curve_failed_handshakes,
         }
     }
 
@@ -147,6 +185,11 @@ impl Metrics {
 
     pub fn observe_worker_rss(&self, rss_kb: u64) {
         self.worker_rss.observe(rss_kb as f64 * 1024.0);
+    }
+
+    /// A malformed message on `side` (one of the `MALFORMED_*` labels) was dropped or rejected.
+    pub fn malformed(&self, side: &'static str) {
+        self.malformed.get_or_create(&vec![("side", side.to_owned())]).inc();
     }
 
     pub fn render(&self) -> String {

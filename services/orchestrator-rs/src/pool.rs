@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use neutrino_protocol::{decode_meta, ExitCode, Fork, Forked, MessageType, WorkerExited, ZygoteCatalog, ZygoteReady};
+use neutrino_protocol::{
+    decode_meta, ExitCode, Fork, Forked, MessageType, ProtocolError, WorkerExited, ZygoteCatalog, ZygoteReady,
+};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
@@ -14,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{BrokerHandle, Command, Event, Load};
 use crate::catalog::CatalogBytes;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MALFORMED_CONTROL};
 use crate::rundir::RunDir;
 use crate::scheduler::recycle_reason;
 use crate::supervisor::start_zygote;
@@ -217,8 +219,20 @@ impl<'a> Pool<'a> {
 
     /// A worker was recycled (it finishes what it holds, then exits 0). The standby took its
     /// place if one was ready; fork the next standby, or a replacement if none was.
+    ///
+    /// The broker may have taken our standby for a regular worker: when its `WorkerReady` and
+    /// the `Standby` command that names it are read in the same poll, the ready is handled
+    /// first (a broker thread kept off the CPU for the few ms a fork takes, on a busy machine).
+    /// That worker then already takes tasks: a recycle with no standby promoted while ours is
+    /// ready lets it fill the place rather than forking one more (which grew the pool past
+    /// `--workers`, one worker per occurrence, measured in a long no-op burst), and its own
+    /// recycling leaves nothing to replace.
     async fn on_recycled(&mut self, worker_id: String, promoted: Option<String>, serving: bool) -> anyhow::Result<()> {
         self.live.remove(&worker_id);
+        let was_standby = self.standby.as_deref() == Some(worker_id.as_str());
+        if was_standby {
+            self.standby = None;
+        }
         self.retired.insert(worker_id);
         if !serving {
             return Ok(());
@@ -228,9 +242,22 @@ impl<'a> Pool<'a> {
                 self.standby = None;
                 self.live.insert(spare);
             }
-            None => self.fork(1).await?,
+            None if was_standby => {} // never counted as taking tasks here: nothing to replace
+            None => match self.ready_standby() {
+                Some(spare) => {
+                    debug!(worker = %spare, "the broker took the standby for a regular worker");
+                    self.standby = None;
+                    self.live.insert(spare);
+                }
+                None => self.fork(1).await?,
+            },
         }
         self.ensure_standby().await
+    }
+
+    /// The standby, once its `WorkerReady` arrived.
+    fn ready_standby(&self) -> Option<String> {
+        self.standby.clone().filter(|id| !self.forking.contains_key(id))
     }
 
     fn wants_standby(&self) -> bool {
@@ -272,16 +299,26 @@ impl<'a> Pool<'a> {
 
     async fn on_control(&mut self, msg: ControlMessage, serving: bool) -> anyhow::Result<()> {
         let ControlMessage { code, meta, payload } = msg;
+        // A malformed message costs only itself (logged, counted): the record framing keeps the
+        // link in step, and nothing the zygote says about one worker may stop the pod.
         match MessageType::from_code(code) {
-            Some(MessageType::Forked) => {
-                let m: Forked = decode_meta(&meta)?;
-                debug!(worker = %m.worker_id, pid = m.pid, "forked");
-            }
-            Some(MessageType::WorkerExited) => self.on_exit(decode_meta(&meta)?, serving).await?,
+            Some(MessageType::Forked) => match decode_meta::<Forked>(&meta) {
+                Ok(m) => debug!(worker = %m.worker_id, pid = m.pid, "forked"),
+                Err(e) => self.malformed_control(e),
+            },
+            Some(MessageType::WorkerExited) => match decode_meta::<WorkerExited>(&meta) {
+                Ok(m) => self.on_exit(m, serving).await?,
+                Err(e) => self.malformed_control(e),
+            },
             Some(MessageType::ZygoteCatalog) => self.on_catalog(&meta, payload),
             _ => debug!(code, "ignoring control message"),
         }
         Ok(())
+    }
+
+    fn malformed_control(&self, e: ProtocolError) {
+        warn!("ignoring a malformed control message from the zygote: {e}");
+        self.metrics.malformed(MALFORMED_CONTROL);
     }
 
     /// The zygote's task catalog: handed to the broker as bytes, never decoded here. A malformed
@@ -289,7 +326,10 @@ impl<'a> Pool<'a> {
     fn on_catalog(&mut self, meta: &[u8], payload: Option<Vec<u8>>) {
         let (m, payload) = match (decode_meta::<ZygoteCatalog>(meta), payload) {
             (Ok(m), Some(payload)) => (m, payload),
-            (Err(e), _) => return warn!("ignoring a malformed task catalog from the zygote: {e}"),
+            (Err(e), _) => {
+                self.metrics.malformed(MALFORMED_CONTROL);
+                return warn!("ignoring a malformed task catalog from the zygote: {e}");
+            }
             (Ok(_), None) => return warn!("ignoring a task catalog without its payload record"),
         };
         info!(
@@ -313,9 +353,11 @@ impl<'a> Pool<'a> {
             _ => "unknown status".to_owned(),
         };
         self.broker.send(Command::WorkerExited { worker_id: m.worker_id.clone(), how: how.clone() });
-        self.forking.remove(&m.worker_id);
-        let was_ready = self.live.remove(&m.worker_id);
         let was_standby = self.standby.as_deref() == Some(m.worker_id.as_str());
+        // A standby is never in `live`: it was ready once its `WorkerReady` took it out of `forking`.
+        let standby_was_ready = was_standby && !self.forking.contains_key(&m.worker_id);
+        self.forking.remove(&m.worker_id);
+        let was_ready = self.live.remove(&m.worker_id) || standby_was_ready;
         if was_standby {
             self.standby = None;
         }

@@ -51,6 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             max_message_bytes: config.max_message_bytes,
             idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
             liveness: config.liveness(),
+            curve: config.curve_keys().map_err(anyhow::Error::msg)?,
         },
         metrics.clone(),
         events_tx,

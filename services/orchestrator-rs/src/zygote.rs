@@ -62,6 +62,9 @@ impl Zygote {
             .arg("--control")
             .arg(&control_path)
             .args(["--backend", &run_dir.backend_endpoint(), "--credits", &config.window.to_string()])
+            // Workers refuse a result over the frame limit themselves (kind `result_too_large`):
+            // sent, it would be over the backend socket's cap and dropped with the connection.
+            .env("NEUTRINO_MAX_RESULT_BYTES", config.max_message_bytes.to_string())
             .stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches only the orchestrator, which
             // then stops workers in order; and killpg() can sweep up every worker at the end.

@@ -4,6 +4,11 @@ This is the per-task hot path of the whole product, so the success path does onl
 one dict lookup, one unpack, one `Signature.bind`, the call, one pack. Error paths may be slow.
 No sockets here; the worker loop feeds assignments in and sends the results out.
 
+A result is bounded: once encoded it may be at most the orchestrator's --max-message-bytes (the
+orchestrator passes it to the zygote as NEUTRINO_MAX_RESULT_BYTES). A larger one is answered with
+kind `result_too_large` and the worker carries on; sent as it is, it would be over what the
+orchestrator's socket takes, dropped with the connection, and the task never answered.
+
 A task asks for another attempt by raising `neutrino.Retry` or an instance of its `retry_on`:
 the result then carries `retry` (SPEC.md §4.3), and the orchestrator decides whether attempts
 remain (SPEC.md §6 rule 6).
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from time import perf_counter_ns
@@ -27,6 +33,9 @@ _TASK_ERROR = ErrorKind.TASK_ERROR.value
 _BAD_ARGUMENTS = ErrorKind.BAD_ARGUMENTS.value
 _UNKNOWN_TASK = ErrorKind.UNKNOWN_TASK.value
 _NOT_SERIALIZABLE = ErrorKind.RESULT_NOT_SERIALIZABLE.value
+_TOO_LARGE = ErrorKind.RESULT_TOO_LARGE.value
+MAX_RESULT_ENV = "NEUTRINO_MAX_RESULT_BYTES"
+DEFAULT_MAX_RESULT_BYTES = 64 * 2**20  # the orchestrator's default --max-message-bytes
 
 
 class TaskSpec(Protocol):
@@ -47,7 +56,7 @@ class TaskSpec(Protocol):
 class Runner:
     """Runs assignments one at a time; async tasks share one event loop kept for the process's life."""
 
-    def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
+    def __init__(self, tasks: Mapping[str, TaskSpec], max_result_bytes: int | None = None) -> None:
         # Imported here, in the worker, as loader.py imports the SDK: the zygote must be able to
         # report a broken SDK install rather than crash while importing this module.
         from neutrino import Retry
@@ -59,6 +68,7 @@ class Runner:
         # One packer reused for every result: it resets itself after each pack, even a failed one.
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_result = max_result_bytes if max_result_bytes is not None else max_result_bytes_from_env()
 
     def run(self, msg: TaskAssignment) -> TaskResult:
         entry = self._tasks.get(msg.task)
@@ -104,6 +114,16 @@ class Runner:
                 "return None, bool, int (64-bit), float, str, bytes, or lists/tuples and dicts of those",
                 run_us=run_us,
             )
+        if len(payload) > self._max_result:
+            return _error(
+                msg,
+                _TOO_LARGE,
+                "ResultTooLargeError",
+                f"{task.name}() returned {len(payload)} bytes once encoded, over the limit of {self._max_result} "
+                "(the orchestrator's --max-message-bytes); return less, or store the data elsewhere and return "
+                "where it is",
+                run_us=run_us,
+            )
         return TaskResult(task_id=msg.task_id, status="ok", run_us=run_us, payload=payload)
 
     def _task_error(self, msg: TaskAssignment, task: TaskSpec, exc: BaseException, run_us: int) -> TaskResult:
@@ -131,6 +151,16 @@ class Runner:
 
     def _names(self) -> str:
         return ", ".join(sorted(self._tasks)) or "(no tasks)"
+
+
+def max_result_bytes_from_env() -> int:
+    """The result limit the orchestrator set for this zygote's workers (the default when run alone)."""
+    raw = os.environ.get(MAX_RESULT_ENV, "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return DEFAULT_MAX_RESULT_BYTES
+    return value if value > 0 else DEFAULT_MAX_RESULT_BYTES
 
 
 def _plain_arity(task: TaskSpec) -> int:

@@ -5,12 +5,16 @@ Run by the orchestrator as
 It speaks the control link (SPEC §4.4): ZygoteReady (with each task's options) or ZygoteFailed
 once, then Fork → Forked, WorkerExited whenever a worker dies (with its start-up report when it
 failed before WorkerReady, startup.py), and Shutdown; once, after the first
-Forks, ZygoteCatalog (catalog.py). It never creates a ZeroMQ context; workers do, after fork.
+Forks, ZygoteCatalog (catalog.py), built in a short-lived child of its own (`CatalogChild`) so
+that neither pydantic nor the schemas ever enter the zygote: every worker forked later then copies
+a smaller process, and the zygote keeps answering Forks while the catalog is built. It never
+creates a ZeroMQ context; workers do, after fork.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -18,10 +22,11 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import msgpack
 from neutrino_protocol import (
     ExitCode,
     Fork,
@@ -29,6 +34,7 @@ from neutrino_protocol import (
     Shutdown,
     TaskOptions,
     WorkerExited,
+    ZygoteCatalog,
     ZygoteFailed,
     ZygoteReady,
 )
@@ -38,7 +44,7 @@ from .children import Children
 from .config import ZygoteConfig, parse_args, setup_logging
 from .control import ControlLink, LinkClosed
 from .loader import AppLoadError, load_app
-from .runner import TaskSpec
+from .runner import Runner, TaskSpec
 from .startup import fork_failed, open_pipe
 from .worker import WorkerSpec, worker_main
 
@@ -50,6 +56,7 @@ log = logging.getLogger("neutrino.zygote")
 # How long workers get to exit after SIGTERM before they are killed. Long enough for the
 # interpreter to unwind, short enough that the orchestrator's own shutdown grace is not eaten.
 SHUTDOWN_GRACE_S = 3.0
+_PR_SET_PDEATHSIG = 1
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -115,6 +122,8 @@ class Zygote:
         self._tasks = tasks
         self._app = app
         self._children = Children()
+        self._runner: Runner | None = None  # built at the first fork, then inherited by every worker
+        self._catalog: CatalogChild | None = None  # the child building the catalog, while it runs
         self._pid = os.getpid()  # taken here, not in the child, so a child can tell if we died during fork
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -133,6 +142,12 @@ class Zygote:
             while True:
                 events = poller.poll(catalog.wait_ms(time.monotonic()))
                 for fd, _ in events:
+                    if self._catalog is not None and fd == self._catalog.fd:
+                        if (built := self._catalog.read()) is not None:
+                            poller.unregister(fd)
+                            self._catalog = None
+                            self._link.send(built)
+                        continue
                     if fd == self._wake_r:
                         signals = self._drain_signals()
                         if signal.SIGCHLD in signals:
@@ -152,13 +167,39 @@ class Zygote:
                             log.debug("ignoring %s on the control link", type(msg).__name__)
                 if catalog.due(time.monotonic(), quiet=not events):
                     catalog.done()
-                    self._link.send(build_catalog(self._app))
+                    self._catalog = CatalogChild.start(self._app, self._inherited())
+                    if self._catalog is None:  # could not fork: build it here after all
+                        self._link.send(build_catalog(self._app))
+                    else:
+                        poller.register(self._catalog.fd, select.POLLIN)
         except LinkClosed as exc:
             log.warning("%s; killing %d workers", exc, len(self._children))
             self._stop(signal.SIGKILL, report=False)
             return ExitCode.PROTOCOL
+        finally:
+            if self._catalog is not None:
+                self._catalog.kill()
+
+    def _inherited(self) -> list[int]:
+        """The zygote's descriptors that a child it forks must close."""
+        fds = [self._link.fileno(), self._wake_r, self._wake_w, *self._children.report_fds()]
+        if self._catalog is not None:
+            fds.append(self._catalog.fd)
+        return fds
+
+    def _shared_runner(self) -> Runner | None:
+        """The task runner every worker inherits, built once; None if it cannot be built here (each
+        worker then builds its own, and reports the failure as its start-up failure)."""
+        if self._runner is None:
+            try:
+                self._runner = Runner(self._tasks)
+            except Exception:
+                log.debug("cannot build the shared task runner; each worker builds its own", exc_info=True)
+                return None
+        return self._runner
 
     def _fork(self, worker_id: str, heartbeat_ms: int | None) -> None:
+        runner = self._shared_runner()
         # Buffered output would otherwise be written once by the zygote and again by every worker.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -182,10 +223,9 @@ class Zygote:
         if pid == 0:
             try:
                 spec = WorkerSpec(
-                    worker_id, self._config.backend, self._config.credits, self._tasks, self._pid, heartbeat_ms
+                    worker_id, self._config.backend, self._config.credits, self._tasks, self._pid, heartbeat_ms, runner
                 )
-                inherited = (self._link.fileno(), self._wake_r, self._wake_w, report_r, *self._children.report_fds())
-                worker_main(spec, inherited, mask, report_w)
+                worker_main(spec, [*self._inherited(), report_r], mask, report_w)
             finally:
                 os._exit(ExitCode.FAILURE)  # only if worker_main could not even start: never back into the zygote
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -244,6 +284,98 @@ class Zygote:
             if not data:
                 return signals
             signals.update(data)
+
+
+class CatalogChild:
+    """The task catalog, built in a child of the zygote and read back through a pipe.
+
+    Building it imports pydantic and makes a JSON Schema per task: about 14 MB that every worker
+    forked afterwards would copy page tables for and unmap again at exit (measured on 2 busy vCPUs:
+    a bare fork + exit of the zygote costs 1.9-2.0 ms of CPU with them, 1.7 without), and 100-400 ms
+    (more on a busy machine) during which
+    a zygote building it inline answers no Fork. The child sends the finished `ZygoteCatalog`'s
+    fields, msgpack-encoded, and exits; whatever goes wrong there, the zygote sends an empty
+    catalog, so the orchestrator still learns that none is coming (as `build_catalog` does)."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+        self._data = bytearray()
+
+    @classmethod
+    def start(cls, app: App, inherited: list[int]) -> CatalogChild | None:
+        """Fork the builder; None if fork failed (the caller builds inline)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+        read_fd = write_fd = -1
+        try:
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    os.close(fd)
+            log.warning("cannot fork to build the task catalog (%s); building it in the zygote", exc)
+            return None
+        if pid == 0:
+            try:
+                _catalog_child(app, [*inherited, read_fd], mask, write_fd)
+            finally:
+                os._exit(0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return cls(pid, read_fd)
+
+    def read(self) -> ZygoteCatalog | None:
+        """Read what the child wrote; the catalog once it is done (EOF), else None."""
+        try:
+            while chunk := os.read(self.fd, 65536):
+                self._data += chunk
+        except BlockingIOError:
+            return None
+        os.close(self.fd)
+        try:
+            _, status = os.waitpid(self.pid, 0)  # it closed its end: it is exiting
+        except ChildProcessError:  # reaped by someone else (user code calling waitpid(-1))
+            status = -1
+        try:
+            tasks, build_ms, payload = msgpack.unpackb(bytes(self._data), raw=False)
+            return ZygoteCatalog(tasks=list(tasks), build_ms=float(build_ms), payload=bytes(payload))
+        except Exception as exc:
+            log.error(
+                "the task catalog's builder (pid %d, wait status %d) sent no catalog (%s); sending an empty one",
+                self.pid,
+                status,
+                exc,
+            )
+            return ZygoteCatalog(tasks=[], build_ms=0.0, payload=msgpack.packb({}))
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(self.pid, 0)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _catalog_child(app: App, inherited: list[int], mask: Iterable[int], write_fd: int) -> None:
+    """In the catalog builder: shed the zygote's descriptors and handlers, build, write, return."""
+    signal.set_wakeup_fd(-1)
+    for fd in inherited:
+        os.close(fd)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the zygote
+    msg = build_catalog(app)
+    data = memoryview(msgpack.packb([msg.tasks, msg.build_ms, msg.payload], use_bin_type=True))
+    while data:
+        data = data[os.write(write_fd, data) :]
 
 
 def _describe(exited: WorkerExited) -> tuple[str, int, int | None, int | None]:

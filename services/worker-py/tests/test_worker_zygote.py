@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
@@ -350,6 +351,20 @@ def test_catalog_comes_after_the_first_forks(orchestrator: FakeOrchestrator) -> 
     orchestrator.assign("w-1", 1, "add", 1, 2)
     assert value(result_of(orchestrator, "w-1", 1)) == 3
     orchestrator.fork("w-3")
+
+
+def test_the_catalog_is_built_outside_the_zygote(orchestrator: FakeOrchestrator) -> None:
+    """pydantic and the schemas stay out of the zygote, so no worker forked later copies them."""
+    orchestrator.start_ready()
+    orchestrator.fork("w-1")
+    catalog = orchestrator.expect(ZygoteCatalog)
+    assert set(catalog.tasks) == GOOD_TASKS
+    assert orchestrator.proc is not None
+    maps = Path(f"/proc/{orchestrator.proc.pid}/maps").read_text()
+    assert "pydantic" not in maps, "the zygote imported pydantic (its compiled core is mapped)"
+    orchestrator.fork("w-2")
+    orchestrator.assign("w-2", 1, "add", 2, 3)
+    assert value(result_of(orchestrator, "w-2", 1)) == 5
 
 
 def test_catalog_without_forks_comes_within_a_second(orchestrator: FakeOrchestrator) -> None:

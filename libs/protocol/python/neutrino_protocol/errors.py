@@ -10,6 +10,7 @@ class ErrorKind(enum.StrEnum):
     UNKNOWN_TASK = "unknown_task"
     BAD_ARGUMENTS = "bad_arguments"
     RESULT_NOT_SERIALIZABLE = "result_not_serializable"
+    RESULT_TOO_LARGE = "result_too_large"
     WORKER_DIED = "worker_died"
     CANCELLED = "cancelled"
     SHUTTING_DOWN = "shutting_down"

@@ -25,6 +25,7 @@ pub mod error_kind {
     pub const UNKNOWN_TASK: &str = "unknown_task";
     pub const BAD_ARGUMENTS: &str = "bad_arguments";
     pub const RESULT_NOT_SERIALIZABLE: &str = "result_not_serializable";
+    pub const RESULT_TOO_LARGE: &str = "result_too_large";
     pub const WORKER_DIED: &str = "worker_died";
     pub const CANCELLED: &str = "cancelled";
     pub const SHUTTING_DOWN: &str = "shutting_down";

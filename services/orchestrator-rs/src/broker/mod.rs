@@ -5,9 +5,18 @@
 //! - `mod.rs`: setup, the poll loop, commands from the tokio side, sending.
 //! - `clients.rs`: frontend messages (submit, cancel, ping, describe) and replies.
 //! - `workers.rs`: backend messages, timeouts, liveness, recycling, killing workers.
+//! - `zap.rs`: the ZAP handler thread that lets CURVE clients in by their public key.
+//!
+//! With CURVE on (`BrokerConfig::curve`), the tcp:// frontends are one CURVE-server socket and
+//! the ipc:// ones another, plain socket; the client ids of both then carry a first byte naming
+//! their socket (`TAG_*`), so that replies go back the way their request came in.
 
 mod clients;
 mod workers;
+mod zap;
+
+pub use clients::{decode_client, task_policy, BadClientMessage, ClientMessage};
+pub use workers::{decode_worker, BadWorkerMessage, WorkerMessage};
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -19,9 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use neutrino_protocol::{encode_meta, error_kind, header, ErrorInfo, Message, TaskOptions};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::error;
+use tracing::{error, info, warn};
 
 use crate::catalog::{Catalog, CatalogBytes};
+use crate::curve::{z85_encode, ServerKeys};
 use crate::metrics::Metrics;
 use crate::scheduler::{Limits, Origin, Payload, Policy, Scheduler};
 
@@ -34,6 +44,9 @@ const BACKEND_HWM: i32 = 50_000;
 const FINAL_REPLIES_LINGER_MS: i32 = 2_000;
 /// How often the pool's load is reported to the supervisor (for an elastic pool).
 const LOAD_REPORT_EVERY: Duration = Duration::from_millis(100);
+/// First byte of a client id while there are two frontend sockets (see the module doc).
+const TAG_PLAIN: u8 = 0;
+const TAG_CURVE: u8 = 1;
 
 /// Requests from the tokio side.
 #[derive(Debug)]
@@ -101,6 +114,8 @@ pub struct BrokerConfig {
     pub idle_spin: Duration,
     /// Workers are declared dead after this long without a message (`None`: never).
     pub liveness: Option<Duration>,
+    /// CURVE keys for the tcp:// frontends (`None`: plain text).
+    pub curve: Option<ServerKeys>,
 }
 
 /// The tokio side's handle: send commands, join at the end.
@@ -129,12 +144,52 @@ impl BrokerHandle {
 /// Binds the sockets (so address errors surface here) and starts the broker thread.
 pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Event>) -> anyhow::Result<BrokerHandle> {
     let ctx = zmq::Context::new();
-    let frontend = router(&ctx, FRONTEND_HWM, config.max_message_bytes)?;
-    // Clients keep their routing id across reconnects; let the new connection take it over.
-    frontend.set_router_handover(true)?;
-    for endpoint in &config.frontends {
-        frontend.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
+    let (curve_endpoints, plain_endpoints): (Vec<&String>, Vec<&String>) = match &config.curve {
+        Some(_) => config.frontends.iter().partition(|e| e.starts_with("tcp://")),
+        None => (Vec::new(), config.frontends.iter().collect()),
+    };
+    let mut zap = None;
+    let mut curve_socket = None;
+    if let (Some(keys), false) = (&config.curve, curve_endpoints.is_empty()) {
+        if zmq::has("curve") != Some(true) {
+            anyhow::bail!(
+                "--curve-secret-key: the libzmq this orchestrator is linked against ({}) was built without \
+                 CURVE; install one with CURVE (Debian: libzmq5 from libzmq3-dev, built with libsodium)",
+                libzmq_version()
+            );
+        }
+        // Bound before any CURVE socket: without a handler libzmq would let every client in.
+        let zap_socket = zap::bind(&ctx)?;
+        let socket = frontend_socket(&ctx, config.max_message_bytes)?;
+        socket.set_curve_server(true)?;
+        socket.set_curve_secretkey(&keys.secret)?;
+        socket.set_zap_domain(zap::ZAP_DOMAIN)?;
+        let monitor = zap::monitor(&ctx, &socket)?;
+        zap = Some(zap::ZapHandler::start(zap_socket, monitor, keys.clients.clone(), metrics.clone())?);
+        for endpoint in &curve_endpoints {
+            socket.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
+        }
+        info!(
+            "CURVE on {}: server public key {}, {} client key(s) allowed",
+            curve_endpoints.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", "),
+            z85_encode(&keys.public),
+            keys.clients.len()
+        );
+        curve_socket = Some(socket);
+    } else if config.curve.is_some() {
+        warn!("--curve-secret-key is set but no frontend is tcp://; the ipc:// frontends stay plain");
     }
+    // With CURVE on and only tcp frontends, the CURVE socket is the only one.
+    let (frontend, secure) = match (curve_socket, plain_endpoints.is_empty()) {
+        (Some(curve), true) => (curve, None),
+        (curve, _) => {
+            let plain = frontend_socket(&ctx, config.max_message_bytes)?;
+            for endpoint in &plain_endpoints {
+                plain.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
+            }
+            (plain, curve)
+        }
+    };
     let backend = router(&ctx, BACKEND_HWM, config.max_message_bytes)?;
     backend.bind(&config.backend).with_context(|| format!("cannot bind backend {}", config.backend))?;
 
@@ -145,6 +200,8 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
     let broker = Broker {
         _ctx: ctx,
         frontend,
+        secure,
+        _zap: zap,
         backend,
         wake: wake_rx,
         commands: rx,
@@ -164,6 +221,18 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
     };
     let thread = std::thread::Builder::new().name("broker".into()).spawn(move || broker.run())?;
     Ok(BrokerHandle { commands: tx, wake: wake_tx, thread: Some(thread) })
+}
+
+fn frontend_socket(ctx: &zmq::Context, max_message_bytes: i64) -> anyhow::Result<zmq::Socket> {
+    let s = router(ctx, FRONTEND_HWM, max_message_bytes)?;
+    // Clients keep their routing id across reconnects; let the new connection take it over.
+    s.set_router_handover(true)?;
+    Ok(s)
+}
+
+fn libzmq_version() -> String {
+    let (major, minor, patch) = zmq::version();
+    format!("libzmq {major}.{minor}.{patch}")
 }
 
 fn router(ctx: &zmq::Context, hwm: i32, max_message_bytes: i64) -> anyhow::Result<zmq::Socket> {
@@ -186,7 +255,13 @@ impl Payload for zmq::Message {
 
 struct Broker {
     _ctx: zmq::Context,
+    /// The frontend: every endpoint, or with CURVE on the ipc:// ones (or the tcp:// ones if
+    /// there is no ipc:// frontend).
     frontend: zmq::Socket,
+    /// With CURVE on and both kinds of frontends: the CURVE socket of the tcp:// ones.
+    secure: Option<zmq::Socket>,
+    /// Stops the ZAP handler thread when the broker ends.
+    _zap: Option<zap::ZapHandler>,
     backend: zmq::Socket,
     wake: UnixDatagram,
     commands: mpsc::Receiver<Command>,
@@ -215,6 +290,8 @@ enum Flow {
 #[derive(Clone, Copy)]
 enum Side {
     Frontend,
+    /// The CURVE frontend beside a plain one (`Broker::secure`).
+    Secure,
     Backend,
 }
 
@@ -222,15 +299,17 @@ impl Broker {
     fn run(mut self) {
         loop {
             let timeout_ms = self.poll_timeout_ms(Instant::now());
-            let (front, back, wake) = {
+            let (front, back, wake, secure) = {
                 let mut items = [
                     self.frontend.as_poll_item(zmq::POLLIN),
                     self.backend.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
+                    self.secure.as_ref().unwrap_or(&self.frontend).as_poll_item(zmq::POLLIN),
                 ];
-                let spun = self.spin_now() && spin_poll(&mut items, self.idle_spin) > 0;
+                let items = &mut items[..if self.secure.is_some() { 4 } else { 3 }];
+                let spun = self.spin_now() && spin_poll(items, self.idle_spin) > 0;
                 if !spun {
-                    if let Err(e) = zmq::poll(&mut items, timeout_ms) {
+                    if let Err(e) = zmq::poll(items, timeout_ms) {
                         if e == zmq::Error::EINTR {
                             continue;
                         }
@@ -238,7 +317,8 @@ impl Broker {
                         break;
                     }
                 }
-                (items[0].is_readable(), items[1].is_readable(), items[2].is_readable())
+                let secure = items.get(3).is_some_and(|i| i.is_readable());
+                (items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), secure)
             };
             // Results first: each one frees a worker for the tasks that follow.
             if back {
@@ -246,6 +326,9 @@ impl Broker {
             }
             if front {
                 self.drain(Side::Frontend);
+            }
+            if secure {
+                self.drain(Side::Secure);
             }
             if wake && matches!(self.handle_commands(), Flow::Stop) {
                 break;
@@ -262,6 +345,9 @@ impl Broker {
         }
         // The last replies are queued in libzmq; give them a moment to leave before the context ends.
         let _ = self.frontend.set_linger(FINAL_REPLIES_LINGER_MS);
+        if let Some(secure) = &self.secure {
+            let _ = secure.set_linger(FINAL_REPLIES_LINGER_MS);
+        }
     }
 
     /// Block until the next time-based duty (retry due, timeout, silence, lifetime), or forever.
@@ -292,6 +378,7 @@ impl Broker {
         for _ in 0..MAX_BATCH {
             let socket = match side {
                 Side::Frontend => &self.frontend,
+                Side::Secure => self.secure.as_ref().expect("polled only when present"),
                 Side::Backend => &self.backend,
             };
             self.parts.clear();
@@ -305,11 +392,22 @@ impl Broker {
             }
             let mut parts = std::mem::take(&mut self.parts);
             match side {
-                Side::Frontend => self.on_client(&mut parts),
+                Side::Frontend | Side::Secure => {
+                    if self.secure.is_some() {
+                        tag_client(&mut parts, if matches!(side, Side::Secure) { TAG_CURVE } else { TAG_PLAIN });
+                    }
+                    self.on_client(&mut parts)
+                }
                 Side::Backend => self.on_worker(&mut parts),
             }
             self.parts = parts;
         }
+    }
+
+    /// Sends to a client on the socket its request came in on (see [`TAG_CURVE`]).
+    fn send_frontend<M: Message>(&self, client: &[u8], msg: &M, payload: Option<zmq::Message>) -> Result<(), Unsent> {
+        let (socket, to) = route(&self.frontend, self.secure.as_ref(), client);
+        send(socket, to, msg, payload)
     }
 
     fn handle_commands(&mut self) -> Flow {
@@ -365,6 +463,29 @@ impl Broker {
             }
             self.last_load = (now, load);
         }
+    }
+}
+
+/// The socket a client's replies go out on, and its routing id there (see [`TAG_CURVE`]).
+fn route<'a>(
+    frontend: &'a zmq::Socket,
+    secure: Option<&'a zmq::Socket>,
+    client: &'a [u8],
+) -> (&'a zmq::Socket, &'a [u8]) {
+    match (secure, client.split_first()) {
+        (Some(secure), Some((&TAG_CURVE, id))) => (secure, id),
+        (Some(_), Some((_, id))) => (frontend, id),
+        _ => (frontend, client),
+    }
+}
+
+/// Prefixes the routing id (the first frame) with the socket's tag.
+fn tag_client(parts: &mut [zmq::Message], tag: u8) {
+    if let Some(first) = parts.first_mut() {
+        let mut id = Vec::with_capacity(first.len() + 1);
+        id.push(tag);
+        id.extend_from_slice(first);
+        *first = zmq::Message::from(id);
     }
 }
 
@@ -426,4 +547,30 @@ fn send<M: Message>(socket: &zmq::Socket, to: &[u8], msg: &M, payload: Option<zm
 struct Unsent {
     error: zmq::Error,
     payload: Option<zmq::Message>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_go_back_on_the_socket_the_request_came_in_on() {
+        let ctx = zmq::Context::new();
+        let plain = ctx.socket(zmq::ROUTER).unwrap();
+        let curve = ctx.socket(zmq::ROUTER).unwrap();
+        let same = |a: &zmq::Socket, b: &zmq::Socket| std::ptr::eq(a, b);
+        // One socket: ids are used as they are.
+        let (socket, id) = route(&plain, None, b"\x01abc");
+        assert!(same(socket, &plain) && id == b"\x01abc");
+        // Two sockets: the tag picks the socket and is stripped.
+        let mut parts = vec![zmq::Message::from(&b"\x00\x6b\x8b\x45\x67"[..])];
+        tag_client(&mut parts, TAG_CURVE);
+        let tagged = parts[0].to_vec();
+        assert_eq!(tagged, b"\x01\x00\x6b\x8b\x45\x67");
+        let (socket, id) = route(&plain, Some(&curve), &tagged);
+        assert!(same(socket, &curve) && id == b"\x00\x6b\x8b\x45\x67");
+        tag_client(&mut parts, TAG_PLAIN);
+        let (socket, id) = route(&plain, Some(&curve), &parts[0]);
+        assert!(same(socket, &plain) && id == tagged, "the same routing id on the plain socket is another client");
+    }
 }

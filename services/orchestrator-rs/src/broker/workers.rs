@@ -1,16 +1,20 @@
 //! Backend messages (`WorkerReady`, `TaskResult`, `Heartbeat`), assignments, and the worker
 //! lifecycle the broker enforces: timeouts, liveness, recycling, killing workers.
+//!
+//! [`decode_worker`] needs no socket: the broker and the fuzz target
+//! (`services/orchestrator-rs/fuzz`) both decode with it.
 
+use std::ops::Deref;
 use std::time::Instant;
 
 use neutrino_protocol::{
-    decode_frames, decode_meta, error_kind, parse_header, ErrorInfo, Heartbeat, Message, MessageType, ProtocolError,
-    Shutdown, TaskAssignment, TaskReply, TaskResult, WorkerReady, STATUS_OK,
+    decode_frames, error_kind, parse_header, ErrorInfo, Heartbeat, Message, MessageType, ProtocolError, Shutdown,
+    TaskAssignment, TaskReply, TaskResult, WorkerReady, STATUS_OK,
 };
 use tracing::{debug, error, info, warn};
 
-use super::clients::frames;
 use super::{send, Broker, Event, Side};
+use crate::metrics::MALFORMED_BACKEND;
 use crate::scheduler::{recycle_reason, Assignment, Failure, Finished};
 
 /// Heartbeats come from a worker's second socket, routing id `<worker_id>` + this suffix.
@@ -20,25 +24,105 @@ fn name(identity: &[u8]) -> String {
     String::from_utf8_lossy(identity).into_owned()
 }
 
+/// A backend message as the broker acts on it. `P` is a frame (`zmq::Message`, or bytes).
+#[derive(Debug)]
+pub enum WorkerMessage<P> {
+    /// `payload`: the result frame, present exactly when the status is `ok`.
+    Result {
+        msg: TaskResult,
+        payload: Option<P>,
+    },
+    Ready(WorkerReady),
+    /// `worker`: the worker's routing id (the side socket's id without its `/hb` suffix), checked
+    /// against the id the heartbeat names.
+    Heartbeat {
+        worker: Vec<u8>,
+        msg: Heartbeat,
+    },
+    /// A well-formed header with a type code this orchestrator does not know: ignored (SPEC.md §4).
+    Unknown(u8),
+}
+
+/// A malformed backend message: logged, counted and dropped.
+#[derive(Debug)]
+pub struct BadWorkerMessage {
+    pub error: ProtocolError,
+    /// The task of a malformed `TaskResult`, when its `task_id` is still readable: that task
+    /// gets its one reply, a `protocol_error`, instead of waiting for an answer that never comes.
+    pub task_id: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct TaskIdOnly {
+    task_id: u64,
+}
+
+/// Decodes `[identity, header, meta, payload?]` from the backend socket. Takes the payload frame
+/// out of `parts` (it is forwarded to the client untouched).
+pub fn decode_worker<P: Deref<Target = [u8]>>(parts: &mut Vec<P>) -> Result<WorkerMessage<P>, BadWorkerMessage> {
+    let bad = |error| BadWorkerMessage { error, task_id: None };
+    if parts.len() < 3 {
+        return Err(bad(ProtocolError::FrameCount { expected: "2 or 3", got: parts.len().saturating_sub(1) }));
+    }
+    let code = parse_header(&parts[1]).map_err(bad)?;
+    let frames = &parts[1..];
+    match MessageType::from_code(code) {
+        Some(MessageType::TaskResult) => match decode_frames::<TaskResult, _>(frames).map(|(msg, _)| msg) {
+            Ok(msg) => {
+                let payload = if msg.has_payload() { parts.pop() } else { None };
+                Ok(WorkerMessage::Result { msg, payload })
+            }
+            Err(error) => {
+                let task_id = rmp_serde::from_slice::<TaskIdOnly>(&parts[2]).ok().map(|m| m.task_id);
+                Err(BadWorkerMessage { error, task_id })
+            }
+        },
+        Some(MessageType::WorkerReady) => {
+            let (msg, _) = decode_frames::<WorkerReady, _>(frames).map_err(bad)?;
+            // The broker signals this pid (timeouts, cancels): never 0, 1 or a negative pid_t,
+            // which kill(2) reads as a process group, init, or every process it may signal.
+            if msg.pid <= 1 || msg.pid > i32::MAX as u32 {
+                return Err(bad(ProtocolError::Meta(format!("WorkerReady: pid {} is not a worker's", msg.pid))));
+            }
+            Ok(WorkerMessage::Ready(msg))
+        }
+        Some(MessageType::Heartbeat) => {
+            let (msg, _) = decode_frames::<Heartbeat, _>(frames).map_err(bad)?;
+            let identity = &parts[0][..];
+            let worker = identity.strip_suffix(HEARTBEAT_SUFFIX).unwrap_or(identity);
+            if worker != msg.worker_id.as_bytes() {
+                let text = format!("heartbeat from {} names worker {}", name(identity), msg.worker_id);
+                return Err(bad(ProtocolError::Meta(text)));
+            }
+            Ok(WorkerMessage::Heartbeat { worker: worker.to_vec(), msg })
+        }
+        Some(other) => Err(bad(ProtocolError::Meta(format!("{other:?} is not a worker message")))),
+        None => Ok(WorkerMessage::Unknown(code)),
+    }
+}
+
 impl Broker {
     pub(super) fn on_worker(&mut self, parts: &mut Vec<zmq::Message>) {
         let identity = parts[0].to_vec();
-        if parts.len() < 3 {
-            return warn!(worker = %name(&identity), "worker sent a message without header and meta");
-        }
         let now = Instant::now();
-        let result = parse_header(&parts[1]).and_then(|code| match MessageType::from_code(code) {
-            Some(MessageType::TaskResult) => self.on_result(&identity, parts, now),
-            Some(MessageType::WorkerReady) => frames::<WorkerReady>(parts).map(|m| self.on_ready(identity.clone(), m)),
-            Some(MessageType::Heartbeat) => frames::<Heartbeat>(parts).map(|m| self.on_heartbeat(&identity, m, now)),
-            Some(other) => Err(ProtocolError::Meta(format!("{other:?} is not a worker message"))),
-            None => {
+        match decode_worker(parts) {
+            Ok(WorkerMessage::Result { msg, payload }) => self.on_result(&identity, msg, payload, now),
+            Ok(WorkerMessage::Ready(msg)) => self.on_ready(identity, msg),
+            Ok(WorkerMessage::Heartbeat { worker, msg }) => self.on_heartbeat(&worker, msg, now),
+            Ok(WorkerMessage::Unknown(code)) => {
                 debug!(code, "ignoring unknown message type from a worker");
-                Ok(())
+                self.metrics.malformed(MALFORMED_BACKEND);
             }
-        });
-        if let Err(e) = result {
-            warn!(worker = %name(&identity), error = %e, "malformed worker message");
+            Err(BadWorkerMessage { error, task_id }) => {
+                warn!(worker = %name(&identity), %error, "malformed worker message");
+                self.metrics.malformed(MALFORMED_BACKEND);
+                // If at least the task id is readable, the task still gets its one reply.
+                let finished = task_id.map(|id| self.sched.task_finished(&identity, id, None, None, now));
+                if let Some(Finished::Reply(origin)) = finished {
+                    let text = format!("the worker sent a malformed result: {error}");
+                    self.reply_error(&origin, ErrorInfo::neutrino(error_kind::PROTOCOL_ERROR, text));
+                }
+            }
         }
     }
 
@@ -49,12 +133,7 @@ impl Broker {
         let _ = self.events.send(Event::WorkerReady { worker_id: msg.worker_id, pid: msg.pid });
     }
 
-    fn on_heartbeat(&mut self, identity: &[u8], msg: Heartbeat, now: Instant) {
-        // From the side socket the identity is `<worker_id>/hb`; the meta names the worker.
-        let worker = identity.strip_suffix(HEARTBEAT_SUFFIX).unwrap_or(identity);
-        if worker != msg.worker_id.as_bytes() {
-            return warn!(identity = %name(identity), worker_id = %msg.worker_id, "heartbeat names another worker");
-        }
+    fn on_heartbeat(&mut self, worker: &[u8], msg: Heartbeat, now: Instant) {
         if let Some(rss) = msg.rss_kb {
             self.metrics.observe_worker_rss(rss);
         }
@@ -63,25 +142,11 @@ impl Broker {
         }
     }
 
-    fn on_result(&mut self, worker: &[u8], parts: &mut Vec<zmq::Message>, now: Instant) -> Result<(), ProtocolError> {
-        let msg = match decode_frames::<TaskResult, _>(&parts[1..]) {
-            Ok((msg, _)) => msg,
-            Err(e) => {
-                // If at least the task id is readable, the task still gets its one reply.
-                if let Ok(broken) = decode_meta::<TaskResult>(&parts[2]) {
-                    if let Finished::Reply(origin) = self.sched.task_finished(worker, broken.task_id, None, None, now) {
-                        let text = format!("the worker sent a malformed result: {e}");
-                        self.reply_error(&origin, ErrorInfo::neutrino(error_kind::PROTOCOL_ERROR, text));
-                    }
-                }
-                return Err(e);
-            }
-        };
+    fn on_result(&mut self, worker: &[u8], msg: TaskResult, payload: Option<zmq::Message>, now: Instant) {
         let retry = (msg.retry == Some(true)).then_some(msg.retry_delay_s);
         match self.sched.task_finished(worker, msg.task_id, msg.run_us, retry, now) {
             Finished::Reply(origin) => {
                 self.metrics.task_finished(msg.error.as_ref().map_or(STATUS_OK, |e| e.kind.as_str()));
-                let payload = if msg.has_payload() { parts.pop() } else { None };
                 let reply = TaskReply {
                     id: origin.client_task_id,
                     status: msg.status,
@@ -99,7 +164,6 @@ impl Broker {
         if let Some(reason) = self.sched.check_recycle(worker, now) {
             self.recycle_due(worker, reason);
         }
-        Ok(())
     }
 
     pub(super) fn dispatch(&mut self, now: Instant) {
@@ -218,5 +282,58 @@ impl Broker {
             let answers = self.sched.worker_failed(&worker, Failure::WorkerDied(why), Instant::now());
             self.answer_all(answers);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use neutrino_protocol::{encode_meta, header};
+
+    use super::*;
+
+    fn parts<M: Message>(identity: &str, msg: &M, payload: Option<&[u8]>) -> Vec<Vec<u8>> {
+        let mut parts = vec![identity.as_bytes().to_vec(), header(M::TYPE).to_vec(), encode_meta(msg)];
+        parts.extend(payload.map(<[u8]>::to_vec));
+        parts
+    }
+
+    fn ready(pid: u32) -> WorkerReady {
+        WorkerReady { worker_id: "w1".into(), pid, credits: 1, tasks: vec![] }
+    }
+
+    #[test]
+    fn a_ready_worker_must_name_a_pid_the_broker_may_kill() {
+        assert!(matches!(decode_worker(&mut parts("w1", &ready(4242), None)), Ok(WorkerMessage::Ready(_))));
+        for pid in [0, 1, 1 << 31, u32::MAX] {
+            let err = decode_worker(&mut parts("w1", &ready(pid), None)).unwrap_err();
+            assert!(err.error.to_string().contains("is not a worker's"), "{pid}: {}", err.error);
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_must_name_the_worker_it_comes_from() {
+        let hb = Heartbeat { worker_id: "w1".into(), rss_kb: None };
+        match decode_worker(&mut parts("w1/hb", &hb, None)) {
+            Ok(WorkerMessage::Heartbeat { worker, .. }) => assert_eq!(worker, b"w1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_worker(&mut parts("w2/hb", &hb, None)).is_err());
+    }
+
+    #[test]
+    fn a_malformed_result_still_names_its_task_when_it_can() {
+        let ok =
+            TaskResult { task_id: 7, status: "ok".into(), error: None, run_us: None, retry: None, retry_delay_s: None };
+        // status ok without its payload frame; then a status that is neither ok nor error
+        let err = decode_worker(&mut parts("w1", &ok, None)).unwrap_err();
+        assert_eq!((err.task_id, err.error.class()), (Some(7), "frame_count"));
+        let odd = TaskResult { status: "maybe".into(), ..ok.clone() };
+        assert_eq!(decode_worker(&mut parts("w1", &odd, None)).unwrap_err().task_id, Some(7));
+        match decode_worker(&mut parts("w1", &ok, Some(b"\x03"))) {
+            Ok(WorkerMessage::Result { payload, .. }) => assert_eq!(payload.as_deref(), Some(&b"\x03"[..])),
+            other => panic!("{other:?}"),
+        }
+        let mut short = vec![b"w1".to_vec(), header(MessageType::TaskResult).to_vec()];
+        assert_eq!(decode_worker(&mut short).unwrap_err().task_id, None);
     }
 }

@@ -39,7 +39,7 @@ class Submission:
     tries: int = 0
     transport_errors: Counter[str] = field(default_factory=Counter)
     rejected: str | None = None  # why nothing ran (429, 503, gave up)
-    cancel: dict[str, Any] | None = None  # a DELETE sent after acceptance: what it answered
+    cancel: dict[str, Any] | None = None  # a cancel sent after acceptance: what it answered
 
 
 @dataclass
@@ -127,11 +127,12 @@ def _as_record(status: int | None, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def cancel(session: aiohttp.ClientSession, url: str, sub: Submission, give_up_s: float = 30.0) -> None:
-    """DELETE an accepted run, asking again while the gateway is unreachable; keeps what it answered."""
+    """Cancel an accepted run (POST /v1/runs/{id}/cancel), asking again while the gateway is unreachable;
+    keeps what it answered."""
     deadline = time.monotonic() + give_up_s
     while True:
         try:
-            async with session.delete(f"{url}/v1/runs/{sub.run_id}") as resp:
+            async with session.post(f"{url}/v1/runs/{sub.run_id}/cancel") as resp:
                 doc = _json(await resp.read())
                 sub.cancel = {"http": resp.status, "status": doc.get("status")}
                 if resp.status in (200, 202):

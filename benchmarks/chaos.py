@@ -6,7 +6,7 @@ must still end in exactly one terminal state.
 The stack of `_stack.py` (two task pods with recycling on, two replicas of the `echo` model, a
 gateway on a SQLite file) takes a steady stream of `infer` runs through HTTP, each with an
 Idempotency-Key, a mix of `?wait=0` and `?wait=5`, of `retries=0` and `retries=2`, and of task
-lengths; one in ten is cancelled (DELETE) a moment after it is accepted. Meanwhile, each round
+lengths; one in ten is cancelled (POST /v1/runs/{id}/cancel) a moment after it is accepted. Meanwhile, each round
 kills with SIGKILL, at moments drawn from `random.Random(seed)`: a few workers, one task pod's
 orchestrator (alone in even rounds, when its zygote must notice the closed control link and take
 the workers down; with its zygote in odd rounds, when only the workers' PR_SET_PDEATHSIG can:
@@ -49,7 +49,7 @@ from _stack import BINARY, Stack
 
 SETTLE_BOUND_S = 120.0  # after the load, how long accepted runs may take to become terminal
 WORKER_KILLS_PER_ROUND = 3
-CANCEL_SHARE = 0.1  # runs cancelled (DELETE) shortly after they are accepted
+CANCEL_SHARE = 0.1  # runs cancelled (POST .../cancel) shortly after they are accepted
 DOWN_S = {"pod": (0.1, 2.0), "model": (0.1, 2.0), "gateway": (0.1, 1.0)}  # pause before a restart
 
 

@@ -78,8 +78,9 @@ def test_a_seed_replays_the_same_schedule() -> None:
 
 
 def test_a_cancel_outlives_the_loss_of_the_runs_pod(tmp_path: Path) -> None:
-    """DELETE of a run whose pod then stops answering: the run must end cancelled, not be sent to
-    another pod (where it would run to success after its caller was told the cancel was taken)."""
+    """A cancel (POST /v1/runs/{id}/cancel) of a run whose pod then stops answering: the run must end
+    cancelled, not be sent to another pod (where it would run to success after its caller was told the
+    cancel was taken)."""
     first = task_pod()
     second_address = f"tcp://127.0.0.1:{free_port()}"
     gw = start_gateway([first[1], second_address], tmp_path / "runs.db")
@@ -90,7 +91,7 @@ def test_a_cancel_outlives_the_loss_of_the_runs_pod(tmp_path: Path) -> None:
         second = start_orchestrator("--frontend", second_address, workers=1, app=GATEWAY_APP)
         # The first pod freezes: its pongs stop and it never hears the cancel.
         os.kill(first[0].proc.pid, signal.SIGSTOP)
-        reply = gw.request("DELETE", f"/v1/runs/{run_id}")
+        reply = gw.request("POST", f"/v1/runs/{run_id}/cancel")
         assert reply.status in (200, 202), reply.body
         run = gw.request("GET", f"/v1/runs/{run_id}?wait=20").json
         assert run["status"] == "cancelled", run

@@ -121,7 +121,7 @@ def test_task_failure_is_a_500_with_the_remote_type_and_message(gateway: Gateway
 def test_cancel_a_running_run(gateway: Gateway) -> None:
     run_id = gateway.request("POST", "/v1/tasks/sleep?wait=0", {"seconds": 30}).json["id"]
     wait_until(lambda: gateway.request("GET", f"/v1/runs/{run_id}").json["status"] == "running", 10, "run running")
-    reply = gateway.request("DELETE", f"/v1/runs/{run_id}")
+    reply = gateway.request("POST", f"/v1/runs/{run_id}/cancel")
     assert reply.status == 200 and reply.json["status"] == "cancelled", reply.body
     assert gateway.request("GET", f"/v1/runs/{run_id}").json["status"] == "cancelled"
 
@@ -398,6 +398,18 @@ def test_client_timeout_over_http_leaves_the_run_going(gateway: Gateway) -> None
             client.call("sleep", 1.0)
         run_id = str(timed_out.value).split()[1]
     assert gateway.request("GET", f"/v1/runs/{run_id}?wait=10").json["status"] == "succeeded"
+
+
+def test_client_cancel_over_http_cancels_and_leaves_the_run_readable(gateway: Gateway) -> None:
+    """`Client.cancel(run_id)` over HTTP is POST /v1/runs/{id}/cancel: the run stops and stays
+    readable (DELETE would remove the record, and refuses a run that has not finished)."""
+    from neutrino import Client
+
+    run_id = gateway.request("POST", "/v1/tasks/sleep?wait=0", {"seconds": 30}).json["id"]
+    with Client(f"http://127.0.0.1:{gateway.port}", token=gateway.token) as client:
+        client.cancel(run_id)
+        client.cancel(run_id)  # again: nothing changes
+    assert gateway.request("GET", f"/v1/runs/{run_id}?wait=10").json["status"] == "cancelled"
 
 
 def test_a_restarted_pod_is_noticed_by_its_new_instance(

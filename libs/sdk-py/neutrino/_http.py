@@ -115,8 +115,9 @@ class HttpClient:
         return self._pool.submit(self._run, task, tuple(args), dict(kwargs or {}), timeout_s, retries)
 
     def cancel(self, run_id: str) -> None:
-        """Cancel a run by its id (`DELETE /v1/runs/{id}`): dropped if queued, interrupted if running."""
-        self._request("DELETE", f"/v1/runs/{urllib.parse.quote(run_id, safe='')}")
+        """Cancel a run by its id (`POST /v1/runs/{id}/cancel`): dropped if queued, interrupted if running.
+        Asking again, or after the run finished, changes nothing."""
+        self._request("POST", f"/v1/runs/{urllib.parse.quote(run_id, safe='')}/cancel")
 
     def ping(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """The gateway's readiness: `ready`, the usable task pods."""

@@ -48,8 +48,10 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 BROWSER_PATHS = frozenset({"/docs", "/openapi.json"})
 FORM = "application/x-www-form-urlencoded"
 DOCS_METADATA_WAIT_S = 1.0  # how long /docs waits for a model replica's metadata before leaving it out
+CANCEL_WAIT_S = 2.0  # how long a cancel waits for the run to stop before answering 202
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 MAX_RETRIES = openapi.MAX_RETRIES
+MAX_TIMEOUT_S = openapi.MAX_TIMEOUT_S
 MAX_KEY_LENGTH = openapi.IDEMPOTENCY_KEY_MAX_LENGTH
 _KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)  # what /openapi.json declares is what is checked
 # A query parameter declared as a number: what JSON Schema calls one, written out in decimal. Not
@@ -77,7 +79,8 @@ class Api:
         app.router.add_post("/v1/tasks/{name}", self.run_task)
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/runs/{id}", self.get_run)
-        app.router.add_delete("/v1/runs/{id}", self.cancel_run)
+        app.router.add_delete("/v1/runs/{id}", self.delete_run)
+        app.router.add_post("/v1/runs/{id}/cancel", self.cancel_run)
         self.models.add_routes(app.router)
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_get("/docs", self.docs)
@@ -190,7 +193,7 @@ class Api:
         wait_s = _number(query, "wait", self.config.default_wait_s, minimum=0.0, maximum=self.config.max_wait_s)
         if "respond-async" in request.headers.get("Prefer", ""):
             wait_s = 0.0
-        timeout_s = _number(query, "timeout", None, minimum=0.0, exclusive=True)
+        timeout_s = _number(query, "timeout", None, minimum=0.0, maximum=MAX_TIMEOUT_S, exclusive=True)
         retries = _integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key)):
@@ -247,11 +250,29 @@ class Api:
         return self._respond(request, self._record(run))
 
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/runs/{id}/cancel`: an action on the run (Celery's revoke, Ray's cancel); asking
+        again, or after it finished, changes nothing and answers the run as it is."""
         run = self._find(request)
         if not run.finished:
             self.runs.cancel(run)
-            await self.runs.wait(run, 2.0)
+            await self.runs.wait(run, CANCEL_WAIT_S)
         return self._respond(request, self._record(run), 200 if run.finished else 202)
+
+    async def delete_run(self, request: web.Request) -> web.StreamResponse:
+        """`DELETE /v1/runs/{id}`: the run's record goes (REST: DELETE removes the resource); after it,
+        GET answers 404 and the run's Idempotency-Key is free. Only a finished run: one still queued
+        or running would go on without a record, so it must be cancelled first."""
+        run = self._find(request)
+        if not run.finished or run.finishing:
+            raise ApiError(
+                409,
+                "run_not_finished",
+                f"run {run.id!r} is {run.status}: cancel it first (POST /v1/runs/{run.id}/cancel), "
+                "then DELETE its record once it has finished",
+                {"run_id": run.id, "status": run.status},
+            )
+        await self.runs.delete(run)
+        return web.Response(status=204)
 
     def _find(self, request: web.Request) -> Run:
         run = self.runs.get(request.match_info["id"])
@@ -460,7 +481,12 @@ def _number(
     if not _NUMBER.fullmatch(raw):
         raise _query_error(name, f"must be a number, got {raw!r}", "float_parsing")
     value = float(raw)
-    if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+    if not math.isfinite(value):
+        # "1e400" is a JSON number, but no float holds it: it would become infinity.
+        raise _query_error(
+            name, f"must be a finite number, got {raw!r} (beyond a 64-bit float's range)", "finite_number"
+        )
+    if value < minimum or (exclusive and value == minimum):
         raise _query_error(name, f"must be {'above' if exclusive else 'at least'} {minimum:g}", "greater_than")
     if maximum is not None and value > maximum:
         raise _query_error(name, f"must be at most {maximum:g}", "less_than_equal")

@@ -51,6 +51,68 @@ def _rewrite_refs(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
+# msgpack, the wire to the workers, carries integers from -2^63 to 2^64-1 and no wider (SPEC.md §3.2):
+# a body with a wider one cannot be sent. The published schema says so where an integer can appear:
+# typed integers get these bounds, and a value the task's schema leaves open (`Any`, a `dict`, the
+# extra keys of a model) is a `MsgpackValue`, whose integers have them at any depth. A `number`
+# needs no bound: a wider integer there is sent as the float it also is (runs.pack_kwargs).
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+VALUE = "MsgpackValue"
+VALUE_REF = {"$ref": COMPONENTS + VALUE}
+VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value whose integers (numbers without a fraction) are within -2^63 to 2^64-1, "
+    "which is what msgpack carries to a worker",
+    "anyOf": [
+        {"type": ["null", "boolean", "string"]},
+        {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": VALUE_REF},
+        {"type": "object", "additionalProperties": VALUE_REF},
+    ],
+}
+_COMBINATORS = ("anyOf", "oneOf", "allOf")
+_CONSTRAINING = frozenset({"type", "$ref", "enum", "const", "not", *_COMBINATORS})
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    return {k for k in kind if isinstance(k, str)} if isinstance(kind, list) else set()
+
+
+def msgpack_bounded(schema: Any) -> Any:
+    """`schema` narrowed to what msgpack can carry: integers within 64 bits, at any depth."""
+    if schema is True:
+        return dict(VALUE_REF)
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("properties", "patternProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: msgpack_bounded(item) for name, item in out[key].items()}
+    for key in ("additionalProperties", "items", "unevaluatedProperties"):
+        if key in out:
+            out[key] = msgpack_bounded(out[key])
+    for key in ("prefixItems", *_COMBINATORS):
+        if isinstance(out.get(key), list):
+            out[key] = [msgpack_bounded(item) for item in out[key]]
+    types = _types(out)
+    if "integer" in types:
+        if not isinstance(out.get("minimum"), (int, float)) or out["minimum"] < INT_MIN:
+            out["minimum"] = INT_MIN
+        if not isinstance(out.get("maximum"), (int, float)) or out["maximum"] > INT_MAX:
+            out["maximum"] = INT_MAX
+    is_object = "object" in types or ("properties" in out and not types)
+    if is_object and "additionalProperties" not in out and "unevaluatedProperties" not in out:
+        out["additionalProperties"] = dict(VALUE_REF)
+    if "array" in types and "items" not in out:
+        out["items"] = dict(VALUE_REF)
+    if not (_CONSTRAINING & out.keys()) and "properties" not in out:
+        out["$ref"] = VALUE_REF["$ref"]  # `Any`, maybe with a title or a default
+    return out
+
+
 def publishable(task: str, schema: dict[str, Any], taken: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`schema` as an OpenAPI document can hold it: its `$defs` moved out as components named
     `<task>.<Name>` (unique among `taken`, which grows), references rewritten. Returns the schema
@@ -142,6 +204,9 @@ class Catalog:
             if current is not None:
                 self._component_names.difference_update(current.components)
             body, components = publishable(name, params, self._component_names)
+            body = msgpack_bounded(body or {"type": "object"})  # no schema (not the SDK's): any object
+            components = {key: msgpack_bounded(value) for key, value in components.items()}
+            components[VALUE] = VALUE_SCHEMA
             result_body, result_components = publishable(f"{name}.result", result, self._component_names)
             # The published schema with its components beside it, where its `#/components/schemas/...`
             # references find them (an unknown keyword, ignored by JSON Schema itself).

@@ -226,7 +226,8 @@ def _task(info: TaskInfo, base_url: str, auth: bool) -> str:
 def _runs(base_url: str, auth: bool) -> str:
     rows = [
         ("GET /v1/runs/{id}?wait=S", "a run's status, and its result or error once finished; waits up to S seconds"),
-        ("DELETE /v1/runs/{id}", "cancel a run: dropped if queued, interrupted if running"),
+        ("POST /v1/runs/{id}/cancel", "cancel a run: dropped if queued, interrupted if running"),
+        ("DELETE /v1/runs/{id}", "remove a finished run's record (409 while it runs: cancel it first)"),
         ("GET /v1/tasks", "the tasks with their schemas, as JSON"),
     ]
     table = "".join(f"<tr><td><code>{escape(r)}</code></td><td>{escape(w)}</td></tr>" for r, w in rows)

@@ -29,6 +29,9 @@ IDEMPOTENCY_KEY = {
     "pattern": IDEMPOTENCY_KEY_PATTERN,
 }
 MAX_RETRIES = 100
+# A task pod holds an attempt at most a day (the orchestrator clamps a longer `timeout_s`,
+# scheduler/policy.rs): the gateway refuses more rather than let a longer timeout quietly shrink.
+MAX_TIMEOUT_S = 86_400.0
 RUN_STATUS = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
 
 
@@ -64,11 +67,14 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
     return response
 
 
+# What any POST that reads a body may answer; operations add their own. A GET or DELETE reads no
+# body, so it declares only 401 of these.
 COMMON_ERRORS = {
     "400": _error_response("Malformed body or query parameter"),
     "401": _error_response("Missing or wrong bearer token"),
     "413": _error_response("Body over the size limit"),
 }
+UNAUTHORIZED = {"401": COMMON_ERRORS["401"]}
 
 
 # The model routes answer with the replica's own body, whose error shapes are the model server's:
@@ -268,8 +274,8 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                     {
                         "name": "timeout",
                         "in": "query",
-                        "schema": {"type": "number", "exclusiveMinimum": 0},
-                        "description": "seconds each attempt may run (overrides the task's default)",
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+                        "description": "seconds each attempt may run (overrides the task's default; at most a day)",
                     },
                     {
                         "name": "retries",
@@ -364,14 +370,37 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
             ],
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/Run"}, "The run"),
-                **COMMON_ERRORS,
-                "404": _error_response("Unknown run"),
-                "422": _error_response("`wait` is not a number from 0 to the gateway's --max-wait"),
+                **UNAUTHORIZED,
+                "404": _error_response("Unknown run (never created, expired, or deleted)"),
+                "422": _error_response("`wait` is not a finite number from 0 to the gateway's --max-wait"),
+                "503": _error_response("The run store cannot be read (`store_unavailable`)"),
             },
         },
         "delete": {
+            "operationId": "delete_run",
+            "summary": "Remove a finished run's record",
+            "description": "After it, GET answers 404 and the run's Idempotency-Key is free again. A run "
+            "still queued or running is not removed (409 `run_not_finished`): cancel it first with "
+            "`POST /v1/runs/{id}/cancel`.",
+            "tags": ["runs"],
+            "parameters": [run_id],
+            "responses": {
+                "204": {"description": "Removed"},
+                **UNAUTHORIZED,
+                "404": _error_response("Unknown run (never created, expired, or deleted)"),
+                "409": _error_response("`run_not_finished`: the run is queued or running; cancel it first"),
+                "503": _error_response(
+                    "The run store cannot be written now (`store_unavailable`); the removal is written once it can be"
+                ),
+            },
+        },
+    }
+    paths["/v1/runs/{id}/cancel"] = {
+        "post": {
             "operationId": "cancel_run",
             "summary": "Cancel a run: dropped if queued, interrupted if running",
+            "description": "An action on the run, not a removal: the run and its record stay (`cancelled`, "
+            "or the outcome it reached first). Asking again changes nothing. No body is read.",
             "tags": ["runs"],
             "parameters": [run_id],
             "responses": {
@@ -379,10 +408,14 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
                     {"$ref": "#/components/schemas/Run"}, "The run after the cancel took effect (or it had finished)"
                 ),
                 "202": _json({"$ref": "#/components/schemas/Run"}, "Cancel requested; the run has not stopped yet"),
-                **COMMON_ERRORS,
-                "404": _error_response("Unknown run"),
+                **UNAUTHORIZED,
+                "403": _error_response("A POST from a browser page on another origin"),
+                "404": _error_response("Unknown run (never created, expired, or deleted)"),
+                "408": _error_response("A body (ignored) did not arrive within --body-timeout"),
+                "413": _error_response("A body (ignored) over --max-body-bytes"),
+                "503": _error_response("The run store cannot be written (`store_unavailable`)"),
             },
-        },
+        }
     }
     paths.update(_model_paths())
     for path, what in (("/healthz", "The gateway process is up"), ("/readyz", "At least one task pod answers")):

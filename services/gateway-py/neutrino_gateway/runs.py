@@ -29,7 +29,7 @@ import msgpack
 from neutrino_protocol import TaskRejected, TaskReply
 
 from . import metrics
-from .catalog import Catalog
+from .catalog import INT_MAX, INT_MIN, Catalog
 from .errors import ApiError, busy, unavailable, validation_failed
 from .pod import Pod
 from .pool import PodPool
@@ -170,6 +170,13 @@ class Runs:
         pod = self.pool.pods.get(run.pod)
         if pod is not None and run.wire_id is not None:
             pod.cancel(run.wire_id)
+
+    async def delete(self, run: Run) -> None:
+        """Remove a finished run's record (DELETE /v1/runs/{id}); its Idempotency-Key is free after."""
+        assert run.finished
+        self._forget(run)
+        self.store.stage_delete(run)
+        await self.store.commit()
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -364,8 +371,15 @@ class Runs:
 
 
 def pack_kwargs(kwargs: dict[str, Any]) -> bytes:
-    """The `[args, kwargs]` payload (SPEC.md §3.2); 422 naming the argument msgpack cannot carry
-    (an integer outside 64 bits, say)."""
+    """The `[args, kwargs]` payload (SPEC.md §3.2); 422 naming the argument msgpack cannot carry.
+
+    Checked against the published schema first, an integer outside 64 bits can only be left where the
+    schema says `number` (integers and open values are bounded there, catalog.py): it goes as the
+    float it also is, as JSON readers take a number that wide."""
+    try:
+        return bytes(msgpack.packb([[], kwargs], use_bin_type=True))
+    except OverflowError:
+        kwargs = _wide_ints_as_floats(kwargs)
     try:
         return bytes(msgpack.packb([[], kwargs], use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
@@ -390,3 +404,16 @@ def _error(kind: str, type_: str, message: str, traceback: str | None = None) ->
 def http_error_of(run: Run) -> ApiError | None:
     """The 429 a caller gets when every pod refused its run before anything ran."""
     return run.rejection if isinstance(run.rejection, ApiError) else None
+
+
+def _wide_ints_as_floats(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        try:
+            return float(value)
+        except OverflowError:
+            return value  # past any float too: refused below, naming the argument
+    if isinstance(value, dict):
+        return {key: _wide_ints_as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wide_ints_as_floats(item) for item in value]
+    return value

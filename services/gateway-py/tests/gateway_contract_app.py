@@ -25,8 +25,9 @@ class Address(BaseModel):
 
 @app.task()
 def order(items: list[Item], mode: Literal["fast", "slow"] = "fast", blob: bytes | None = None) -> int:
-    """How many items: fails with TypeError when `items` is not a list."""
-    return sum(item["qty"] for item in items)
+    """How many items: fails with TypeError when `items` is not a list. (Not the sum of their `qty`:
+    that of two 64-bit integers may not fit in one, and msgpack carries no wider.)"""
+    return len(items)
 
 
 @app.task()

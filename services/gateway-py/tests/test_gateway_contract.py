@@ -223,3 +223,156 @@ def test_every_operation_that_answers_422_declares_it(document: dict[str, Any]) 
             ]
             if checked:
                 assert "422" in operation["responses"], (method, path, [p["name"] for p in checked])
+
+
+# -- runs: cancel is an action, DELETE removes the record (REST semantics) ------------------------
+
+
+@pytest.fixture(scope="module")
+def sleepy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway in front of an app whose `sleep` task really sleeps: runs that stay unfinished."""
+    tcp = f"tcp://127.0.0.1:{free_port()}"
+    pod: Orchestrator = start_orchestrator("--frontend", tcp, workers=1, app="tests.apps.gateway_app:app")
+    gw = start_gateway([tcp], tmp_path_factory.mktemp("sleepy") / "runs.db")
+    yield gw
+    gw.stop()
+    pod.stop()
+
+
+def _running(gateway: Gateway) -> str:
+    reply = gateway.request("POST", "/v1/tasks/sleep?wait=0", {"seconds": 30})
+    assert reply.status == 202, reply.body
+    run_id: str = reply.json["id"]
+    return run_id
+
+
+def test_cancel_is_a_post_action_that_answers_the_run_and_is_idempotent(sleepy: Gateway) -> None:
+    run_id = _running(sleepy)
+    first = sleepy.request("POST", f"/v1/runs/{run_id}/cancel")
+    assert first.status in (200, 202) and first.json["id"] == run_id, first.body
+    finished = sleepy.request("GET", f"/v1/runs/{run_id}?wait=10").json
+    assert finished["status"] == "cancelled", finished
+    again = sleepy.request("POST", f"/v1/runs/{run_id}/cancel")
+    assert again.status == 200 and again.json["status"] == "cancelled", again.body
+    assert sleepy.request("POST", "/v1/runs/no-such-run/cancel").status == 404
+
+
+def test_delete_of_an_unfinished_run_is_a_declared_409_that_says_to_cancel_first(
+    sleepy: Gateway, document: dict[str, Any]
+) -> None:
+    run_id = _running(sleepy)
+    reply = sleepy.request("DELETE", f"/v1/runs/{run_id}")
+    assert reply.status == 409, reply.body
+    error = reply.json["error"]
+    assert error["type"] == "run_not_finished" and f"/v1/runs/{run_id}/cancel" in error["message"], error
+    assert sleepy.request("GET", f"/v1/runs/{run_id}").json["status"] in ("queued", "running")
+    assert "409" in document["paths"]["/v1/runs/{id}"]["delete"]["responses"]
+    sleepy.request("POST", f"/v1/runs/{run_id}/cancel")
+    assert sleepy.request("GET", f"/v1/runs/{run_id}?wait=10").json["status"] == "cancelled"
+
+
+def test_delete_removes_a_finished_run_then_it_is_gone(gateway: Gateway, document: dict[str, Any]) -> None:
+    run_id = _run_id(gateway)
+    reply = gateway.request("DELETE", f"/v1/runs/{run_id}")
+    assert reply.status == 204 and reply.body == b"", (reply.status, reply.body)
+    assert "204" in document["paths"]["/v1/runs/{id}"]["delete"]["responses"]
+    gone = gateway.request("GET", f"/v1/runs/{run_id}")
+    assert gone.status == 404 and gone.json["error"]["type"] == "unknown_run", gone.body
+    assert gateway.request("DELETE", f"/v1/runs/{run_id}").status == 404
+    assert gateway.request("POST", f"/v1/runs/{run_id}/cancel").status == 404
+
+
+def test_cancel_is_declared_as_its_own_operation(document: dict[str, Any]) -> None:
+    cancel = document["paths"]["/v1/runs/{id}/cancel"]["post"]
+    assert {"200", "202", "404"} <= set(cancel["responses"])
+    delete = document["paths"]["/v1/runs/{id}"]["delete"]
+    assert delete["operationId"] == "delete_run" and cancel["operationId"] == "cancel_run"
+
+
+@pytest.mark.parametrize(("path", "method"), [("/v1/runs/{id}", "get"), ("/v1/runs/{id}", "delete")])
+def test_run_lookups_declare_no_body_or_size_errors(document: dict[str, Any], path: str, method: str) -> None:
+    """No body is read on these: a 400 or 413 cannot happen, so the document does not promise one."""
+    responses = document["paths"][path][method]["responses"]
+    assert "400" not in responses and "413" not in responses, sorted(responses)
+
+
+# -- integers: msgpack carries 64 bits, and the document says so ---------------------------------
+
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("task", "body"),
+    [
+        ("order", {"items": [{"name": "a", "qty": 2**64, "note": None}]}),
+        ("order", {"items": [{"name": "a", "qty": INT64_MIN - 1, "note": None}]}),
+        ("ship", {"to": {"city": "Oslo", "extra": {"deep": [2**70]}}}),
+        ("order", {"items": [], "extra": {"n": -(2**80)}}),
+        ("order", {"items": [{"name": "a", "qty": UINT64_MAX, "note": None}]}),
+        ("order", {"items": [{"name": "a", "qty": INT64_MIN, "note": None}]}),
+        ("ship", {"to": {"city": "Oslo", "extra": {"deep": [UINT64_MAX, 1.5]}}}),
+    ],
+    ids=["qty-2^64", "qty-below-int64", "free-form-2^70", "free-form-top-level", "uint64-max", "int64-min", "big-ok"],
+)
+def test_integers_beyond_64_bits_are_refused_by_the_document_as_by_the_gateway(
+    gateway: Gateway, document: dict[str, Any], task: str, body: Any
+) -> None:
+    """msgpack (the wire to the workers) carries integers from -2^63 to 2^64-1: the published schema
+    bounds every integer it lets through, typed or inside a free-form object, and the gateway's 422
+    is then the document's own verdict."""
+    where = ("paths", f"/v1/tasks/{task}", "post", "requestBody", "content", "application/json", "schema")
+    valid = _validator(document, *where).is_valid(body)
+    reply = gateway.request("POST", f"/v1/tasks/{task}?wait=10", body)
+    if valid:
+        assert reply.status == 200, (body, reply.status, reply.body)
+    else:
+        assert reply.status == 422 and reply.json["error"]["type"] == "validation_error", (body, reply.body)
+    fits = all(INT64_MIN <= n <= UINT64_MAX for n in _ints(body))
+    assert valid is fits, (body, valid)
+
+
+def test_a_wide_integer_where_the_schema_says_number_is_sent_as_the_float_it_is(
+    gateway: Gateway, document: dict[str, Any]
+) -> None:
+    where = ("paths", "/v1/tasks/sleep", "post", "requestBody", "content", "application/json", "schema")
+    body = {"seconds": 2**70}
+    assert _validator(document, *where).is_valid(body), "a number is a number, however it is written"
+    reply = gateway.request("POST", "/v1/tasks/sleep?wait=10", body)
+    assert reply.status == 200 and reply.json["result"] == float(2**70), reply.body
+
+
+def _ints(value: Any) -> Iterator[int]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _ints(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _ints(item)
+
+
+# -- query numbers: finite, and the declared maximum is the enforced one ----------------------------
+
+
+@pytest.mark.parametrize("bad", ["1e400", "-1e400", "1e309"])
+def test_a_non_finite_number_is_refused_as_not_finite(gateway: Gateway, bad: str) -> None:
+    reply = gateway.request("POST", f"/v1/tasks/sleep?timeout={bad}", {"seconds": 0})
+    assert reply.status == 422, reply.body
+    problem = reply.json["error"]["detail"][0]
+    assert problem["loc"] == ["query", "timeout"] and "finite" in problem["msg"], problem
+    reply = gateway.request("GET", f"/v1/runs/{_run_id(gateway)}?wait={bad}")
+    assert reply.status == 422 and "finite" in reply.json["error"]["detail"][0]["msg"], reply.body
+
+
+def test_the_timeout_maximum_is_declared_and_enforced(gateway: Gateway, document: dict[str, Any]) -> None:
+    """The task pod holds an attempt at most a day (it clamps longer timeouts): the gateway refuses
+    more, and the document says so, instead of a longer timeout silently becoming a day."""
+    schema = _parameter(document, "/v1/tasks/sleep", "post", "timeout")["schema"]
+    maximum = schema["maximum"]
+    assert maximum == 86_400, schema
+    assert gateway.request("POST", f"/v1/tasks/sleep?timeout={maximum}", {"seconds": 0}).status == 200
+    reply = gateway.request("POST", f"/v1/tasks/sleep?timeout={maximum + 1}", {"seconds": 0})
+    assert reply.status == 422 and reply.json["error"]["detail"][0]["loc"] == ["query", "timeout"], reply.body

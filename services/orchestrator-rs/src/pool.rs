@@ -138,8 +138,9 @@ impl<'a> Pool<'a> {
                 // then usually precedes its `WorkerExited` (on_exit copes with either order).
                 biased;
                 _ = &mut shutdown, if serving => {
-                    info!("Draining: no new tasks; running tasks get {:?} to finish", self.config.grace_period());
+                    // Not ready before the log line says so: whoever reads the log may probe at once.
                     self.metrics.set_ready(false);
+                    info!("Draining: no new tasks; running tasks get {:?} to finish", self.config.grace_period());
                     self.broker.send(Command::Drain);
                     grace = Some(tokio::time::Instant::now() + self.config.grace_period());
                     stage = Stage::Draining;

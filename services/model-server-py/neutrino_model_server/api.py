@@ -9,7 +9,7 @@
 - Open Inference Protocol (KServe V2): `GET /v2`, `/v2/health/live`, `/v2/health/ready`,
   `/v2/models/{name}[/versions/{v}]`, `.../ready`, `POST .../infer` (see v2.py); errors
   `{"error": "<message>"}`.
-- `GET /metrics`: Prometheus text.
+- `GET /metrics`: Prometheus text. `GET /openapi.json`: the OpenAPI document of all these (openapi.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from . import v2
+from . import openapi, v2
 from .batcher import Batcher, DeadlineExceeded, QueueFull
 from .config import Config
 from .loader import Served
@@ -62,6 +63,7 @@ class Api:
             for o in getattr(served.model.cls, "outputs", [])
             if isinstance(o, dict) and "name" in o
         }
+        self._openapi = openapi.document(served.name, VERSION, list(getattr(served.model.cls, "inputs", [])))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -76,6 +78,7 @@ class Api:
             app.router.add_get(base + "/ready", self.model_ready)
             app.router.add_post(base + "/infer", self._timed("infer", self.infer))
         app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/openapi.json", self.openapi)
         return app
 
     def _timed(
@@ -136,7 +139,7 @@ class Api:
         body = await request.read()
         as_msgpack = request.content_type == MSGPACK
         try:
-            doc = msgpack.unpackb(body, raw=False) if as_msgpack else json.loads(body)
+            doc = msgpack.unpackb(body, raw=False) if as_msgpack else loads(body)
         except Exception as exc:
             raise HttpError(
                 400, "bad_request", f"the body is not valid {'msgpack' if as_msgpack else 'JSON'}: {exc}"
@@ -149,7 +152,7 @@ class Api:
     async def infer(self, request: web.Request) -> web.Response:
         self._check_model(request)
         try:
-            doc = json.loads(await request.read())
+            doc = loads(await request.read())
         except (ValueError, RecursionError) as exc:
             raise HttpError(400, "bad_request", f"the body is not valid JSON: {exc}") from None
         try:
@@ -222,6 +225,9 @@ class Api:
         body = {"name": self.served.name, "ready": self.ready}
         return web.json_response(body, status=200 if self.ready else NOT_READY)
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
+
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -271,6 +277,24 @@ class _PredictFailed(HttpError):
     def __init__(self, exc: BaseException) -> None:
         super().__init__(500, type(exc).__name__, str(exc))
         self.traceback = "".join(traceback.format_exception(exc))
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of the range of a 64-bit float")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(body: bytes) -> Any:
+    """JSON as RFC 8259 has it: Python's parser also takes NaN, Infinity and -Infinity, and reads
+    numbers beyond a float's range as infinite; none of these could be answered in JSON (a 500
+    `bad_output` later), so they are a 400 here."""
+    return json.loads(body, parse_constant=_not_json, parse_float=_finite)
 
 
 def _dumps(doc: Any) -> str:

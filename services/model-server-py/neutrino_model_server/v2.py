@@ -51,26 +51,35 @@ class InferRequest:
 
 def parse_request(doc: object, max_elements: int | None = None) -> InferRequest:
     """The request's rows; `max_elements` bounds the elements of all its tensors together, checked
-    from their shapes before any data is converted."""
+    from their shapes before any data is converted, and after the whole request is checked against
+    what the OpenAPI document (openapi.py) declares: a request the document refuses is a 400, never
+    a 413."""
     if not isinstance(doc, dict):
         raise InferError("the infer request must be a JSON object with an `inputs` list")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InferError("`inputs` must be a non-empty list of tensors {name, shape, datatype, data}")
     request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in doc and not isinstance(request_id, str):
         raise InferError("`id` must be a string")
-    columns: dict[str, np.ndarray[Any, Any]] = {}
-    batch: int | None = None
+    _check_parameters("the request", doc)
+    wanted = doc.get("outputs", [])
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+        raise InferError("`outputs` must be a list of {name} objects")
+    for o in wanted:
+        _check_parameters(f"output {o['name']!r}", o)
+    tensors = [_tensor_header(i, tensor) for i, tensor in enumerate(inputs)]
     if max_elements is not None:
-        total = sum(_declared_elements(tensor) for tensor in inputs)
+        total = sum(math.prod(shape) for _, shape, _, _ in tensors)
         if total > max_elements:
             raise TooManyElements(
                 f"the input tensors' shapes hold {total} elements; this server takes at most {max_elements} "
                 "per request (--max-elements): send fewer rows per request"
             )
-    for i, tensor in enumerate(inputs):
-        name, arr = _tensor(i, tensor)
+    columns: dict[str, np.ndarray[Any, Any]] = {}
+    batch: int | None = None
+    for name, shape, datatype, data in tensors:
+        arr = _tensor(name, shape, datatype, data)
         if name in columns:
             raise InferError(f"input {name!r} appears twice")
         if batch is not None and arr.shape[0] != batch:
@@ -85,27 +94,22 @@ def parse_request(doc: object, max_elements: int | None = None) -> InferRequest:
         rows: list[Any] = list(only)
     else:
         rows = [{name: values[r] for name, values in lists.items()} for r in range(batch)]
-    wanted = doc.get("outputs") or []
-    if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
-        raise InferError("`outputs` must be a list of {name} objects")
     return InferRequest(request_id, rows, tuple(o["name"] for o in wanted))
 
 
-def _declared_elements(tensor: object) -> int:
-    """The element count a tensor's shape claims (0 when the shape is not a list of sizes: _tensor says why)."""
-    shape = tensor.get("shape") if isinstance(tensor, dict) else None
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        return 0
-    return max(0, math.prod(shape))
+def _check_parameters(what: str, obj: dict[str, Any]) -> None:
+    if "parameters" in obj and not isinstance(obj["parameters"], dict):
+        raise InferError(f"{what}: `parameters` must be an object")
 
 
-def _tensor(i: int, tensor: object) -> tuple[str, np.ndarray[Any, Any]]:
+def _tensor_header(i: int, tensor: object) -> tuple[str, list[int], str, list[Any]]:
+    """A tensor's name, shape, datatype and data, each checked as the OpenAPI document declares it."""
     if not isinstance(tensor, dict):
         raise InferError(f"inputs[{i}] must be an object {{name, shape, datatype, data}}")
     name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
     if not isinstance(name, str) or not name:
         raise InferError(f"inputs[{i}].name must be a non-empty string")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise InferError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
     if (
         not isinstance(shape, list)
@@ -113,12 +117,18 @@ def _tensor(i: int, tensor: object) -> tuple[str, np.ndarray[Any, Any]]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise InferError(f"input {name!r}: shape must be a list of sizes >= 0 with the batch first, e.g. [2, 64]")
-    if shape[0] < 1:
-        raise InferError(f"input {name!r}: the batch dimension (shape[0]) must be at least 1")
     if "data" not in tensor:
         raise InferError(f"input {name!r} has no `data`")
     data = tensor["data"]
-    data = data if isinstance(data, list) else [data]
+    if not isinstance(data, list):
+        raise InferError(f"input {name!r}: `data` must be a list (flat, or nested in row-major order)")
+    _check_parameters(f"input {name!r}", tensor)
+    return name, shape, datatype, data
+
+
+def _tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.ndarray[Any, Any]:
+    if shape[0] < 1:
+        raise InferError(f"input {name!r}: the batch dimension (shape[0]) must be at least 1")
     try:
         raw = np.asarray(data, dtype=object).ravel()
     except ValueError as exc:  # ragged nesting
@@ -128,10 +138,15 @@ def _tensor(i: int, tensor: object) -> tuple[str, np.ndarray[Any, Any]]:
         raise InferError(f"input {name!r}: shape {shape} holds {want} elements but data has {raw.size}")
     _check_elements(name, datatype, raw)
     try:
-        arr = raw.astype(DTYPES[datatype]) if datatype != "BYTES" else raw
+        with np.errstate(over="ignore"):  # an overflow is refused just below, with the input's name
+            arr = raw.astype(DTYPES[datatype]) if datatype != "BYTES" else raw
     except (ValueError, OverflowError, TypeError) as exc:
         raise InferError(f"input {name!r}: data does not fit {datatype} ({exc})") from None
-    return name, arr.reshape(shape)
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        # JSON numbers are finite: one that is not finite now was too large for this datatype
+        # (70000 as FP16), and no JSON answer could carry it back.
+        raise InferError(f"input {name!r}: data does not fit {datatype} (a value is out of its range)")
+    return arr.reshape(shape)
 
 
 def _check_elements(name: str, datatype: str, raw: np.ndarray[Any, Any]) -> None:

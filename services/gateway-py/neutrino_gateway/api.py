@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 from aiohttp import web
+from neutrino._http_limits import answer_and_close
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import docs, errors, metrics, openapi
@@ -130,7 +131,7 @@ class Api:
                 request, ApiError(500, "internal", "the gateway failed on this request; see its log")
             )
         if response.status == 408:
-            await _answer_and_close(request, response)
+            await answer_and_close(request, response)
         metrics.observe_request(route, response.status, time.perf_counter() - started)
         return response
 
@@ -419,18 +420,6 @@ class Api:
                 error.pop("traceback", None)
             record["error"] = error
         return record
-
-
-async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
-    """Send `response` now and close the connection: aiohttp would otherwise read ("linger" over)
-    the rest of an unread body for up to 10 s more, which a client trickling it would use."""
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the client is gone already
-    finally:
-        request.protocol.force_close()
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:

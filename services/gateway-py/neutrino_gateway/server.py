@@ -17,11 +17,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 from aiohttp import web
+from neutrino._http_limits import capped
 from neutrino_protocol import DescribeTasks, TaskCatalog
 
 from .api import Api
@@ -38,7 +38,6 @@ log = logging.getLogger("neutrino.gateway")
 CATALOG_RETRY_S = 1.0  # ask a pod again when its catalog is not ready (its zygote is still importing)
 CATALOG_REFRESH_S = 30.0  # and now and then anyway: a redeployed app may have new tasks
 SHUTDOWN_GRACE_S = 10.0
-REFUSE_LINGER_S = 1.0  # how long a connection over --max-connections may take to read its 503
 
 
 class Gateway:
@@ -124,7 +123,7 @@ class Gateway:
         )
         await runner.setup()
         listener = await asyncio.get_running_loop().create_server(
-            capped(runner.server, self.config.max_connections),
+            capped(runner.server, self.config.max_connections, _REFUSAL_BODY),
             self.config.host,
             self.config.port,
             backlog=1024,
@@ -155,20 +154,6 @@ class Gateway:
             log.info("gateway stopped")
 
 
-def capped(server: web.Server | None, limit: int) -> Callable[[], asyncio.BaseProtocol]:
-    """The listener's protocol factory: aiohttp's handler while fewer than `limit` connections are
-    open, else one that answers a typed 503 and closes (slow clients holding many connections
-    cannot take every file descriptor)."""
-    assert server is not None
-
-    def factory() -> asyncio.BaseProtocol:
-        if len(server.connections) >= limit:
-            return _Refuse()
-        return server()
-
-    return factory
-
-
 _REFUSAL_BODY = json.dumps(
     {
         "error": {
@@ -178,29 +163,6 @@ _REFUSAL_BODY = json.dumps(
         }
     }
 ).encode()
-_REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
-)
-
-
-class _Refuse(asyncio.Protocol):
-    """Answers the 503 and closes its side at once; reads (and drops) what the client sends until it
-    closes too, for at most REFUSE_LINGER_S: closing with its request unread would reset the
-    connection, and the client could lose the answer."""
-
-    def connection_made(self, base: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, base)  # uvloop's transports do not derive from asyncio's
-        transport.write(_REFUSAL)
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._timer.cancel()
 
 
 async def run(

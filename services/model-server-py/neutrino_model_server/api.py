@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 from aiohttp import web
+from neutrino._http_limits import answer_and_close
 
 from . import openapi, v2
 from .batcher import Batcher, DeadlineExceeded, QueueFull
@@ -100,15 +101,7 @@ class Api:
             finally:
                 self.in_flight -= 1
             if response.status == 408:
-                # Sent now, and the connection closed: aiohttp would otherwise read ("linger" over)
-                # the rest of the unread body for up to 10 s more, which a trickling client would use.
-                try:
-                    await response.prepare(request)
-                    await response.write_eof()
-                except ConnectionError:
-                    pass  # the client is gone already
-                finally:
-                    request.protocol.force_close()
+                await answer_and_close(request, response)
             elif response.status == 413:
                 response.force_close()  # the body was not read to its end
             self.metrics.observe(route, response.status, time.perf_counter() - started)

@@ -18,10 +18,10 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
+from neutrino._http_limits import capped
 
 from .api import Api
 from .batcher import Batcher
@@ -31,7 +31,6 @@ from .loader import Served, find_model
 log = logging.getLogger("neutrino.model_server")
 
 SHUTDOWN_GRACE_S = 10.0
-REFUSE_LINGER_S = 1.0  # how long a connection over --max-connections may take to read its 503
 
 
 class LoadFailed(Exception):
@@ -85,7 +84,7 @@ class ModelServer:
         )
         await runner.setup()
         listener = await asyncio.get_running_loop().create_server(
-            capped(runner.server, self.config.max_connections),
+            capped(runner.server, self.config.max_connections, _REFUSAL_BODY),
             self.config.host,
             self.config.port,
             backlog=1024,
@@ -130,43 +129,7 @@ class ModelServer:
             log.info("model server stopped")
 
 
-def capped(server: web.Server | None, limit: int) -> Callable[[], asyncio.BaseProtocol]:
-    """The listener's protocol factory: aiohttp's handler while fewer than `limit` connections are
-    open, else one that answers a 503 in the protocol's error shape and closes."""
-    assert server is not None
-
-    def factory() -> asyncio.BaseProtocol:
-        if len(server.connections) >= limit:
-            return _Refuse()
-        return server()
-
-    return factory
-
-
 _REFUSAL_BODY = b'{"error":"too many connections open (--max-connections); retry shortly"}'
-_REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
-)
-
-
-class _Refuse(asyncio.Protocol):
-    """Answers the 503 and closes its side at once; reads (and drops) what the client sends until it
-    closes too, for at most REFUSE_LINGER_S: closing with its request unread would reset the
-    connection, and the client could lose the answer."""
-
-    def connection_made(self, base: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, base)  # uvloop's transports do not derive from asyncio's
-        transport.write(_REFUSAL)
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_S, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._timer.cancel()
 
 
 async def run(

@@ -37,8 +37,6 @@ _log = logging.getLogger("neutrino.client")
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 
 
 class AsyncTaskFuture(asyncio.Future[Any]):
@@ -252,13 +250,8 @@ class AsyncClient:
         self._drain()
 
     def _send_frames(self, frames: list[bytes]) -> None:
-        # No high-water mark (see _frontend.configure): a send would block only when the link is
-        # gone for good after a refused handshake (see _frontend.link_gone), so it never waits.
-        send = self._sock.send
         try:
-            for frame in frames[:-1]:
-                send(frame, _SNDMORE_NOBLOCK)
-            send(frames[-1], _NOBLOCK)
+            _frontend.send_nowait(self._sock, frames)
         except zmq.Again:
             self._check_handshake()
             raise _frontend.link_gone(self.address, self._refused) from None

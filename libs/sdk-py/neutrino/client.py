@@ -64,8 +64,6 @@ _log = logging.getLogger("neutrino.client")
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _POLL_IN = select.POLLIN
 _decode = neutrino_protocol.decode
 
@@ -429,14 +427,8 @@ class Client:
             self._settle(settled, wake)
 
     def _send_locked(self, frames: list[bytes]) -> None:
-        # send_multipart spends more time on enum flag arithmetic than on sending; a message is
-        # 2 or 3 small frames, and a multipart message is atomic either way. NOBLOCK: with no
-        # high-water mark a send waits only when the link is gone for good (see link_gone).
-        send = self._sock.send
         try:
-            for frame in frames[:-1]:
-                send(frame, _SNDMORE_NOBLOCK)
-            send(frames[-1], _NOBLOCK)
+            _frontend.send_nowait(self._sock, frames)
         except zmq.Again:
             raise _frontend.link_gone(self.address, self._refused) from None
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
+from neutrino._frontend import send_nowait
 from neutrino._handshake import HandshakeWatch, read_events, watch
 from neutrino.keys import CurveKeys
 from neutrino.keys import apply as apply_keys
@@ -39,8 +40,6 @@ log = logging.getLogger("neutrino.gateway")
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 # libzmq gives a link up for good when the pod refuses the handshake (a key not in its allowlist,
 # CURVE on one side only); the pod tries it again this often, so a fixed allowlist is picked up.
 RECONNECT_AFTER_REFUSAL_S = 5.0
@@ -154,11 +153,8 @@ class Pod:
     def _send(self, frames: list[bytes]) -> None:
         if self._closed:
             return
-        send = self._sock.send
         try:
-            for frame in frames[:-1]:
-                send(frame, _SNDMORE_NOBLOCK)
-            send(frames[-1], _NOBLOCK)
+            send_nowait(self._sock, frames)
         except zmq.Again:
             # No link to queue on: the pod refused the handshake (with no high-water mark, nothing
             # else makes a send wait). A run sent now stays in in_flight and is handed back when

@@ -22,7 +22,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -204,18 +204,9 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # whatever the zygote allocated since the last fork joins the shared, never-scanned set
-        # Keep SIGCHLD/SIGTERM away from the zygote's handlers while the child still has them;
-        # the child unblocks after installing its own.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
-        report_r = report_w = -1
         try:
-            report_r, report_w = open_pipe()
-            pid = os.fork()
+            pid, report_r, report_w, mask = _fork_with_pipe(open_pipe)
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (report_r, report_w):
-                if fd >= 0:
-                    os.close(fd)
             log.error("fork of worker %s failed: %s", worker_id, exc)
             # Reported as a worker that failed to start (SPEC §4.4), so the orchestrator backs off.
             self._link.send(WorkerExited(worker_id, 0, exit_code=ExitCode.FAILURE, error=fork_failed(exc)))
@@ -307,16 +298,9 @@ class CatalogChild:
         """Fork the builder; None if fork failed (the caller builds inline)."""
         sys.stdout.flush()
         sys.stderr.flush()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
-        read_fd = write_fd = -1
         try:
-            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
+            pid, read_fd, write_fd, mask = _fork_with_pipe(lambda: os.pipe2(os.O_CLOEXEC))
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (read_fd, write_fd):
-                if fd >= 0:
-                    os.close(fd)
             log.warning("cannot fork to build the task catalog (%s); building it in the zygote", exc)
             return None
         if pid == 0:
@@ -360,6 +344,24 @@ class CatalogChild:
             os.waitpid(self.pid, 0)
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _fork_with_pipe(make_pipe: Callable[[], tuple[int, int]]) -> tuple[int, int, int, set[int | signal.Signals]]:
+    """fork() with a fresh pipe between parent and child: (pid, read end, write end, the signal mask
+    to restore). SIGCHLD/SIGTERM stay blocked in both, away from the zygote's handlers while the
+    child still has them: the parent restores `mask` once it has done its part, the child after
+    installing its own handlers. On OSError both ends are closed and the mask restored."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+    read_fd = write_fd = -1
+    try:
+        read_fd, write_fd = make_pipe()
+        return os.fork(), read_fd, write_fd, mask
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        raise
 
 
 def _catalog_child(app: App, inherited: list[int], mask: Iterable[int], write_fd: int) -> None:

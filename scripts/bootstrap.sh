@@ -3,7 +3,7 @@
 # pkg-config (Debian's libzmq3-dev, pkg-config; the orchestrator links them), the Python workspace
 # in .venv, and the release orchestrator in target/release/. Where Docker is installed, also
 # debootstrap (Debian's package), which builds the base images for `make images` without any
-# registry. Safe to re-run.
+# registry; Debian's prometheus and chromium for the observability tests. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,15 @@ if ! has pkg-config || ! pkg-config --exists libzmq; then
       "(Debian/Ubuntu: apt-get install libzmq3-dev pkg-config; Fedora: dnf install zeromq-devel pkgconf)" >&2
     exit 1
   fi
+fi
+# The observability tests start a real Prometheus (and promtool checks deploy/'s rules) and drive
+# the dashboard with a real Chromium through Playwright: Debian's prometheus and chromium.
+missing=()
+has prometheus || has promtool || missing+=(prometheus)
+has chromium || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && ! apt_install "${missing[@]}"; then
+  echo "bootstrap: ${missing[*]} missing: the Prometheus and dashboard tests need them" \
+    "(Debian/Ubuntu: apt-get install ${missing[*]})" >&2
 fi
 
 uv sync --quiet

@@ -139,7 +139,7 @@ class Api:
             ) from None
         if not isinstance(doc, dict) or "inputs" not in doc:
             raise HttpError(400, "bad_request", 'the body must be an object {"inputs": <one model input>}')
-        (output,) = await self._run([doc["inputs"]])
+        (output,) = await self.run([doc["inputs"]])
         return self._answer(request, {"outputs": output}, as_msgpack)
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -154,7 +154,7 @@ class Api:
             raise HttpError(413, "too_many_elements", str(exc)) from None
         except v2.InferError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
-        outputs = await self._run(req.rows)
+        outputs = await self.run(req.rows)
         try:
             answer = v2.encode_response(self.served.name, VERSION, req, outputs, self._declared)
         except v2.InferError as exc:  # the request named outputs the model does not produce
@@ -163,8 +163,9 @@ class Api:
             raise HttpError(500, "bad_output", str(exc)) from None
         return web.json_response(answer, dumps=_dumps)
 
-    async def _run(self, values: list[Any]) -> list[Any]:
-        """Validate each input, queue them all, and wait for their outputs within the request deadline."""
+    async def run(self, values: list[Any]) -> list[Any]:
+        """Validate each input, queue them all, and wait for their outputs within the request deadline:
+        the inference path every front end (REST, gRPC) shares; failures are `HttpError`s."""
         if not self.ready:
             raise HttpError(503, "not_ready", "the model is still loading", retry_after=RETRY_AFTER_LOADING_S)
         if self.served.validate is not None:

@@ -20,6 +20,9 @@ ARGS_ADD = msgpack.packb([[1, 2], {}])  # add(1, 2)
 RESULT_3 = msgpack.packb(3)
 TB = 'Traceback (most recent call last):\n  File "app.py", line 9, in fail\nValueError: boom\n'
 ERR = {"kind": "task_error", "ename": "ValueError", "evalue": "boom", "traceback": TB}
+# W3C Trace Context's own examples (https://www.w3.org/TR/trace-context/).
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACESTATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
 # A task catalog payload (SPEC.md §3.2), byte for byte as the SDK builds it for
 # `def add(x: int, y: int) -> int`.
 CATALOG = msgpack.packb(
@@ -105,6 +108,40 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
             {"nonce": 3, "ready": True, "tasks": ["add"], "payload_hex": CATALOG.hex()},
             "the payload is the zygote's ZygoteCatalog payload, byte for byte",
         ),
+        (
+            15,
+            "submit with trace context",
+            "SubmitTask",
+            {
+                "id": 7,
+                "task": "add",
+                "retries": 2,
+                "traceparent": TRACEPARENT,
+                "tracestate": TRACESTATE,
+                "payload_hex": ARGS_ADD.hex(),
+            },
+            "opaque to the orchestrator: copied to every TaskAssignment of the task",
+        ),
+        (
+            16,
+            "reply ok with timings",
+            "TaskReply",
+            {"id": 7, "status": "ok", "attempts": 2, "queue_us": 1500250, "run_us": 12, "payload_hex": RESULT_3.hex()},
+            "queue_us includes the first attempt and the backoff before the second",
+        ),
+        (
+            17,
+            "reply error with queue time only",
+            "TaskReply",
+            {
+                "id": 9,
+                "status": "error",
+                "attempts": 1,
+                "error": {"kind": "timeout", "ename": "timeout", "evalue": "attempt 1 overran its timeout of 1s"},
+                "queue_us": 85,
+            },
+            "the orchestrator answered (no worker result): no run_us",
+        ),
     ],
     "backend": [
         (
@@ -152,6 +189,20 @@ VALID: dict[str, list[tuple[int, str, str, dict, str]]] = {
             "TaskResult",
             {"task_id": 4, "status": "error", "error": ERR, "retry": True, "retry_delay_s": 2.5},
             "",
+        ),
+        (
+            11,
+            "assignment with trace context",
+            "TaskAssignment",
+            {
+                "task_id": 2,
+                "task": "add",
+                "attempt": 2,
+                "traceparent": TRACEPARENT,
+                "tracestate": TRACESTATE,
+                "payload_hex": ARGS_ADD.hex(),
+            },
+            "traceparent and tracestate as the SubmitTask carried them, on every attempt",
         ),
     ],
     "control": [
@@ -305,6 +356,20 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
             "meta",
             "",
         ),
+        (
+            125,
+            "traceparent over 512 bytes",
+            [H(1), msgpack.packb({"id": 5, "task": "add", "traceparent": "0" * 513}).hex(), ARGS_ADD.hex()],
+            "meta",
+            "the orchestrator answers TaskRejected{invalid} with id 5",
+        ),
+        (
+            126,
+            "traceparent not a string",
+            [H(1), msgpack.packb({"id": 6, "task": "add", "traceparent": 1}).hex(), ARGS_ADD.hex()],
+            "meta",
+            "",
+        ),
     ],
     "backend": [
         (
@@ -313,6 +378,17 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
             [H(0x10), msgpack.packb({"worker_id": "w", "pid": 2**32, "credits": 1, "tasks": []}).hex()],
             "meta",
             "",
+        ),
+        (
+            127,
+            "tracestate over 512 bytes",
+            [
+                H(0x11),
+                msgpack.packb({"task_id": 1, "task": "add", "attempt": 1, "tracestate": "é" * 257}).hex(),
+                ARGS_ADD.hex(),
+            ],
+            "meta",
+            "the limit is in UTF-8 bytes: 257 characters here are 514 bytes",
         ),
     ],
     "control": [

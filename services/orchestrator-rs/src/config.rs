@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::curve::ServerKeys;
+use crate::logging::LogFormat;
 use crate::scheduler::Limits;
 
 #[derive(Debug, Clone, Parser)]
@@ -77,6 +78,11 @@ pub struct Config {
     /// Python interpreter that runs the zygote and workers.
     #[arg(long, env = "NEUTRINO_PYTHON", default_value = "python3")]
     pub python: PathBuf,
+
+    /// Log lines as `text` or `json` (one object per line); the zygote and workers write the same.
+    /// The level is `RUST_LOG` (default `info`).
+    #[arg(long, env = "NEUTRINO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, and the probes /healthz and /readyz.
     #[arg(long, env = "NEUTRINO_METRICS")]

@@ -5,8 +5,8 @@
 //!
 //! - [`config`]: command-line flags and environment, read once.
 //! - [`curve`]: CURVE key files (the pod's certificate, the client allowlist) for tcp frontends.
-//! - [`supervisor`]: `run(config, shutdown)`: start-up and the drain order.
-//! - [`pool`]: the worker pool: replacements, crash backoff, elastic sizing, zygote restarts.
+//! - [`supervisor`]: `run(config, shutdown)`: start-up, the drain order, carrying out the pool's actions.
+//! - [`pool`]: the worker pool as plain state: replacements, crash backoff, elastic sizing, zygote restarts.
 //! - [`broker`]: the ZeroMQ thread (the only code touching `zmq`): sockets and message handling.
 //! - [`scheduler`]: queue, workers and in-flight tasks as plain data (SPEC.md §6).
 //! - [`catalog`]: the task catalog from the zygote, served to clients as bytes.

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
             return code(ExitCode::Usage);
         }
     };
-    logging::init();
+    logging::init(config.log_format);
     if let Err(e) = config.validate() {
         tracing::error!("{e}");
         return code(ExitCode::Usage);

@@ -16,6 +16,22 @@ use tokio::net::TcpListener;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Upper bounds of every time histogram, in seconds: 1, 2.5 and 5 per decade from 1 µs to 10 s,
+/// then 25 and 60 s. The bottom resolves an in-process dispatch (microseconds), the top a
+/// second-long run; the gateway and model servers use the same ladder, so their quantiles compare.
+pub const TIME_BUCKETS_S: [f64; 24] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+];
+
+/// `reason` labels of `neutrino_orchestrator_worker_exits_total`: retired on purpose (recycled,
+/// shrunk, stopping), killed by the broker (timeout, cancel, silence), died while serving, or
+/// ended before it was ready. A crash loop shows as `crashed` or `start_failed` growing.
+pub const EXIT_RETIRED: &str = "retired";
+pub const EXIT_KILLED: &str = "killed";
+pub const EXIT_CRASHED: &str = "crashed";
+pub const EXIT_START_FAILED: &str = "start_failed";
+
 /// `side` labels of `neutrino_orchestrator_malformed_messages_total`: the link a malformed
 /// message came in on (clients, workers, the zygote's control link).
 pub const MALFORMED_FRONTEND: &str = "frontend";
@@ -33,10 +49,12 @@ pub struct Metrics {
     /// The hot outcome, resolved once instead of per task.
     tasks_ok: Counter,
     rejected: Family<Labels, Counter>,
-    /// Seconds from acceptance to assignment to a worker.
-    pub dispatch_latency: Histogram,
+    /// Seconds from acceptance to assignment to a worker (the dispatch latency).
+    pub queue_wait: Histogram,
+    /// Seconds the task function ran, as its worker measured it (`TaskResult.run_us`).
+    pub task_run: Histogram,
     pub replies_undelivered: Counter,
-    pub worker_exits: Counter,
+    worker_exits: Family<Labels, Counter>,
     pub timeouts: Counter,
     pub retries: Counter,
     retiring_workers: Gauge,
@@ -79,12 +97,17 @@ impl Metrics {
         registry.register("tasks", "Tasks answered, by outcome (ok or the error kind)", tasks.clone());
         let rejected = Family::<Labels, Counter>::default();
         registry.register("tasks_rejected", "Submissions rejected, by reason", rejected.clone());
-        // 10 µs .. ~5 s
-        let dispatch_latency = Histogram::new(exponential_buckets(1e-5, 2.5, 15));
+        let queue_wait = Histogram::new(TIME_BUCKETS_S);
         registry.register(
-            "dispatch_latency_seconds",
-            "Time from accepting a task to pushing it to a worker",
-            dispatch_latency.clone(),
+            "queue_wait_seconds",
+            "Time from accepting a task to pushing it to a worker (the dispatch latency)",
+            queue_wait.clone(),
+        );
+        let task_run = Histogram::new(TIME_BUCKETS_S);
+        registry.register(
+            "task_run_seconds",
+            "Time the task function ran, as its worker measured it",
+            task_run.clone(),
         );
         let replies_undelivered = Counter::default();
         registry.register(
@@ -92,15 +115,18 @@ impl Metrics {
             "Replies that could not be delivered (client gone or not reading)",
             replies_undelivered.clone(),
         );
-        // 0.5 ms .. ~4 s
-        let worker_start = Histogram::new(exponential_buckets(5e-4, 2.0, 14));
+        let worker_start = Histogram::new(TIME_BUCKETS_S);
         registry.register(
             "worker_start_seconds",
             "Time from asking the zygote for a worker to the worker reporting ready",
             worker_start.clone(),
         );
-        let worker_exits = Counter::default();
-        registry.register("worker_exits", "Worker processes that exited", worker_exits.clone());
+        let worker_exits = Family::<Labels, Counter>::default();
+        registry.register(
+            "worker_exits",
+            "Worker processes that exited, by reason (retired, killed, crashed, start_failed)",
+            worker_exits.clone(),
+        );
         let timeouts = Counter::default();
         registry.register("task_timeouts", "Attempts that overran their timeout (worker killed)", timeouts.clone());
         let retries = Counter::default();
@@ -124,6 +150,10 @@ impl Metrics {
         for side in [MALFORMED_FRONTEND, MALFORMED_BACKEND, MALFORMED_CONTROL] {
             let _ = malformed.get_or_create(&label("side", side));
         }
+        // Present at zero from the start, so rate() over them works before the first exit.
+        for reason in [EXIT_RETIRED, EXIT_KILLED, EXIT_CRASHED, EXIT_START_FAILED] {
+            let _ = worker_exits.get_or_create(&label("reason", reason));
+        }
         let idle_workers = workers.get_or_create(&label("state", "idle")).clone();
         let retiring_workers = workers.get_or_create(&label("state", "retiring")).clone();
         let busy_workers = workers.get_or_create(&label("state", "busy")).clone();
@@ -136,7 +166,8 @@ impl Metrics {
             tasks,
             tasks_ok,
             rejected,
-            dispatch_latency,
+            queue_wait,
+            task_run,
             replies_undelivered,
             worker_exits,
             worker_start,
@@ -181,6 +212,11 @@ impl Metrics {
 
     pub fn recycled(&self, reason: &str) {
         self.recycles.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    /// A worker process exited; `reason` is one of the `EXIT_*` labels.
+    pub fn worker_exited(&self, reason: &'static str) {
+        self.worker_exits.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     pub fn observe_worker_rss(&self, rss_kb: u64) {
@@ -232,4 +268,27 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) -> anyhow::Result<()
         .route("/readyz", get(ready));
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_follow_the_vocabulary() {
+        let m = Metrics::new();
+        m.queue_wait.observe(3e-6);
+        m.task_run.observe(1.5);
+        m.worker_exited(EXIT_CRASHED);
+        let text = m.render();
+        // Time histograms resolve microseconds and seconds: 24 bounds and +Inf.
+        assert_eq!(text.matches("neutrino_orchestrator_queue_wait_seconds_bucket{").count(), 25, "{text}");
+        assert!(text.contains("neutrino_orchestrator_queue_wait_seconds_bucket{le=\"0.000005\"} 1"), "{text}");
+        assert!(text.contains("neutrino_orchestrator_task_run_seconds_bucket{le=\"2.5\"} 1"), "{text}");
+        // Every exit reason is there from the start; counters end in _total.
+        assert!(text.contains("neutrino_orchestrator_worker_exits_total{reason=\"crashed\"} 1"), "{text}");
+        for reason in [EXIT_RETIRED, EXIT_KILLED, EXIT_START_FAILED] {
+            assert!(text.contains(&format!("neutrino_orchestrator_worker_exits_total{{reason=\"{reason}\"}} 0")));
+        }
+    }
 }

@@ -14,7 +14,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::rundir::RunDir;
@@ -50,8 +50,26 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Spawns the zygote and waits until it imported the app (`ZygoteReady`).
+    /// Starts the zygote and waits for the app to import, within `--start-timeout`.
     pub async fn start(config: &Config, run_dir: &RunDir) -> Result<(Zygote, ZygoteReady), StartError> {
+        let timeout = config.start_timeout();
+        match tokio::time::timeout(timeout, Zygote::spawn(config, run_dir)).await {
+            Ok(Ok((zygote, ready))) => {
+                info!(
+                    "Zygote ready (pid={}, {} tasks, app imported in {:.1} ms)",
+                    ready.pid,
+                    ready.tasks.len(),
+                    ready.import_ms
+                );
+                Ok((zygote, ready))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(anyhow!("the zygote did not import the app within {timeout:?} (--start-timeout)").into()),
+        }
+    }
+
+    /// Spawns the zygote and waits until it imported the app (`ZygoteReady`).
+    async fn spawn(config: &Config, run_dir: &RunDir) -> Result<(Zygote, ZygoteReady), StartError> {
         let control_path = run_dir.socket("control.sock");
         let _ = std::fs::remove_file(&control_path);
         let listener = UnixListener::bind(&control_path).context("cannot bind the control socket")?;
@@ -65,6 +83,7 @@ impl Zygote {
             // Workers refuse a result over the frame limit themselves (kind `result_too_large`):
             // sent, it would be over the backend socket's cap and dropped with the connection.
             .env("NEUTRINO_MAX_RESULT_BYTES", config.max_message_bytes.to_string())
+            .env("NEUTRINO_LOG_FORMAT", config.log_format.as_str())
             .stdin(Stdio::null())
             // Its own process group: a terminal's Ctrl-C reaches only the orchestrator, which
             // then stops workers in order; and killpg() can sweep up every worker at the end.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import U32, ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, TraceStr, message
 
 
 @message
@@ -26,6 +26,8 @@ class TaskAssignment(Message):
     task: str
     attempt: U32
     timeout_s: float | None = None
+    traceparent: TraceStr | None = None
+    tracestate: TraceStr | None = None
     payload: bytes | None = None
 
 

@@ -15,6 +15,9 @@ PROTOCOL_VERSION = 1
 # Largest control-link message body (header + meta), and largest payload record (SPEC.md §3).
 CONTROL_MAX_BYTES = 1 << 20
 CONTROL_MAX_PAYLOAD_BYTES = 16 << 20
+# Longest `traceparent` / `tracestate` (UTF-8 bytes): opaque to the orchestrator, bounded so a
+# client cannot make it hold and copy large metadata per attempt (SPEC.md §4.5).
+TRACE_MAX_BYTES = 512
 _unpackb = msgpack.unpackb
 _packb = functools.partial(msgpack.packb, use_bin_type=True)
 SIGNATURE = b"NT"
@@ -46,6 +49,9 @@ class MessageType(enum.IntEnum):
 # An unsigned integer that must fit 32 bits (SPEC.md §3.1); plain `int` fields are 64-bit.
 U32 = Annotated[int, "u32"]
 _U32 = "u32"
+# A W3C trace context string, at most TRACE_MAX_BYTES once UTF-8 encoded (SPEC.md §4.5).
+TraceStr = Annotated[str, "trace"]
+_TRACE = "trace"
 
 
 class ProtocolError(ValueError):
@@ -177,7 +183,7 @@ def message(cls: M) -> M:
             required = False
             tp = next(a for a in get_args(tp) if a is not type(None))
         if get_origin(tp) is Annotated:
-            tp = _U32 if _U32 in tp.__metadata__ else get_args(tp)[0]
+            tp = next((m for m in tp.__metadata__ if m in (_U32, _TRACE)), get_args(tp)[0])
         table.append((f.name, tp, required))
     cls._FIELDS = tuple(table)
     cls._HEADER = header(cls.TYPE)
@@ -193,6 +199,8 @@ _FAST_CHECK = {
     _U32: "type({v}) is int and 0 <= {v} <= 0xFFFFFFFF",
     float: "type({v}) is float",
     str: "type({v}) is str",
+    # A str of at most 128 characters is at most 512 bytes; longer ones are measured in `_check`.
+    _TRACE: "type({v}) is str and len({v}) <= 128",
     bool: "type({v}) is bool",
 }
 
@@ -285,6 +293,10 @@ def _check(name: str, kind: Any, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ProtocolError("meta", f"field '{name}' must be a number")
+    if kind == _TRACE:
+        if type(value) is str and len(value.encode()) <= TRACE_MAX_BYTES:
+            return value
+        raise ProtocolError("meta", f"field '{name}' must be a string of at most {TRACE_MAX_BYTES} bytes")
     if kind is str or kind is bool:
         if type(value) is kind:
             return value

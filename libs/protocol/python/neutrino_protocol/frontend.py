@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frames import U32, ErrorInfo, Message, MessageType, message
+from .frames import U32, ErrorInfo, Message, MessageType, TraceStr, message
 
 
 @message
@@ -17,6 +17,8 @@ class SubmitTask(Message):
     timeout_s: float | None = None
     retries: U32 | None = None
     ack: bool | None = None
+    traceparent: TraceStr | None = None
+    tracestate: TraceStr | None = None
     payload: bytes | None = None
 
 
@@ -45,6 +47,8 @@ class TaskReply(Message):
     status: str
     attempts: U32
     error: ErrorInfo | None = None
+    queue_us: int | None = None
+    run_us: int | None = None
     payload: bytes | None = None
 
 

@@ -19,7 +19,7 @@ import neutrino_protocol as p
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from neutrino_protocol import frames as pf
-from neutrino_protocol.frames import _REGISTRY, _U32
+from neutrino_protocol.frames import _REGISTRY, _TRACE, _U32
 
 VECTORS = pathlib.Path(__file__).parents[2] / "vectors"
 CLASSES = {"frame_count", "header", "version", "type", "meta"}
@@ -203,6 +203,8 @@ def field_strategy(kind: Any) -> st.SearchStrategy[Any]:
         return finite
     if kind is str:
         return st.text(max_size=16)
+    if kind == _TRACE:  # at most 4 bytes a character: always within TRACE_MAX_BYTES
+        return st.text(max_size=p.TRACE_MAX_BYTES // 4)
     if kind is bool:
         return st.booleans()
     if kind is p.ErrorInfo:

@@ -84,3 +84,18 @@ def test_a_changed_byte_fails() -> None:
     frames = list(case["frames"])
     frames[1] = frames[1][:-2] + format(int(frames[1][-2:], 16) ^ 1, "02x")
     assert [f.hex() for f in build(case).encode()] != frames
+
+
+@pytest.mark.parametrize("message", [p.SubmitTask, p.TaskAssignment])
+@pytest.mark.parametrize("field", ["traceparent", "tracestate"])
+def test_trace_context_is_bounded_in_utf8_bytes(message: type[p.Message], field: str) -> None:
+    """SPEC.md §4.5: at most TRACE_MAX_BYTES once encoded, whatever the characters; longer is malformed."""
+    required = {"id": 1, "task": "t"} if message is p.SubmitTask else {"task_id": 1, "task": "t", "attempt": 1}
+    limit = p.TRACE_MAX_BYTES
+    for fits in ("a" * limit, "é" * (limit // 2), "€" * 100 + "a" * (limit - 300)):
+        msg = message(**required, **{field: fits}, payload=b"\x90")  # type: ignore[call-arg]
+        assert p.decode(msg.encode()) == msg
+    for over in ("a" * (limit + 1), "é" * (limit // 2) + "a", "€" * 171):
+        frames = message(**required, **{field: over}, payload=b"\x90").encode()  # type: ignore[call-arg]
+        with pytest.raises(p.ProtocolError, match=f"'{field}' must be a string of at most {limit} bytes"):
+            p.decode(frames)

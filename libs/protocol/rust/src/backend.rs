@@ -22,8 +22,13 @@ pub struct TaskAssignment {
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<f64>,
+    /// From the task's `SubmitTask`, unchanged, on every attempt (SPEC.md §4.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
-impl_message!(TaskAssignment, Always);
+impl_message!(TaskAssignment, Always, Traced);
 
 /// Payload: the result, only when `status` is `ok`; forwarded unchanged into `TaskReply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

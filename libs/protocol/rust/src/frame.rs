@@ -10,6 +10,9 @@ pub const SIGNATURE: [u8; 2] = *b"NT";
 pub const CONTROL_MAX_BYTES: usize = 1 << 20;
 /// Largest control-link payload record (SPEC.md §3): a task catalog can outgrow a meta map.
 pub const CONTROL_MAX_PAYLOAD_BYTES: usize = 16 << 20;
+/// Longest `traceparent` / `tracestate` in bytes: opaque to the orchestrator, bounded so a client
+/// cannot make it hold and copy large metadata on every attempt (SPEC.md §4.5).
+pub const TRACE_MAX_BYTES: usize = 512;
 pub const STATUS_OK: &str = "ok";
 pub const STATUS_ERROR: &str = "error";
 
@@ -233,7 +236,8 @@ pub fn decode_control(body: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
 
 /// Implements [`Message`] for a meta struct: `impl_message!(Name, PayloadRule)`. With `WhenOk`
 /// the struct has `status` and `error` fields, checked by [`validate_status`]; with `WhenReady`
-/// a `ready` field.
+/// a `ready` field. `impl_message!(Name, PayloadRule, Traced)`: the struct has `traceparent` and
+/// `tracestate` fields, checked by [`validate_trace`].
 #[macro_export]
 macro_rules! impl_message {
     ($name:ident, WhenOk) => {
@@ -259,6 +263,16 @@ macro_rules! impl_message {
             }
         }
     };
+    ($name:ident, $payload:ident, Traced) => {
+        impl $crate::frame::Message for $name {
+            const TYPE: $crate::frame::MessageType = $crate::frame::MessageType::$name;
+            const PAYLOAD: $crate::frame::PayloadRule = $crate::frame::PayloadRule::$payload;
+            const NAME: &'static str = stringify!($name);
+            fn validate(&self) -> Result<(), $crate::frame::ProtocolError> {
+                $crate::frame::validate_trace(Self::NAME, self.traceparent.as_deref(), self.tracestate.as_deref())
+            }
+        }
+    };
     ($name:ident, $payload:ident) => {
         impl $crate::frame::Message for $name {
             const TYPE: $crate::frame::MessageType = $crate::frame::MessageType::$name;
@@ -275,4 +289,16 @@ pub fn validate_status(name: &str, status: &str, has_error: bool) -> Result<(), 
         (STATUS_ERROR, false) => Err(ProtocolError::Meta(format!("{name} with status 'error' needs field 'error'"))),
         _ => Err(ProtocolError::Meta(format!("{name} field 'status' must be 'ok' or 'error'"))),
     }
+}
+
+/// Trace context checks shared by `SubmitTask` and `TaskAssignment`: each field at most
+/// [`TRACE_MAX_BYTES`]; the values themselves are never parsed (SPEC.md §4.5).
+pub fn validate_trace(name: &str, traceparent: Option<&str>, tracestate: Option<&str>) -> Result<(), ProtocolError> {
+    for (field, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if let Some(v) = value.filter(|v| v.len() > TRACE_MAX_BYTES) {
+            let len = v.len();
+            return Err(ProtocolError::Meta(format!("{name} field '{field}' is {len} bytes, over {TRACE_MAX_BYTES}")));
+        }
+    }
+    Ok(())
 }

@@ -16,8 +16,14 @@ pub struct SubmitTask {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<bool>,
+    /// The caller's W3C `traceparent`, opaque, at most [`crate::TRACE_MAX_BYTES`] (SPEC.md §4.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with it, opaque, at most [`crate::TRACE_MAX_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
-impl_message!(SubmitTask, Always);
+impl_message!(SubmitTask, Always, Traced);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAccepted {
@@ -41,6 +47,13 @@ pub struct TaskReply {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// Microseconds from acceptance to the last attempt's assignment, earlier attempts and
+    /// backoffs included (SPEC.md §4.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_us: Option<u64>,
+    /// The last attempt's `TaskResult.run_us`, when a worker answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_us: Option<u64>,
 }
 
 impl_message!(TaskReply, WhenOk);

@@ -24,7 +24,7 @@ pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
 pub use frame::{
     control_payload_follows, decode_control, decode_frames, decode_meta, encode_control, encode_control_with_payload,
     encode_meta, header, parse_header, Message, MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES,
-    CONTROL_MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, SIGNATURE, STATUS_ERROR, STATUS_OK,
+    CONTROL_MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, SIGNATURE, STATUS_ERROR, STATUS_OK, TRACE_MAX_BYTES,
 };
 pub use frontend::{
     CancelTask, DescribeTasks, Ping, Pong, SubmitTask, TaskAccepted, TaskCatalog, TaskRejected, TaskReply,

@@ -23,7 +23,7 @@ use neutrino_orchestrator::broker::{
     decode_client, decode_worker, task_policy, BadClientMessage, BadWorkerMessage, ClientMessage, WorkerMessage,
 };
 use neutrino_orchestrator::scheduler::{
-    Cancelled, Failure, Finished, Limits, Origin, Payload, Policy, Scheduler, Task,
+    Cancelled, Failure, Finished, Limits, Origin, Payload, Policy, Scheduler, Task, TraceContext,
 };
 use neutrino_protocol::{reject_reason, Message, TaskOptions};
 
@@ -148,6 +148,7 @@ impl Harness {
                     policy,
                     attempt: 1,
                     accepted_at: self.now,
+                    trace: TraceContext { traceparent: msg.traceparent, tracestate: msg.tracestate },
                     payload,
                 };
                 match self.sched.submit(task) {
@@ -224,7 +225,7 @@ impl Harness {
     fn dispatch(&mut self) {
         while let Some(a) = self.sched.next_assignment(self.now) {
             let Some(unreachable) = self.fail_next_send.take() else { continue };
-            self.sched.requeue_front(a.task_id, a.payload);
+            self.sched.requeue_front(a.task_id, a.payload, a.trace);
             if unreachable {
                 self.worker_failed(&a.worker, Failure::WorkerDied("the worker exited".into()));
             }
@@ -255,9 +256,7 @@ impl Harness {
     /// The broker's stop: answer what is queued or waiting for a retry, then what is in flight.
     fn stop(&mut self) {
         for task in self.sched.start_draining() {
-            let origin =
-                Origin { client: task.client, client_task_id: task.client_task_id, attempts: task.attempt - 1 };
-            self.answer(&origin);
+            self.answer(&task.into_origin());
         }
         for origin in self.sched.abandon_in_flight() {
             self.answer(&origin);
@@ -299,9 +298,7 @@ impl Harness {
             5 => {
                 // Command::Drain: stop accepting, answer what is queued
                 for task in self.sched.start_draining() {
-                    let origin =
-                        Origin { client: task.client, client_task_id: task.client_task_id, attempts: task.attempt - 1 };
-                    self.answer(&origin);
+                    self.answer(&task.into_origin());
                 }
             }
             6 => self.sched.set_limits(Limits {

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{Broker, Unsent};
 use crate::metrics::MALFORMED_FRONTEND;
 use crate::scheduler::{
-    Answer, Cancelled, Failure, Origin, Task, TaskPolicy, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S,
+    Answer, Cancelled, Failure, Origin, Task, TaskPolicy, TraceContext, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S,
 };
 
 /// Longest timeout or backoff honoured (a day).
@@ -128,6 +128,7 @@ impl Broker {
             policy,
             attempt: 1,
             accepted_at: Instant::now(),
+            trace: TraceContext { traceparent: msg.traceparent, tracestate: msg.tracestate },
             payload,
         };
         match self.sched.submit(task) {
@@ -202,6 +203,8 @@ impl Broker {
             status: STATUS_ERROR.into(),
             attempts: origin.attempts,
             error: Some(error),
+            queue_us: origin.queue_us,
+            run_us: None,
         };
         self.send_client(&origin.client, &reply, None);
     }
@@ -217,12 +220,20 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use neutrino_protocol::{encode_meta, header};
+    use neutrino_protocol::{encode_meta, header, TRACE_MAX_BYTES};
 
     use super::*;
 
     fn submit() -> SubmitTask {
-        SubmitTask { id: 9, task: "add".into(), timeout_s: None, retries: None, ack: None }
+        SubmitTask {
+            id: 9,
+            task: "add".into(),
+            timeout_s: None,
+            retries: None,
+            ack: None,
+            traceparent: None,
+            tracestate: None,
+        }
     }
 
     #[test]
@@ -249,6 +260,21 @@ mod tests {
         assert!(decode_client(&mut wrong_way).unwrap_err().error.to_string().contains("not a client message"));
         let mut unknown = vec![b"c".to_vec(), b"NT\x01\x7f".to_vec(), vec![0x80]];
         assert!(matches!(decode_client(&mut unknown), Ok(ClientMessage::Unknown(0x7f))));
+    }
+
+    #[test]
+    fn a_trace_context_over_the_limit_is_refused_with_its_id() {
+        let parts =
+            |msg: &SubmitTask| vec![b"c".to_vec(), header(MessageType::SubmitTask).to_vec(), encode_meta(msg), vec![1]];
+        let fits = SubmitTask { traceparent: Some("0".repeat(TRACE_MAX_BYTES)), ..submit() };
+        match decode_client(&mut parts(&fits)) {
+            Ok(ClientMessage::Submit { msg, .. }) => assert_eq!(msg.traceparent, fits.traceparent),
+            other => panic!("{other:?}"),
+        }
+        let over = SubmitTask { tracestate: Some("0".repeat(TRACE_MAX_BYTES + 1)), ..submit() };
+        let err = decode_client(&mut parts(&over)).unwrap_err();
+        assert_eq!((err.id, err.error.class()), (9, "meta"));
+        assert!(err.error.to_string().contains("'tracestate' is 513 bytes, over 512"), "{}", err.error);
     }
 
     #[test]

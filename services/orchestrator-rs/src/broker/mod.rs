@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 use crate::catalog::{Catalog, CatalogBytes};
 use crate::curve::{z85_encode, ServerKeys};
 use crate::metrics::Metrics;
-use crate::scheduler::{Limits, Origin, Payload, Policy, Scheduler};
+use crate::scheduler::{Limits, Payload, Policy, Scheduler};
 
 /// Most messages read from one socket before looking at the others, so neither side starves.
 const MAX_BATCH: usize = 512;
@@ -434,8 +434,7 @@ impl Broker {
     /// Stops accepting and answers every queued task with `shutting_down` (it never ran).
     fn answer_queued(&mut self) {
         for task in self.sched.start_draining() {
-            let origin =
-                Origin { client: task.client, client_task_id: task.client_task_id, attempts: task.attempt - 1 };
+            let origin = task.into_origin();
             let text = "the orchestrator shut down before this task ran; safe to retry elsewhere";
             self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, text));
         }

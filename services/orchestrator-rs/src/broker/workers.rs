@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{send, Broker, Event, Side};
 use crate::metrics::MALFORMED_BACKEND;
-use crate::scheduler::{recycle_reason, Assignment, Failure, Finished};
+use crate::scheduler::{recycle_reason, Assignment, Failure, Finished, TraceContext};
 
 /// Heartbeats come from a worker's second socket, routing id `<worker_id>` + this suffix.
 const HEARTBEAT_SUFFIX: &[u8] = b"/hb";
@@ -144,6 +144,9 @@ impl Broker {
 
     fn on_result(&mut self, worker: &[u8], msg: TaskResult, payload: Option<zmq::Message>, now: Instant) {
         let retry = (msg.retry == Some(true)).then_some(msg.retry_delay_s);
+        if let Some(run_us) = msg.run_us {
+            self.metrics.task_run.observe(run_us as f64 * 1e-6);
+        }
         match self.sched.task_finished(worker, msg.task_id, msg.run_us, retry, now) {
             Finished::Reply(origin) => {
                 self.metrics.task_finished(msg.error.as_ref().map_or(STATUS_OK, |e| e.kind.as_str()));
@@ -152,6 +155,8 @@ impl Broker {
                     status: msg.status,
                     attempts: origin.attempts,
                     error: msg.error,
+                    queue_us: origin.queue_us,
+                    run_us: msg.run_us,
                 };
                 self.send_client(&origin.client, &reply, payload);
             }
@@ -168,7 +173,7 @@ impl Broker {
 
     pub(super) fn dispatch(&mut self, now: Instant) {
         while let Some(a) = self.sched.next_assignment(now) {
-            self.metrics.dispatch_latency.observe(a.queued_for.as_secs_f64());
+            self.metrics.queue_wait.observe(a.queued_for.as_secs_f64());
             debug!(task_id = a.task_id, task = %a.name, attempt = a.attempt, worker = %name(&a.worker), "dispatch");
             if !self.assign(a) {
                 break; // a worker could not take it; the next event retries
@@ -179,12 +184,22 @@ impl Broker {
     /// Sends an assignment; if the worker cannot take it, the task goes back to the queue front
     /// (it never reached a worker, so no attempt is spent). Returns whether it was sent.
     fn assign(&mut self, a: Assignment<zmq::Message>) -> bool {
-        let meta = TaskAssignment { task_id: a.task_id, task: a.name, attempt: a.attempt, timeout_s: a.timeout_s };
+        let meta = TaskAssignment {
+            task_id: a.task_id,
+            task: a.name,
+            attempt: a.attempt,
+            timeout_s: a.timeout_s,
+            traceparent: a.trace.traceparent,
+            tracestate: a.trace.tracestate,
+        };
         let Err(unsent) = send(&self.backend, &a.worker, &meta, Some(a.payload)) else {
             return true;
         };
         match unsent.payload {
-            Some(payload) => self.sched.requeue_front(a.task_id, payload),
+            Some(payload) => {
+                let trace = TraceContext { traceparent: meta.traceparent, tracestate: meta.tracestate };
+                self.sched.requeue_front(a.task_id, payload, trace);
+            }
             None => error!(worker = %name(&a.worker), error = %unsent.error, "assignment half sent"),
         }
         if unsent.error == zmq::Error::EHOSTUNREACH {

@@ -25,6 +25,14 @@ pub trait Payload {
     fn duplicate(&self) -> Self;
 }
 
+/// The caller's W3C trace context from `SubmitTask`, opaque: forwarded on every
+/// `TaskAssignment` of the task (SPEC.md §4.5). Both absent costs nothing to carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
 /// A task accepted from a client. `P` is the payload frame, forwarded untouched.
 #[derive(Debug)]
 pub struct Task<P> {
@@ -35,7 +43,16 @@ pub struct Task<P> {
     /// The attempt this task is waiting for (1 at first).
     pub attempt: u32,
     pub accepted_at: Instant,
+    pub trace: TraceContext,
     pub payload: P,
+}
+
+impl<P> Task<P> {
+    /// Whom to answer about a task answered while it waits (never assigned, or between
+    /// attempts): the attempts made are those before the one it waits for.
+    pub fn into_origin(self) -> Origin {
+        Origin { client: self.client, client_task_id: self.client_task_id, attempts: self.attempt - 1, queue_us: None }
+    }
 }
 
 /// A task chosen for a worker: what the broker sends as `TaskAssignment`.
@@ -47,6 +64,8 @@ pub struct Assignment<P> {
     pub attempt: u32,
     pub timeout_s: Option<f64>,
     pub queued_for: Duration,
+    /// Taken from the task; given back with the payload if the send fails (`requeue_front`).
+    pub trace: TraceContext,
     pub payload: P,
 }
 
@@ -56,6 +75,9 @@ pub struct Origin {
     pub client: Vec<u8>,
     pub client_task_id: u64,
     pub attempts: u32,
+    /// Microseconds from acceptance to the assignment of the attempt answered about
+    /// (`TaskReply.queue_us`); `None` when the task was answered while waiting for one.
+    pub queue_us: Option<u64>,
 }
 
 /// A task that ends with an error the orchestrator produced.
@@ -106,9 +128,13 @@ struct InFlight<P> {
     policy: TaskPolicy,
     attempt: u32,
     accepted_at: Instant,
+    /// From acceptance to this attempt's assignment (SPEC.md §4.5).
+    queue_us: u64,
     /// A copy of the arguments, kept while retries remain or while the task waits behind
     /// another on its worker (so it can be requeued if that worker dies first).
     copy: Option<P>,
+    /// The trace context, kept (like `copy`, and only with it) for the next assignment.
+    trace: TraceContext,
     short: bool,
     /// Answered `cancelled` while still waiting on its worker: drop its result.
     cancelled: bool,
@@ -116,7 +142,12 @@ struct InFlight<P> {
 
 impl<P> InFlight<P> {
     fn origin(&self) -> Origin {
-        Origin { client: self.client.clone(), client_task_id: self.client_task_id, attempts: self.attempt }
+        Origin {
+            client: self.client.clone(),
+            client_task_id: self.client_task_id,
+            attempts: self.attempt,
+            queue_us: Some(self.queue_us),
+        }
     }
 
     /// The task again, for a later attempt (`next` true) or for this one, never started.
@@ -132,6 +163,7 @@ impl<P> InFlight<P> {
             policy,
             attempt: if next { self.attempt + 1 } else { self.attempt },
             accepted_at: self.accepted_at,
+            trace: self.trace,
             payload,
         }
     }
@@ -495,7 +527,12 @@ impl<P: Payload> Scheduler<P> {
             w.long_held += 1;
         }
         w.last_dispatch = self.dispatch_seq;
-        let copy = (task.policy.retries > 0 || pipelined).then(|| task.payload.duplicate());
+        // What another attempt (or a requeue) needs is kept only when one may come; the
+        // assignment takes the originals, so a task without retries copies nothing.
+        let keep = task.policy.retries > 0 || pipelined;
+        let copy = keep.then(|| task.payload.duplicate());
+        let trace = if keep { task.trace.clone() } else { TraceContext::default() };
+        let queued_for = now.saturating_duration_since(task.accepted_at);
         let record = InFlight {
             worker: identity.clone(),
             client: task.client,
@@ -504,7 +541,9 @@ impl<P: Payload> Scheduler<P> {
             policy: task.policy.clone(),
             attempt: task.attempt,
             accepted_at: task.accepted_at,
+            queue_us: u64::try_from(queued_for.as_micros()).unwrap_or(u64::MAX),
             copy,
+            trace,
             short,
             cancelled: false,
         };
@@ -515,7 +554,8 @@ impl<P: Payload> Scheduler<P> {
             name: task.name,
             attempt: task.attempt,
             timeout_s: task.policy.timeout_s,
-            queued_for: now.saturating_duration_since(task.accepted_at),
+            queued_for,
+            trace: task.trace,
             payload: task.payload,
         })
     }
@@ -530,9 +570,11 @@ impl<P: Payload> Scheduler<P> {
             .map(|(id, _)| id.clone())
     }
 
-    /// Takes back an assignment that never reached its worker and puts the task first in line.
-    pub fn requeue_front(&mut self, task_id: u64, payload: P) {
-        let Some(f) = self.in_flight.remove(&task_id) else { return };
+    /// Takes back an assignment that never reached its worker (its payload and trace context)
+    /// and puts the task first in line.
+    pub fn requeue_front(&mut self, task_id: u64, payload: P, trace: TraceContext) {
+        let Some(mut f) = self.in_flight.remove(&task_id) else { return };
+        f.trace = trace;
         if let Some(w) = self.workers.get_mut(&f.worker) {
             w.held.retain(|id| *id != task_id);
             if !f.short {
@@ -554,12 +596,10 @@ impl<P: Payload> Scheduler<P> {
             })
         };
         if let Some(pos) = self.queue.iter().position(|t| mine(&t.client, t.client_task_id)) {
-            let t = self.queue.remove(pos).expect("found above");
-            return cancelled(Origin { client: t.client, client_task_id: t.client_task_id, attempts: t.attempt - 1 });
+            return cancelled(self.queue.remove(pos).expect("found above").into_origin());
         }
         if let Some(key) = self.delayed_tasks.iter().find(|(_, t)| mine(&t.client, t.client_task_id)).map(|(k, _)| *k) {
-            let t = self.delayed_tasks.remove(&key).expect("found above");
-            return cancelled(Origin { client: t.client, client_task_id: t.client_task_id, attempts: t.attempt - 1 });
+            return cancelled(self.delayed_tasks.remove(&key).expect("found above").into_origin());
         }
         let Some((&task_id, f)) =
             self.in_flight.iter_mut().find(|(_, f)| !f.cancelled && mine(&f.client, f.client_task_id))
@@ -573,7 +613,7 @@ impl<P: Payload> Scheduler<P> {
         // Held behind the running task: it has not started. Answer now, drop its result later
         // (the worker may still run it: it cannot be taken back from the worker's socket).
         f.cancelled = true;
-        let origin = Origin { client: f.client.clone(), client_task_id: f.client_task_id, attempts: f.attempt - 1 };
+        let origin = Origin { attempts: f.attempt - 1, ..f.origin() };
         Cancelled::Answer(Answer {
             origin,
             error: ErrorInfo::neutrino(

@@ -26,8 +26,17 @@ fn with_policy(id: u64, name: &str, policy: TaskPolicy) -> Task<u32> {
         policy,
         attempt: 1,
         accepted_at: Instant::now(),
+        trace: TraceContext::default(),
         payload: id as u32,
     }
+}
+
+fn traced(id: u64, retries: u32, accepted_at: Instant) -> Task<u32> {
+    let trace = TraceContext {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        tracestate: Some("rojo=00f067aa0ba902b7".into()),
+    };
+    Task { accepted_at, trace, ..with_policy(id, "a", retrying(retries, None)) }
 }
 
 fn retrying(retries: u32, timeout_s: Option<f64>) -> TaskPolicy {
@@ -73,7 +82,8 @@ fn a_finished_task_frees_the_worker_for_the_next_pull() {
     let first = assignments(&mut s, now);
     assert_eq!(first.len(), 1, "window 1: one in flight");
     let done = s.task_finished(b"w1", first[0].task_id, None, None, now);
-    assert_eq!(done, Finished::Reply(Origin { client: b"c1".to_vec(), client_task_id: 1, attempts: 1 }));
+    let origin = Origin { client: b"c1".to_vec(), client_task_id: 1, attempts: 1, queue_us: Some(0) };
+    assert_eq!(done, Finished::Reply(origin));
     assert_eq!(assignments(&mut s, now).len(), 1);
     assert_eq!(s.queue_depth(), 1);
 }
@@ -168,7 +178,7 @@ fn a_requeued_assignment_goes_first_and_frees_its_credit() {
     s.submit(task(1, "a")).unwrap();
     s.submit(task(2, "a")).unwrap();
     let a = s.next_assignment(now).unwrap();
-    s.requeue_front(a.task_id, a.payload);
+    s.requeue_front(a.task_id, a.payload, a.trace);
     assert_eq!(s.in_flight(), 0);
     assert_eq!(s.next_assignment(now).unwrap().payload, 1, "the requeued task runs first");
 }
@@ -204,7 +214,79 @@ fn a_task_asking_for_a_retry_gets_one_only_while_attempts_remain() {
     s.release_due_retries(now + Duration::from_secs(1));
     let b = s.next_assignment(now).unwrap();
     let done = s.task_finished(b"w1", b.task_id, None, Some(None), now);
-    assert_eq!(done, Finished::Reply(Origin { client: b"c1".to_vec(), client_task_id: 1, attempts: 2 }));
+    let origin = Origin { client: b"c1".to_vec(), client_task_id: 1, attempts: 2, queue_us: Some(0) };
+    assert_eq!(done, Finished::Reply(origin));
+}
+
+#[test]
+fn the_trace_context_rides_on_every_attempt() {
+    let (mut s, now) = (sched(4, 10), Instant::now());
+    let want = traced(1, 2, now).trace;
+    ready(&mut s, b"w1", now);
+    s.submit(traced(1, 2, now)).unwrap();
+    let first = s.next_assignment(now).unwrap();
+    assert_eq!((first.attempt, &first.trace), (1, &want));
+    // attempt 2 after a retry the task asked for
+    assert_eq!(s.task_finished(b"w1", first.task_id, None, Some(Some(0.0)), now), Finished::Retrying);
+    s.release_due_retries(now + Duration::from_secs(2));
+    let second = s.next_assignment(now).unwrap();
+    assert_eq!((second.attempt, &second.trace), (2, &want));
+    // attempt 3 after its worker died
+    assert!(s.worker_failed(b"w1", Failure::WorkerDied("killed".into()), now).is_empty());
+    s.release_due_retries(now + Duration::from_secs(5));
+    ready(&mut s, b"w2", now);
+    let third = s.next_assignment(now).unwrap();
+    assert_eq!((third.attempt, &third.trace), (3, &want));
+}
+
+#[test]
+fn an_unsent_or_unstarted_assignment_keeps_its_trace_context() {
+    let (mut s, now) = (sched(4, 10), Instant::now());
+    let want = traced(1, 0, now).trace;
+    s.observe_run_time("a", 20);
+    ready(&mut s, b"w1", now);
+    // No retries: the assignment took the only copy; a failed send gives it back.
+    s.submit(traced(1, 0, now)).unwrap();
+    let a = s.next_assignment(now).unwrap();
+    s.requeue_front(a.task_id, a.payload, a.trace);
+    let again = s.next_assignment(now).unwrap();
+    assert_eq!((again.attempt, &again.trace), (1, &want));
+    // Pipelined behind a running task whose worker dies: sent again, unchanged.
+    s.submit(traced(2, 0, now)).unwrap();
+    let behind = s.next_assignment(now).unwrap();
+    assert_eq!(behind.payload, 2);
+    assert_eq!(s.worker_failed(b"w1", Failure::WorkerDied("killed".into()), now).len(), 1);
+    ready(&mut s, b"w2", now);
+    let resent = s.next_assignment(now).unwrap();
+    assert_eq!((resent.payload, resent.attempt, &resent.trace), (2, 1, &want));
+    // A task without a trace context gets none.
+    s.submit(task(3, "a")).unwrap();
+    assert_eq!(s.next_assignment(now).unwrap().trace, TraceContext::default());
+}
+
+#[test]
+fn queue_time_runs_from_acceptance_to_the_last_assignment_backoffs_included() {
+    let (mut s, t0) = (sched(1, 10), Instant::now());
+    let ms = |n| t0 + Duration::from_millis(n);
+    ready(&mut s, b"w1", t0);
+    s.submit(traced(1, 1, t0)).unwrap();
+    let first = s.next_assignment(ms(5)).unwrap();
+    assert_eq!(first.queued_for, Duration::from_millis(5));
+    assert_eq!(s.task_finished(b"w1", first.task_id, Some(100), Some(Some(1.0)), ms(10)), Finished::Retrying);
+    s.release_due_retries(ms(2_000));
+    let second = s.next_assignment(ms(2_500)).unwrap();
+    let Finished::Reply(origin) = s.task_finished(b"w1", second.task_id, Some(7), None, ms(2_600)) else {
+        panic!("answered")
+    };
+    assert_eq!((origin.attempts, origin.queue_us), (2, Some(2_500_000)));
+    // An orchestrator error about an assigned attempt has it too; a task never assigned has none.
+    s.submit(traced(2, 0, ms(3_000))).unwrap();
+    s.next_assignment(ms(3_001)).unwrap();
+    let answers = s.worker_failed(b"w1", Failure::Timeout, ms(4_000));
+    assert_eq!(answers[0].origin.queue_us, Some(1_000));
+    s.submit(traced(3, 0, ms(5_000))).unwrap();
+    let Cancelled::Answer(never) = s.cancel(b"c1", 3) else { panic!("queued") };
+    assert_eq!((never.origin.attempts, never.origin.queue_us), (0, None));
 }
 
 #[test]

@@ -183,7 +183,7 @@ def test_a_worker_that_cannot_start_is_reported_and_backed_off_and_its_tasks_ans
     apps = ROOT / "services" / "worker-py" / "tests" / "apps"  # the worker runtime's own test app
     orch = start_orchestrator("--app-dir", str(apps), workers=1, app="broken_worker_app:app", wait_ready=False)
     try:
-        orch.wait_for(r"Worker worker-001 \(pid=\d+\) failed to start: OSError: no ZeroMQ context", timeout=30)
+        orch.wait_for(r"Worker worker-001 \(pid=\d+\) failed to start: OSError: no backend connection", timeout=30)
         orch.wait_for(r"3 time\(s\) in a row before it was ready; next replacement in", timeout=30)
         delays = re.findall(r"in a row before it was ready; next replacement in ([\d.]+)ms", orch.log)
         assert delays[:3] == ["100.0", "200.0", "400.0"], "backed off, doubling"

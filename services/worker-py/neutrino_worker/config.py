@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from neutrino import _logs
+
 DEFAULT_CREDITS = 8
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -23,6 +25,9 @@ class ZygoteConfig:
     log_level: int
     # Set when NEUTRINO_LOG is not a level name; logged once logging is set up.
     log_level_warning: str | None = None
+    log_format: str = "text"  # NEUTRINO_LOG_FORMAT: text or json (the orchestrator passes its --log-format)
+    # Set when NEUTRINO_LOG_FORMAT is not a format name; logged once logging is set up.
+    log_format_warning: str | None = None
 
 
 def _credits(text: str) -> int:
@@ -45,6 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ZygoteConfig:
     parser.add_argument("--credits", type=_credits, default=DEFAULT_CREDITS, metavar="N", help="worker window")
     ns = parser.parse_args(argv)
     log_level, log_level_warning = parse_log_level(os.environ.get("NEUTRINO_LOG"))
+    log_format, log_format_warning = parse_log_format(os.environ.get("NEUTRINO_LOG_FORMAT"))
     return ZygoteConfig(
         app=ns.app,
         app_dir=os.path.abspath(ns.app_dir),
@@ -53,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ZygoteConfig:
         credits=ns.credits,
         log_level=log_level,
         log_level_warning=log_level_warning,
+        log_format=log_format,
+        log_format_warning=log_format_warning,
     )
 
 
@@ -71,7 +79,10 @@ def parse_log_level(value: str | None) -> tuple[int, str | None]:
     return level, None
 
 
-def setup_logging(config: ZygoteConfig) -> None:
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
-    if config.log_level_warning is not None:
-        logging.getLogger("neutrino.zygote").warning("%s", config.log_level_warning)
+def parse_log_format(value: str | None) -> tuple[str, str | None]:
+    """The format NEUTRINO_LOG_FORMAT names (text or json; default text), and a warning to log when it
+    names none. Like the level, an unknown value falls back rather than stopping workers from starting."""
+    try:
+        return _logs.check_format(value or "text", "NEUTRINO_LOG_FORMAT"), None
+    except ValueError as exc:
+        return "text", f"{exc}; using text"

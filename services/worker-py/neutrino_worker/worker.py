@@ -4,7 +4,9 @@
 `os._exit`, so a worker can never fall back into the zygote's loop with a copy of its state.
 A failure before `WorkerReady` is written to the start-up report pipe first (startup.py); after
 it, any exit is a worker death. When the `Fork` asked for heartbeats, a side thread sends them
-(heartbeat.py).
+(heartbeat.py). The backend DEALER is zmtp.py's, in this thread: a worker starts no libzmq
+threads, so one recycled every few milliseconds stays a single-threaded process until its first
+heartbeat is due.
 """
 
 from __future__ import annotations
@@ -19,26 +21,26 @@ import signal
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
-# Imported in the zygote on purpose: every worker then shares these modules copy-on-write
-# instead of importing them again. The zygote itself never creates a zmq.Context.
-import zmq
 from neutrino_protocol import ExitCode, ProtocolError, Shutdown, TaskAssignment, WorkerReady, decode
 
+from . import logs, tracing, zmtp
 from .heartbeat import HeartbeatThread
 from .runner import Runner, TaskSpec
 from .startup import write_report
 
 log = logging.getLogger("neutrino.worker")
 
-# How long a clean exit waits for zmq to hand queued results to the kernel. The socket otherwise
-# lingers 0 ms, so a worker never hangs on an orchestrator that is gone.
-FLUSH_ON_EXIT_MS = 1000
-_SNDMORE = int(zmq.SNDMORE)  # a plain int: enum flag arithmetic costs more than the send
+# How long connecting to the backend and the ZMTP handshake may take before start-up fails (the
+# orchestrator's ROUTER answers at once; this only bounds a wedged one).
+CONNECT_TIMEOUT_S = 10.0
 
 _PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# Looked up here, in the zygote: each worker then finds it resolved instead of asking the dynamic
+# linker again (a symbol lookup and a new function object per worker).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_SIGKILL = int(signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,9 @@ class WorkerSpec:
     # Built once in the zygote and inherited (it holds no per-process state until a task runs), so
     # a recycled worker does not redo it; None: built here.
     runner: Runner | None = None
+    # The backend connection the zygote opened before the fork, its handshake under way (the
+    # orchestrator's half arrives while this process starts); None: connect here.
+    connection: zmtp.Dealer | None = None
 
 
 class _StartFailed(Exception):
@@ -60,8 +65,7 @@ class _StartFailed(Exception):
 
 @dataclass(slots=True)
 class _Connection:
-    ctx: zmq.Context[Any]
-    sock: zmq.Socket[Any]
+    dealer: zmtp.Dealer
     runner: Runner
 
 
@@ -119,43 +123,54 @@ def _shed_zygote(spec: WorkerSpec, inherited_fds: Iterable[int], sigmask: Iterab
     # The zygote blocked signals across fork so none could reach its handlers in this process;
     # pending ones are delivered now, with the default actions.
     _signal.pthread_sigmask(_signal.SIG_SETMASK, sigmask)
-    if _LIBC is not None:
+    if _PRCTL is not None:
         # If the zygote is killed outright it cannot reap us; die with it rather than linger as an orphan.
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)
         if os.getppid() != spec.zygote_pid:
             raise SystemExit(ExitCode.FAILURE)
 
 
 def _connect(spec: WorkerSpec) -> _Connection:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, spec.worker_id.encode())
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(spec.backend)
+    dealer = spec.connection
+    if dealer is None:
+        dealer = zmtp.connect(spec.backend, spec.worker_id.encode(), CONNECT_TIMEOUT_S)
+    else:
+        dealer.complete_handshake(CONNECT_TIMEOUT_S)
     runner = spec.runner if spec.runner is not None else Runner(spec.tasks)
-    sock.send_multipart(WorkerReady(spec.worker_id, os.getpid(), spec.credits, list(spec.tasks)).encode())
+    dealer.send(WorkerReady(spec.worker_id, os.getpid(), spec.credits, list(spec.tasks)).encode())
     log.debug("worker %s ready on %s", spec.worker_id, spec.backend)
-    return _Connection(ctx, sock, runner)
+    return _Connection(dealer, runner)
 
 
 def _serve(spec: WorkerSpec, conn: _Connection) -> int:
-    ctx, sock, runner = conn.ctx, conn.sock, conn.runner
+    dealer, runner = conn.dealer, conn.runner
     heartbeat = None
     if spec.heartbeat_ms:
-        heartbeat = HeartbeatThread(ctx, spec.backend, spec.worker_id, spec.heartbeat_ms)
+        heartbeat = HeartbeatThread(spec.backend, spec.worker_id, spec.heartbeat_ms)
         heartbeat.start()
+    try:
+        return _answer(spec, dealer, runner)
+    except zmtp.ConnectionClosed as exc:
+        # The orchestrator is gone, or dropped this connection: nothing can reach this worker
+        # any more. Exiting makes it a worker death, which the orchestrator (if still there)
+        # answers and replaces.
+        log.warning("worker %s: backend connection lost (%s); exiting", spec.worker_id, exc)
+        return ExitCode.PROTOCOL
+    finally:
+        # Results already sent are in the kernel's socket buffer: the orchestrator gets them
+        # after close too, so nothing waits here.
+        dealer.close()
+        if heartbeat is not None:
+            heartbeat.stop()
 
-    recv = sock.recv
-    send = sock.send
-    run = runner.run
+
+def _answer(spec: WorkerSpec, dealer: zmtp.Dealer, runner: Runner) -> int:
+    """Run assignments until Shutdown (exit code 0) or a peer of another protocol version (4)."""
+    recv = dealer.recv
+    send = dealer.send
+    run = tracing.traced(logs.with_task_fields(runner.run))
     while True:
-        # Frame by frame rather than recv_multipart/send_multipart: pyzmq's multipart helpers
-        # spend more per message than the socket calls (measured 8.2 µs vs 3.2 µs per exchange).
-        frame = recv(copy=False)
-        frames = [frame.bytes]
-        while frame.more:
-            frame = recv(copy=False)
-            frames.append(frame.bytes)
+        frames = recv()
         try:
             msg = decode(frames)
         except ProtocolError as exc:
@@ -165,7 +180,6 @@ def _serve(spec: WorkerSpec, conn: _Connection) -> int:
                 log.error(
                     "worker %s: the orchestrator speaks another protocol version (%s); exiting", spec.worker_id, exc
                 )
-                _close(sock, ctx, heartbeat)
                 return ExitCode.PROTOCOL
             if exc.kind == "type":
                 log.debug("ignoring backend message: %s", exc)
@@ -173,32 +187,19 @@ def _serve(spec: WorkerSpec, conn: _Connection) -> int:
                 log.warning("ignoring malformed backend message: %s", exc)
             continue
         if type(msg) is TaskAssignment:
-            out = run(msg).encode()
-            last = len(out) - 1
-            for i, part in enumerate(out):
-                send(part, _SNDMORE if i < last else 0)
+            send(run(msg).encode())
         elif type(msg) is Shutdown:
             # Assignments run one at a time in arrival order, so every one sent before this
             # Shutdown has been answered by now: that is the graceful case, and a non-graceful one
             # has nothing running left to stop (to cut work short the zygote kills the worker).
             log.debug("worker %s shutting down (graceful=%s)", spec.worker_id, msg.graceful)
-            _close(sock, ctx, heartbeat)
             return ExitCode.OK
         else:
             log.debug("ignoring %s on the backend", type(msg).__name__)
 
 
-def _close(sock: zmq.Socket[Any], ctx: zmq.Context[Any], heartbeat: HeartbeatThread | None) -> None:
-    """Close the backend, giving results already sent a bounded time to reach the orchestrator."""
-    sock.close(linger=FLUSH_ON_EXIT_MS)
-    if heartbeat is not None and not heartbeat.stop():
-        # ctx.term() would wait forever for the heartbeat socket; os._exit follows anyway.
-        log.warning("heartbeat thread did not stop; exiting without waiting for results to be flushed")
-        return
-    ctx.term()
-
-
 def _flush() -> None:
+    tracing.flush()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

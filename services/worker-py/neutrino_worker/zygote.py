@@ -8,11 +8,13 @@ failed before WorkerReady, startup.py), and Shutdown; once, after the first
 Forks, ZygoteCatalog (catalog.py), built in a short-lived child of its own (`CatalogChild`) so
 that neither pydantic nor the schemas ever enter the zygote: every worker forked later then copies
 a smaller process, and the zygote keeps answering Forks while the catalog is built. It never
-creates a ZeroMQ context; workers do, after fork.
+creates a ZeroMQ context: it opens each worker's backend connection (zmtp.py) just before the fork,
+and the worker completes its handshake.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub; see _fork_with_pipe
 import contextlib
 import ctypes
 import gc
@@ -39,13 +41,16 @@ from neutrino_protocol import (
     ZygoteReady,
 )
 
+from . import zmtp
 from .catalog import CatalogTimer, build_catalog
 from .children import Children
-from .config import ZygoteConfig, parse_args, setup_logging
+from .config import ZygoteConfig, parse_args
 from .control import ControlLink, LinkClosed
 from .loader import AppLoadError, load_app
+from .logs import setup_logging
 from .runner import Runner, TaskSpec
 from .startup import fork_failed, open_pipe
+from .warmup import warm_up
 from .worker import WorkerSpec, worker_main
 
 if TYPE_CHECKING:
@@ -57,6 +62,7 @@ log = logging.getLogger("neutrino.zygote")
 # interpreter to unwind, short enough that the orchestrator's own shutdown grace is not eaten.
 SHUTDOWN_GRACE_S = 3.0
 _PR_SET_PDEATHSIG = 1
+_BLOCKED_ACROSS_FORK = (int(signal.SIGCHLD), int(signal.SIGTERM))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -81,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             link.send(ZygoteFailed(error))
         sys.exit(ExitCode.APP_IMPORT)
     tasks = loaded.app.tasks
+    try:
+        warm_up()
+    except Exception:  # only ever costs speed: the workers quicken the code themselves
+        log.warning("warming up the worker code in the zygote failed; carrying on", exc_info=True)
     gc.freeze()
     zygote = Zygote(link, config, tasks, loaded.app)
     try:
@@ -199,31 +209,57 @@ class Zygote:
         return self._runner
 
     def _fork(self, worker_id: str, heartbeat_ms: int | None) -> None:
-        runner = self._shared_runner()
         # Buffered output would otherwise be written once by the zygote and again by every worker.
         sys.stdout.flush()
         sys.stderr.flush()
+        connection = self._open_connection(worker_id)
+        # Everything the worker is handed is built here, before the fork: code that runs once per
+        # worker would otherwise warm up (and write to its shared code objects) in every worker.
+        spec = WorkerSpec(
+            worker_id,
+            self._config.backend,
+            self._config.credits,
+            self._tasks,
+            self._pid,
+            heartbeat_ms,
+            self._shared_runner(),
+            connection,
+        )
+        inherited = self._inherited()
         gc.freeze()  # whatever the zygote allocated since the last fork joins the shared, never-scanned set
         try:
             pid, report_r, report_w, mask = _fork_with_pipe(open_pipe)
         except OSError as exc:
+            if connection is not None:
+                connection.close()
             log.error("fork of worker %s failed: %s", worker_id, exc)
             # Reported as a worker that failed to start (SPEC §4.4), so the orchestrator backs off.
             self._link.send(WorkerExited(worker_id, 0, exit_code=ExitCode.FAILURE, error=fork_failed(exc)))
             return
         if pid == 0:
             try:
-                spec = WorkerSpec(
-                    worker_id, self._config.backend, self._config.credits, self._tasks, self._pid, heartbeat_ms, runner
-                )
-                worker_main(spec, [*self._inherited(), report_r], mask, report_w)
+                worker_main(spec, (*inherited, report_r), mask, report_w)
             finally:
                 os._exit(ExitCode.FAILURE)  # only if worker_main could not even start: never back into the zygote
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         os.close(report_w)
+        if connection is not None:
+            connection.close()  # the worker's now: only this process's descriptor of it goes
         self._children.add(pid, worker_id, report_r)
         log.debug("forked worker %s as pid %d", worker_id, pid)
         self._link.send(Forked(worker_id, pid))
+
+    def _open_connection(self, worker_id: str) -> zmtp.Dealer | None:
+        """The worker's backend connection, opened before the fork with our half of the ZMTP
+        handshake sent, so the orchestrator's half is on its way while the worker starts: its
+        `WorkerReady` leaves without waiting a round trip (replacement-ready latency, issue 11).
+        None if it cannot be opened at once: the worker then connects itself, and reports why if
+        it cannot (the start-up failure signal, SPEC §4.4)."""
+        try:
+            return zmtp.open_connection(self._config.backend, worker_id.encode(), timeout_s=0)
+        except (OSError, ValueError) as exc:
+            log.debug("worker %s connects itself: %s", worker_id, exc)
+            return None
 
     def _shutdown(self, graceful: bool) -> int:
         self._stop(signal.SIGTERM if graceful else signal.SIGKILL, report=True)
@@ -308,7 +344,7 @@ class CatalogChild:
                 _catalog_child(app, [*inherited, read_fd], mask, write_fd)
             finally:
                 os._exit(0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         return cls(pid, read_fd)
@@ -346,18 +382,21 @@ class CatalogChild:
             os.close(self.fd)
 
 
-def _fork_with_pipe(make_pipe: Callable[[], tuple[int, int]]) -> tuple[int, int, int, set[int | signal.Signals]]:
+def _fork_with_pipe(make_pipe: Callable[[], tuple[int, int]]) -> tuple[int, int, int, set[int]]:
     """fork() with a fresh pipe between parent and child: (pid, read end, write end, the signal mask
     to restore). SIGCHLD/SIGTERM stay blocked in both, away from the zygote's handlers while the
     child still has them: the parent restores `mask` once it has done its part, the child after
-    installing its own handlers. On OSError both ends are closed and the mask restored."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM})
+    installing its own handlers. On OSError both ends are closed and the mask restored.
+
+    Through `_signal`, the C module under `signal`: `signal.pthread_sigmask` turns every signal
+    in the masks it returns into an enum member, a per-fork cost in the zygote (issue 11)."""
+    mask: set[int] = _signal.pthread_sigmask(_signal.SIG_BLOCK, _BLOCKED_ACROSS_FORK)
     read_fd = write_fd = -1
     try:
         read_fd, write_fd = make_pipe()
         return os.fork(), read_fd, write_fd, mask
     except OSError:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
         for fd in (read_fd, write_fd):
             if fd >= 0:
                 os.close(fd)

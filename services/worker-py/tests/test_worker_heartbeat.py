@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,15 +15,15 @@ from worker_harness import FakeOrchestrator
 
 
 @pytest.fixture
-def inproc() -> Iterator[tuple[zmq.Context[Any], zmq.Socket[Any], str]]:
+def backend(tmp_path: Path) -> Iterator[tuple[zmq.Socket[Any], str]]:
     ctx: zmq.Context[Any] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    endpoint = f"inproc://hb-{id(router)}"
+    endpoint = f"ipc://{tmp_path}/backend.sock"
     router.bind(endpoint)
-    yield ctx, router, endpoint
+    yield router, endpoint
     router.close()
-    ctx.term()  # hangs (and the test times out) if a heartbeat socket was left open
+    ctx.term()
 
 
 def recv_beat(router: zmq.Socket[Any], timeout_s: float = 5.0) -> tuple[bytes, Heartbeat]:
@@ -38,42 +39,40 @@ def test_rss_is_read_from_proc() -> None:
     assert isinstance(rss, int) and rss > 0
 
 
-def test_thread_beats_from_its_own_routing_id_and_stops(inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str]) -> None:
-    ctx, router, endpoint = inproc
-    beat = HeartbeatThread(ctx, endpoint, "w-7", interval_ms=10)
+def test_thread_beats_from_its_own_routing_id_and_stops(backend: tuple[zmq.Socket[Any], str]) -> None:
+    router, endpoint = backend
+    beat = HeartbeatThread(endpoint, "w-7", interval_ms=10)
     beat.start()
     for _ in range(3):
         identity, msg = recv_beat(router)
         assert identity == b"w-7/hb"
         assert msg.worker_id == "w-7" and msg.rss_kb is not None and msg.rss_kb > 0
-    assert beat.stop()
+    beat.stop()
 
 
-def test_first_beat_waits_one_interval(inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str]) -> None:
-    ctx, router, endpoint = inproc
-    beat = HeartbeatThread(ctx, endpoint, "w-8", interval_ms=200)
+def test_first_beat_waits_one_interval(backend: tuple[zmq.Socket[Any], str]) -> None:
+    router, endpoint = backend
+    beat = HeartbeatThread(endpoint, "w-8", interval_ms=200)
     started = time.monotonic()
     beat.start()
     identity, _ = recv_beat(router)
     assert identity == b"w-8/hb"
     assert time.monotonic() - started >= 0.19, "WorkerReady already said the worker is alive"
-    assert beat.stop()
+    beat.stop()
 
 
-def test_stopped_within_the_first_interval_sends_nothing(
-    inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str],
-) -> None:
-    ctx, router, endpoint = inproc
-    beat = HeartbeatThread(ctx, endpoint, "w-9", interval_ms=60_000)
+def test_stopped_within_the_first_interval_sends_nothing(backend: tuple[zmq.Socket[Any], str]) -> None:
+    router, endpoint = backend
+    beat = HeartbeatThread(endpoint, "w-9", interval_ms=60_000)
     beat.start()
-    assert beat.stop(), "stop() wakes the first wait at once"
-    assert not router.poll(100), "a short-lived worker never opens the heartbeat socket"
+    beat.stop()  # wakes the first wait at once
+    assert not router.poll(100), "a short-lived worker never opens the heartbeat connection"
 
 
-def test_interval_must_be_positive(inproc: tuple[zmq.Context[Any], zmq.Socket[Any], str]) -> None:
-    ctx, _, endpoint = inproc
+def test_interval_must_be_positive(backend: tuple[zmq.Socket[Any], str]) -> None:
+    _, endpoint = backend
     with pytest.raises(ValueError, match="at least 1 ms"):
-        HeartbeatThread(ctx, endpoint, "w-1", interval_ms=0)
+        HeartbeatThread(endpoint, "w-1", interval_ms=0)
 
 
 def test_heartbeats_continue_while_a_cpu_bound_task_runs(orchestrator: FakeOrchestrator) -> None:
@@ -112,3 +111,28 @@ def test_worker_with_heartbeats_exits_cleanly_on_shutdown(orchestrator: FakeOrch
     orchestrator.send_backend("w-1", Shutdown(graceful=True))
     exited = orchestrator.expect(WorkerExited)
     assert (exited.pid, exited.exit_code, exited.signal) == (pids["w-1"], 0, None)
+
+
+def test_beats_resume_on_a_new_connection_after_the_old_one_drops(tmp_path: Path) -> None:
+    """A beat that cannot be sent drops the connection; a later one connects again (same routing id)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/backend.sock"
+    first = ctx.socket(zmq.ROUTER)
+    first.setsockopt(zmq.LINGER, 0)
+    first.bind(endpoint)
+    beat = HeartbeatThread(endpoint, "w-3", interval_ms=20)
+    try:
+        beat.start()
+        assert recv_beat(first)[0] == b"w-3/hb"
+        first.close()  # the orchestrator's backend goes away...
+        second = ctx.socket(zmq.ROUTER)
+        second.setsockopt(zmq.LINGER, 0)
+        second.bind(endpoint)  # ...and a new one takes its place
+        try:
+            identity, msg = recv_beat(second)
+            assert identity == b"w-3/hb" and msg.worker_id == "w-3"
+        finally:
+            second.close()
+    finally:
+        beat.stop()
+        ctx.term()

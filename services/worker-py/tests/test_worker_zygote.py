@@ -162,6 +162,31 @@ def test_sigkill_is_reported_as_signal_9(orchestrator: FakeOrchestrator) -> None
     assert value(result_of(orchestrator, "w-1", 1)) == 2
 
 
+def test_a_worker_whose_backend_connection_closes_exits_4_as_a_death(orchestrator: FakeOrchestrator) -> None:
+    """It never reconnects (SPEC §2): nothing could reach it; exiting makes the orchestrator replace it."""
+    orchestrator.start_ready()
+    pids = orchestrator.fork("w-1")
+    orchestrator.router.close()  # the orchestrator's backend going away
+    exited = orchestrator.expect(WorkerExited)
+    assert (exited.worker_id, exited.pid, exited.exit_code, exited.signal) == ("w-1", pids["w-1"], 4, None)
+    assert exited.error is None, "it had sent WorkerReady"
+    assert "backend connection lost" in orchestrator.log()
+
+
+def test_a_worker_connects_itself_when_the_zygote_cannot_open_its_connection_first(run_dir: Path) -> None:
+    """The zygote opens each worker's connection before the fork only when that cannot block (a
+    Unix socket); on tcp:// the worker connects itself, and serves all the same."""
+    orch = FakeOrchestrator(run_dir, backend="tcp://127.0.0.1:*")
+    try:
+        orch.start_ready()
+        orch.fork("w-1")
+        orch.assign("w-1", 1, "add", 2, 3)
+        assert value(result_of(orch, "w-1", 1)) == 5
+        assert "worker w-1 connects itself" in orch.log()
+    finally:
+        orch.close()
+
+
 @pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
 def test_exit_code_is_reported_and_a_ready_worker_reports_no_start_up_error(
     orchestrator: FakeOrchestrator, code: int
@@ -182,7 +207,7 @@ def test_a_worker_that_fails_to_start_says_why(orchestrator: FakeOrchestrator) -
     assert (exited.worker_id, exited.pid) == ("w-1", forked.pid)
     assert exited.error is not None
     assert (exited.error.kind, exited.error.ename) == ("worker_start_error", "OSError")
-    assert exited.error.evalue == "no ZeroMQ context for this worker (broken on purpose)"
+    assert exited.error.evalue == "no backend connection for this worker (broken on purpose)"
     assert exited.error.traceback is not None and "_connect" in exited.error.traceback
     assert not orchestrator.router.poll(100), "it never sent WorkerReady"
     # The zygote keeps serving: the next worker fails the same way, and says so again.

@@ -71,10 +71,11 @@ def args_payload(*args: Any, **kwargs: Any) -> bytes:
 class FakeOrchestrator:
     """The orchestrator's side of the control link and the backend, driving one real zygote."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, backend: str | None = None) -> None:
+        """`backend`: the endpoint the ROUTER binds (default: ipc:// in the run dir, as the real one)."""
         self.run_dir = run_dir
         self.control_path = str(run_dir / "control.sock")
-        self.backend = f"ipc://{run_dir}/backend.sock"
+        self.backend = backend or f"ipc://{run_dir}/backend.sock"
         self.log_path = run_dir / "zygote.log"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.control_path)
@@ -84,6 +85,7 @@ class FakeOrchestrator:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.bind(self.backend)
+        self.backend = self.router.getsockopt_string(zmq.LAST_ENDPOINT)  # tcp://...:* becomes a port
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: socket.socket | None = None
         self._buffer = b""

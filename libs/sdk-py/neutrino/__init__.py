@@ -4,7 +4,7 @@ The public surface is `__all__` below; everything else (modules starting with `_
 """
 
 from .aio import AsyncClient, AsyncTaskFuture
-from .app import App, Task
+from .app import App
 from .client import Client, TaskFuture
 from .errors import (
     AddressError,
@@ -37,6 +37,7 @@ from .errors import (
 )
 from .models import Model
 from .retry import Retry
+from .task import Task
 
 __all__ = [
     "AddressError",

@@ -9,15 +9,28 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgpack
 import zmq
-from neutrino_protocol import CancelTask, DescribeTasks, Ping, Pong, SubmitTask, TaskCatalog, TaskRejected, TaskReply
+from neutrino_protocol import (
+    CancelTask,
+    DescribeTasks,
+    MessageType,
+    Ping,
+    Pong,
+    SubmitTask,
+    TaskCatalog,
+    TaskRejected,
+    TaskReply,
+    header,
+)
 
+from . import _tracing
 from ._handshake import watch
-from .app import MAX_RETRIES, Task
 from .codec import pack_args, unpack_catalog, unpack_result
 from .errors import (
     AddressError,
@@ -32,6 +45,7 @@ from .errors import (
 )
 from .keys import CurveKeys, client_keys
 from .keys import apply as apply_keys
+from .task import MAX_RETRIES, Task
 
 # SPEC.md §2: ipc socket paths must stay under 107 bytes (sun_path is 108 with the NUL).
 _MAX_IPC_PATH = 107
@@ -94,16 +108,51 @@ def connect(
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+# pyzmq's compiled send: the Python-level `Socket.send` above it only adds the routing_id and group
+# arguments of draft socket types, and costs as much again as the send of a small frame.
+_send = zmq.backend.Socket.send
 
 
 def send_nowait(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
     """One multipart message, never waiting: zmq.Again when the DEALER has no link left (with no
     high-water mark nothing else makes a send wait; see link_gone). Plain `send` calls, because
     send_multipart spends more time on enum flag arithmetic than on sending 2 or 3 small frames."""
-    send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _SNDMORE_NOBLOCK)
-    send(frames[-1], _NOBLOCK)
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], _SNDMORE_NOBLOCK)
+    _send(sock, frames[last], _NOBLOCK)
+
+
+def recv_ready(sock: zmq.Socket[bytes]) -> list[list[bytes]]:
+    """Every message queued on `sock`, leaving it drained: `zmq.EVENTS` shows no POLLIN afterwards,
+    so its edge-triggered `zmq.FD` fires on the next arrival (the invariant in client.py).
+
+    Each `zmq.EVENTS` read makes libzmq check its command mailbox with a syscall, while a `recv`
+    that finds a message does not. So after the first message (a call's one reply: asking
+    `zmq.EVENTS` again is cheaper than a `recv` that fails) it reads until `zmq.Again` and asks
+    once more: a burst of replies costs two syscalls, not one each. Frame objects instead of
+    recv_multipart: `.more` is a C attribute, while recv_multipart asks getsockopt(RCVMORE)
+    through pyzmq's Python layer per frame."""
+    messages: list[list[bytes]] = []
+    recv = sock.recv
+    while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
+        try:
+            while True:
+                frame = recv(_NOBLOCK, copy=False)
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                messages.append(frames)
+                if len(messages) == 1:
+                    break
+        except zmq.Again:
+            pass
+    return messages
 
 
 def link_gone(address: str, refused: HandshakeError | None) -> HandshakeError:
@@ -178,6 +227,96 @@ def task_name(name: str | Task[..., Any]) -> str:
     return name.name if isinstance(name, Task) else name
 
 
+_SUBMIT_HEADER = header(MessageType.SUBMIT_TASK)
+# The payload of a call without arguments, `[[], {}]`: packed once.
+NO_ARGS: bytes = msgpack.packb([[], {}])
+_U8, _U16, _U32, _U64 = (struct.Struct(f">B{code}").pack for code in "BHIQ")
+
+
+def pack_uint(n: int) -> bytes:
+    """An unsigned int in msgpack's smallest form (SPEC.md §3.1's canonical form), as msgpack.packb
+    writes it, without the cost of a Packer per call. Task ids pass 0xFFFF after the first 65,535
+    tasks of a client, so that branch comes first."""
+    if 0xFFFF < n <= 0xFFFFFFFF:
+        return _U32(0xCE, n)
+    if n < 0x80:
+        return bytes((n,))
+    if n <= 0xFF:
+        return _U8(0xCC, n)
+    if n <= 0xFFFF:
+        return _U16(0xCD, n)
+    return _U64(0xCF, n)
+
+
+class SubmitEncoder:
+    """SubmitTask frames for one task name and one set of per-call options.
+
+    The header and every meta field but `id` are the same for each task, and `id` is the first
+    field of the canonical meta map (SPEC.md §3.1), so the meta is packed once with id 0 and split
+    around it: a task costs the id's few bytes and two concatenations instead of a message object,
+    a dict and a msgpack Packer. The split is taken from neutrino_protocol's own encoding, so the
+    bytes cannot drift from it (tests compare the two).
+    """
+
+    __slots__ = ("_prefix", "_suffix", "name")
+
+    def __init__(self, name: str, timeout_s: float | None = None, retries: int | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task name must be a non-empty str, got {name!r}")
+        timeout = None if timeout_s is None else float(timeout_s)
+        _, meta, _ = SubmitTask(id=0, task=name, timeout_s=timeout, retries=retries, payload=b"").encode()
+        # A fixmap header (1 byte: at most 15 fields), the key "id" (3 bytes), the id 0 (1 byte), the rest.
+        if meta[1:5] != b"\xa2id\x00":  # pragma: no cover - SubmitTask's first field moved
+            raise AssertionError("SubmitTask meta no longer starts with its id")
+        self.name = name
+        self._prefix = meta[:4]
+        self._suffix = meta[5:]
+
+    def frames(self, task_id: int, payload: bytes) -> list[bytes]:
+        meta = self._prefix + pack_uint(task_id) + self._suffix
+        trace = _tracing.outgoing()
+        if trace is not None:  # the caller's span goes along (SPEC.md §4.5)
+            meta = _tracing.with_trace(meta, trace)
+        return [_SUBMIT_HEADER, meta, payload]
+
+
+class SubmitFrames:
+    """A client's SubmitTask frames for calls without per-call overrides, from a SubmitEncoder
+    kept per task name (a client calls a handful of tasks; `CACHE_SIZE` only bounds a misuse)."""
+
+    CACHE_SIZE = 256
+
+    def __init__(self, max_payload_bytes: int) -> None:
+        self._encoders: dict[str, SubmitEncoder] = {}
+        self._max_payload_bytes = max_payload_bytes
+
+    def __call__(self, task: str, task_id: int, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[bytes]:
+        """Raises TypeError (a bad name, an unencodable argument) or PayloadTooLargeError."""
+        encoder = self._encoders.get(task)
+        if encoder is None:
+            encoder = SubmitEncoder(task)
+            if len(self._encoders) < self.CACHE_SIZE:
+                self._encoders[task] = encoder
+        if not args and not kwargs:
+            return encoder.frames(task_id, NO_ARGS)
+        return encoder.frames(task_id, check_payload(task, pack_args(args, kwargs), self._max_payload_bytes))
+
+
+def check_payload(name: str, payload: bytes, max_payload_bytes: int) -> bytes:
+    """`payload`, unless it is over the client's limit: PayloadTooLargeError, before anything is sent."""
+    if len(payload) > max_payload_bytes:
+        # Checked here, not left to the orchestrator: it answers `too_large` only up to 4x its
+        # --max-message-bytes; past that libzmq drops the connection without a word, and every
+        # task in flight on it waits for a reply that never comes.
+        raise PayloadTooLargeError(
+            f"the arguments of task {name!r} pack to {len(payload)} bytes, over the client's "
+            f"max_payload_bytes limit of {max_payload_bytes}; nothing was sent. Pass a reference the "
+            "workers can fetch (a URL, an object-store key, a file path) instead of the bytes, or raise "
+            "max_payload_bytes together with the orchestrator's --max-message-bytes"
+        )
+    return payload
+
+
 def submit_frames(
     task_id: int,
     name: str,
@@ -192,19 +331,18 @@ def submit_frames(
     before anything is sent."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"task name must be a non-empty str, got {name!r}")
-    payload = pack_args(args, kwargs)
-    if len(payload) > max_payload_bytes:
-        # Checked here, not left to the orchestrator: it answers `too_large` only up to 4x its
-        # --max-message-bytes; past that libzmq drops the connection without a word, and every
-        # task in flight on it waits for a reply that never comes.
-        raise PayloadTooLargeError(
-            f"the arguments of task {name!r} pack to {len(payload)} bytes, over the client's "
-            f"max_payload_bytes limit of {max_payload_bytes}; nothing was sent. Pass a reference the "
-            "workers can fetch (a URL, an object-store key, a file path) instead of the bytes, or raise "
-            "max_payload_bytes together with the orchestrator's --max-message-bytes"
-        )
+    payload = check_payload(name, pack_args(args, kwargs), max_payload_bytes)
     timeout = None if timeout_s is None else float(timeout_s)
-    return SubmitTask(id=task_id, task=name, timeout_s=timeout, retries=retries, payload=payload).encode()
+    traceparent, tracestate = _tracing.outgoing() or (None, None)
+    return SubmitTask(
+        id=task_id,
+        task=name,
+        timeout_s=timeout,
+        retries=retries,
+        traceparent=traceparent,
+        tracestate=tracestate,
+        payload=payload,
+    ).encode()
 
 
 def cancel_frames(task_id: int) -> list[bytes]:

@@ -33,7 +33,6 @@ from typing import Any
 import msgpack
 
 from . import _frontend
-from .app import Task
 from .errors import (
     AddressError,
     AuthenticationError,
@@ -48,6 +47,7 @@ from .errors import (
     UnknownTaskError,
     error_from_reply,
 )
+from .task import Task
 
 MSGPACK = "application/msgpack"
 TOKEN_ENV = "NEUTRINO_TOKEN"

@@ -4,10 +4,15 @@ Requests and answers are msgpack (`{"inputs": x}` -> `{"outputs": y}`; numpy arr
 The blocking side keeps one keep-alive `http.client` connection per thread and replica (standard
 library only); the async side one aiohttp session per event loop (aiohttp is imported on the first
 async call; the model server's package depends on it). Each request starts at the next replica in
-turn; a replica that refuses (connection refused or reset, 429, 503) is left for the next one, and
-after a full round without an answer the client backs off briefly (honouring `Retry-After`, capped),
-until the request's deadline. Predict is taken to be free of side effects, so a request whose
-connection broke mid-way is sent again: that is what saves requests when a replica dies.
+turn; a replica that refuses (connection refused or reset, 429, 503) or has not answered within the
+per-attempt timeout (it took the connection and hangs) is left for the next one, and after a full
+round without an answer the client backs off briefly (honouring `Retry-After`, capped), until the
+request's deadline. Predict is taken to be free of side effects, so a request whose connection broke
+or timed out mid-way is sent again: that is what saves requests when a replica dies or hangs.
+
+The per-attempt timeout is `attempt_timeout_s`, else `$NEUTRINO_MODEL_ATTEMPT_TIMEOUT` (seconds),
+else a third of the call's timeout: a hung replica leaves the call time for two more tries, and a
+call given a long timeout for a slow model gives each try a long one too.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import itertools
+import math
+import os
 import threading
 import time
 import urllib.parse
@@ -22,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from . import _tracing
 from .errors import (
     ModelBusyError,
     ModelError,
@@ -38,6 +46,8 @@ DEFAULT_TIMEOUT_S = 30.0
 BACKOFF_BASE_S = 0.01
 BACKOFF_MAX_S = 0.5
 RETRY_STATUSES = frozenset({429, 503})
+ATTEMPT_TIMEOUT_ENV = "NEUTRINO_MODEL_ATTEMPT_TIMEOUT"
+ATTEMPTS_PER_TIMEOUT = 3  # without a per-attempt timeout set: each try gets this fraction of the call's
 
 
 def _default(obj: Any) -> Any:
@@ -61,10 +71,26 @@ def _pause(last: _Refused | None, round_: int, deadline: float) -> float:
 class _Refused(Exception):
     """One replica did not take the request; try another."""
 
-    def __init__(self, why: str, retry_after_s: float = 0.0, busy: bool = False) -> None:
+    def __init__(self, why: str, retry_after_s: float = 0.0, busy: bool = False, timed_out: bool = False) -> None:
         super().__init__(why)
         self.retry_after_s = retry_after_s
         self.busy = busy
+        self.timed_out = timed_out
+
+
+def attempt_timeout_from_env() -> float | None:
+    """`$NEUTRINO_MODEL_ATTEMPT_TIMEOUT` in seconds, or None when unset; a ValueError naming it when not a
+    positive number."""
+    raw = os.environ.get(ATTEMPT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{ATTEMPT_TIMEOUT_ENV}={raw!r}: write a positive number of seconds, e.g. 5")
+    return value
 
 
 def decode_answer(status: int, body: bytes, retry_after: str | None) -> Any:
@@ -96,12 +122,22 @@ def decode_answer(status: int, body: bytes, retry_after: str | None) -> Any:
 
 
 class ModelClient:
-    def __init__(self, name: str, urls: tuple[str, ...], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        urls: tuple[str, ...],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempt_timeout_s: float | None = None,
+    ) -> None:
         if not urls:
             raise ValueError(f"model {name!r} has no replica URLs")
+        if attempt_timeout_s is not None and not (math.isfinite(attempt_timeout_s) and attempt_timeout_s > 0):
+            raise ValueError(f"attempt_timeout_s must be a positive number of seconds, got {attempt_timeout_s!r}")
         self.name = name
         self.urls = urls
         self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s if attempt_timeout_s is not None else attempt_timeout_from_env()
         self.path = f"/v1/models/{urllib.parse.quote(name)}/predict"
         self._targets = [urllib.parse.urlsplit(u) for u in urls]
         self._turn = itertools.count()
@@ -115,7 +151,13 @@ class ModelClient:
         start = next(self._turn) % n
         return [(start + i) % n for i in range(n)]
 
+    def _attempt_s(self, budget_s: float, left_s: float) -> float:
+        """How long the next try may take: the per-attempt timeout, within what is left of the call's."""
+        return min(left_s, self.attempt_timeout_s or budget_s / ATTEMPTS_PER_TIMEOUT)
+
     def _give_up(self, last: _Refused | None, timeout_s: float) -> Exception:
+        if last is not None and last.timed_out:
+            return NeutrinoTimeoutError(f"model {self.name!r} did not answer within {timeout_s:g}s ({last})")
         if last is not None and last.busy:
             return ModelBusyError(
                 f"every replica of model {self.name!r} stayed busy (429) for {timeout_s:g}s", status=429, type="busy"
@@ -126,6 +168,7 @@ class ModelClient:
 
     # -- blocking --------------------------------------------------------------------------------
 
+    @_tracing.model_call
     def predict(self, x: Any, *, timeout_s: float | None = None) -> Any:
         body = encode(x)
         budget = timeout_s or self.timeout_s
@@ -137,7 +180,7 @@ class ModelClient:
                 if left <= 0:
                     raise self._give_up(last, budget)
                 try:
-                    return self._post(i, body, left)
+                    return self._post(i, body, self._attempt_s(budget, left))
                 except _Refused as exc:
                     last = exc
             time.sleep(_pause(last, round_, deadline))
@@ -155,12 +198,13 @@ class ModelClient:
         if conn.sock is not None:
             conn.sock.settimeout(timeout_s)
         try:
-            conn.request("POST", self.path, body, {"Content-Type": MSGPACK, "Accept": MSGPACK})
+            conn.request("POST", self.path, body, {"Content-Type": MSGPACK, "Accept": MSGPACK, **_tracing.headers()})
             resp = conn.getresponse()
             data = resp.read()
-        except TimeoutError:
+        except TimeoutError:  # connected and silent (or no connection) for the whole try: the next replica
             conn.close()
-            raise NeutrinoTimeoutError(f"model {self.name!r} did not answer within {timeout_s:.3g}s") from None
+            del conns[i]
+            raise _Refused(f"{self.urls[i]}: no answer within {timeout_s:.3g}s", timed_out=True) from None
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed mid-way
             conn.close()
             del conns[i]
@@ -172,6 +216,7 @@ class ModelClient:
 
     # -- async -----------------------------------------------------------------------------------
 
+    @_tracing.amodel_call
     async def apredict(self, x: Any, *, timeout_s: float | None = None) -> Any:
         body = encode(x)
         budget = timeout_s or self.timeout_s
@@ -184,7 +229,7 @@ class ModelClient:
                 if left <= 0:
                     raise self._give_up(last, budget)
                 try:
-                    return await self._apost(session, i, body, left)
+                    return await self._apost(session, i, body, self._attempt_s(budget, left))
                 except _Refused as exc:
                     last = exc
             await asyncio.sleep(_pause(last, round_, deadline))
@@ -211,12 +256,15 @@ class ModelClient:
 
         try:
             async with session.post(
-                self.urls[i] + self.path, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                self.urls[i] + self.path,
+                data=body,
+                headers=_tracing.headers(),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 data = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except TimeoutError:
-            raise NeutrinoTimeoutError(f"model {self.name!r} did not answer within {timeout_s:.3g}s") from None
+        except TimeoutError:  # connected and no whole answer for the whole try: the next replica
+            raise _Refused(f"{self.urls[i]}: no answer within {timeout_s:.3g}s", timed_out=True) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise _Refused(f"{self.urls[i]}: {type(exc).__name__}: {exc}") from None
         return decode_answer(status, data, retry_after)

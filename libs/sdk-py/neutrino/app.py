@@ -1,8 +1,8 @@
-"""`App`, the registry of what a Neutrino application runs, and `Task`, one registered function.
+"""`App`, the registry of what a Neutrino application runs: its tasks (`task.py`) and models (`models.py`).
 
-`@app.task(...)` is sugar over `app.add_task(fn, ...)`. Options are checked when the function is
-decorated, so a mistake fails at import time with a message naming the fix, never when the first
-task runs on a worker. There is no global app: workers load the one named on their command line.
+`@app.task(...)` is sugar over `app.add_task(fn, ...)`, `@app.model(...)` over `app.add_model(cls, ...)`;
+both check their options on the decorator line, so a mistake fails at import time with a message
+naming the fix. There is no global app: workers load the one named on their command line.
 The zygote sends each task's options to the orchestrator (`ZygoteReady.task_options`, SPEC.md
 §4.4), which enforces timeouts and schedules retries (SPEC.md §6 rules 5-6), and then the app's
 `catalog()` (`ZygoteCatalog`), which clients read with `Client.describe()`.
@@ -10,75 +10,24 @@ The zygote sends each task's options to the orchestrator (`ZygoteReady.task_opti
 
 from __future__ import annotations
 
-import difflib
-import functools
 import inspect
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from . import models as _models
-from .models import DEFAULT_BATCH_WAIT_MS, Model, ModelNamespace
+from . import task as _task
+from ._options import reject_unknown
+from .models import DEFAULT_BATCH_WAIT_MS, MODEL_OPTIONS, Model, ModelNamespace
 from .schema import TaskEntry, task_catalog
+from .task import DEFAULT_RETRY_BACKOFF_MAX_S, DEFAULT_RETRY_BACKOFF_S, TASK_OPTIONS, RetryOn, Task
 
-__all__ = ["App", "Task"]
+__all__ = ["App"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 C = TypeVar("C", bound=type[Any])
-
-_TASK_OPTIONS = ("name", "timeout", "retries", "retry_on", "retry_backoff_s", "retry_backoff_max_s")
-# SPEC.md §6 rule 6 defaults, which the orchestrator applies when a task states none.
-DEFAULT_RETRY_BACKOFF_S = 1.0
-DEFAULT_RETRY_BACKOFF_MAX_S = 60.0
-# `retries` travels as a uint32 (SPEC.md §3.1), and so does `attempts` (= retries + 1).
-MAX_RETRIES = 0xFFFFFFFF - 1
-
-RetryOn = type[BaseException] | tuple[type[BaseException], ...]
-
-
-class Task(Generic[P, R]):
-    """A function registered with an App, still callable locally (handy in unit tests).
-
-    Calling a Task calls the function in this process; for an `async def` task that returns the
-    coroutine, as the function itself would. Attributes are fixed at registration: `name`, `fn`,
-    `is_async`, `signature` (computed once, used by workers to check arguments), `timeout`
-    (seconds, or None for no limit), `retries`, `retry_on` (always a tuple of exception classes),
-    `retry_backoff_s` and `retry_backoff_max_s`; see `App.add_task` for what they mean.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str,
-        timeout: float | None,
-        retries: int,
-        retry_on: tuple[type[BaseException], ...] = (),
-        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
-        retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
-    ) -> None:
-        self.fn = fn
-        self.name = name
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_on = retry_on
-        self.retry_backoff_s = retry_backoff_s
-        self.retry_backoff_max_s = retry_backoff_max_s
-        self.is_async = inspect.iscoroutinefunction(fn)
-        try:
-            self.signature = inspect.signature(fn)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"cannot read the signature of {fn!r} ({exc}); wrap it in a plain `def`") from None
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<Task {self.name!r} of {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
 
 class App:
@@ -131,29 +80,21 @@ class App:
         `SubmitTask` options (`Client.submit_with(timeout_s=..., retries=...)`) override
         `timeout` and `retries` per call.
         """
-        _reject_unknown(unknown)
-        if isinstance(fn, Task):
-            raise TypeError(f"{fn!r} is already a task; register the function itself: app.add_task(task.fn)")
-        if inspect.isclass(fn):
-            raise TypeError(
-                f"@app.task needs a function, got class {fn.__qualname__}; decorate a `def` or `async def` "
-                "(to serve a class as a model, use @app.model)"
-            )
-        if not callable(fn):
-            raise TypeError(f"@app.task needs a function, got {type(fn).__name__} {fn!r}")
-        task_name = _check_name(fn, name)
+        reject_unknown("task", unknown, TASK_OPTIONS)
+        _task.check_function(fn)
+        task_name = _task.check_name(fn, name)
         if task_name in self._tasks:
             raise ValueError(
                 f"app {self.name!r} already has a task named {task_name!r} ({self._tasks[task_name]!r}); "
                 "rename the function or pass name='...'"
             )
-        backoff_s, backoff_max_s = _check_backoff(retry_backoff_s, retry_backoff_max_s)
+        backoff_s, backoff_max_s = _task.check_backoff(retry_backoff_s, retry_backoff_max_s)
         task: Task[P, R] = Task(
             fn,
             name=task_name,
-            timeout=_check_timeout(timeout),
-            retries=_check_retries(retries),
-            retry_on=_check_retry_on(retry_on),
+            timeout=_task.check_timeout(timeout),
+            retries=_task.check_retries(retries),
+            retry_on=_task.check_retry_on(retry_on),
             retry_backoff_s=backoff_s,
             retry_backoff_max_s=backoff_max_s,
         )
@@ -196,11 +137,11 @@ class App:
                 raise TypeError(f"task name given twice ({fn!r} and name={name!r}); pass it once")
             fn, name = None, fn
         # Checked here too, so `@app.task(retry=3)` fails on the decorator line, not on the `def`.
-        _reject_unknown(unknown)
-        _check_timeout(timeout)
-        _check_retries(retries)
-        _check_retry_on(retry_on)
-        _check_backoff(retry_backoff_s, retry_backoff_max_s)
+        reject_unknown("task", unknown, TASK_OPTIONS)
+        _task.check_timeout(timeout)
+        _task.check_retries(retries)
+        _task.check_retry_on(retry_on)
+        _task.check_backoff(retry_backoff_s, retry_backoff_max_s)
         options: dict[str, Any] = {
             "name": name,
             "timeout": timeout,
@@ -242,7 +183,7 @@ class App:
 
         `name` defaults to the class name in lower case; `max_replicas` defaults to `min_replicas`.
         """
-        _models.reject_unknown(unknown)
+        reject_unknown("model", unknown, MODEL_OPTIONS)
         _models.check_model_class(cls)
         model_name = cls.__name__.lower() if name is None else name
         lo, hi, batch, wait_ms, conc = _models.check_options(
@@ -285,7 +226,7 @@ class App:
     ) -> Callable[[C], C]:
         """Decorator form of `add_model`; returns the class unchanged (its registration is `app.models.<name>`)."""
         # Checked here too, so a typo fails on the decorator line.
-        _models.reject_unknown(unknown)
+        reject_unknown("model", unknown, MODEL_OPTIONS)
         _models.check_options(name, min_replicas, max_replicas, max_batch_size, batch_wait_ms, max_concurrency)
         _models.check_resources(cpu, memory, gpu)
 
@@ -340,83 +281,3 @@ def _caller_module_name() -> str:
         path = caller.f_globals.get("__file__")
         return os.path.splitext(os.path.basename(path))[0] if isinstance(path, str) else "app"
     return module
-
-
-def _reject_unknown(unknown: Mapping[str, object]) -> None:
-    if not unknown:
-        return
-    parts = []
-    for key in sorted(unknown):
-        # Two guesses: `retry` is as likely `retries` as `retry_on`.
-        close = " or ".join(repr(c) for c in difflib.get_close_matches(key, _TASK_OPTIONS, n=2))
-        parts.append(f"{key} (did you mean {close}?)" if close else key)
-    raise TypeError(
-        f"The following task options are undefined: {', '.join(parts)}. Valid options: {', '.join(_TASK_OPTIONS)}."
-    )
-
-
-def _check_name(fn: Callable[..., Any], name: str | None) -> str:
-    if name is None:
-        default = getattr(fn, "__name__", None)
-        if not isinstance(default, str) or not default:
-            raise TypeError(f"{fn!r} has no __name__ to name the task after; pass name='...'")
-        return default
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"task name must be a non-empty string, got {name!r}; e.g. name='resize_image'")
-    return name
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__} {timeout!r}")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}; None means no limit")
-    return float(timeout)
-
-
-def _check_retries(retries: object) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int):
-        raise TypeError(f"retries must be an int (0 for no retries), got {type(retries).__name__} {retries!r}")
-    if retries < 0:
-        raise ValueError(f"retries must be 0 or more, got {retries}")
-    if retries > MAX_RETRIES:
-        raise ValueError(f"retries must be at most {MAX_RETRIES} (the protocol counts attempts in 32 bits)")
-    return retries
-
-
-def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
-    """`retry_on` as a tuple of exception classes: what an `except` clause accepts, minus nesting."""
-    items = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    for item in items:
-        if isinstance(item, BaseException):
-            raise TypeError(
-                f"retry_on takes exception classes, not instances: got {item!r}; write retry_on={type(item).__name__}"
-            )
-        if not (inspect.isclass(item) and issubclass(item, BaseException)):
-            what = f"class {item.__qualname__}" if inspect.isclass(item) else f"{type(item).__name__} {item!r}"
-            raise TypeError(
-                f"retry_on must be an exception class or a tuple of them, got {what}; "
-                "e.g. retry_on=ConnectionError or retry_on=(ConnectionError, TimeoutError)"
-            )
-    return items
-
-
-def _check_backoff(base: object, cap: object) -> tuple[float, float]:
-    base_s = _positive_seconds("retry_backoff_s", base)
-    cap_s = _positive_seconds("retry_backoff_max_s", cap)
-    if cap_s < base_s:
-        raise ValueError(
-            f"retry_backoff_max_s ({cap!r}) is below retry_backoff_s ({base!r}); the cap must be at least the "
-            "first wait: raise retry_backoff_max_s or lower retry_backoff_s"
-        )
-    return base_s, cap_s
-
-
-def _positive_seconds(option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{option} must be a number of seconds, got {type(value).__name__} {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{option} must be a positive, finite number of seconds, got {value!r}")
-    return float(value)

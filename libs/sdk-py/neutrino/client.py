@@ -30,6 +30,12 @@ Who is the receiver:
 A non-receiver that drains the receiving call's own reply wakes it through `_rx_wake`. `close()`
 wakes both, fails pending futures with ClientClosedError, and each wake-up fd is closed by the
 last thread that may poll it.
+
+`map()` streams have no Future per task: their task ids map to the stream in `_streamed`, and a
+drain appends each reply to its stream's deque. A stream's thread receives like a `call()` while it
+waits for replies, and holds no role while its consumer has a result in hand: its tasks do not
+make the I/O thread watch (a consumer that pauses just leaves its replies queued in the socket),
+unless the stream waits while another thread receives (`_streams_waiting`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from types import TracebackType
 from typing import Any
@@ -50,22 +57,21 @@ import neutrino_protocol
 import zmq
 from neutrino_protocol import Message, Pong, TaskCatalog, TaskRejected, TaskReply
 
-from . import _frontend
+from . import _frontend, _mapping
 from ._handshake import HandshakeWatch, read_events
 from ._waker import Waker
-from .app import Task
+from .codec import pack_args
 from .errors import ClientClosedError, HandshakeError, NeutrinoTimeoutError
+from .task import Task
 
 __all__ = ["Client", "TaskFuture"]
 
 _log = logging.getLogger("neutrino.client")
 
-# Plain ints: pyzmq's constants are enums, and enum arithmetic costs more than the syscall it guards.
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
 _POLL_IN = select.POLLIN
 _decode = neutrino_protocol.decode
+_recv_ready = _frontend.recv_ready
+_NO_ARGS = _frontend.NO_ARGS
 
 _Settled = list[tuple["Future[Any]", Message]]
 
@@ -101,6 +107,32 @@ class TaskFuture(Future[Any]):
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task!r} id={self.task_id} {self._state.lower()}>"
+
+
+class _Stream:
+    """The replies of one `map()` waiting for its thread. A drain (on any thread, under the client's
+    lock) appends to `replies`, and sets `event` only while the stream's thread waits on it."""
+
+    __slots__ = ("error", "event", "replies", "waiting")
+
+    def __init__(self) -> None:
+        self.replies: deque[TaskReply | TaskRejected] = deque()
+        self.waiting = False
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+
+    def put(self, msg: TaskReply | TaskRejected) -> None:
+        self.replies.append(msg)
+        if self.waiting:
+            self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+    def done(self) -> bool:
+        """What `Client._receive_until` waits for: a reply to hand out, or an error."""
+        return bool(self.replies) or self.error is not None
 
 
 class Client:
@@ -150,11 +182,16 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, Future[Any]] = {}
+        # map() tasks: task id -> its stream; and how many streams wait while another thread receives.
+        self._streamed: dict[int, _Stream] = {}
+        self._streams_waiting = 0
+        self._frames = _frontend.SubmitFrames(self.max_payload_bytes)
         # Requests answered by nonce (Ping, DescribeTasks); their ids come from the same counter.
         self._pings: dict[int, Future[Any]] = {}
         self._closed = False
-        # The future a call()/ping() thread is receiving for, None when no call receives.
-        self._receiver: Future[Any] | None = None
+        # The future a call()/ping() thread (or the stream a map() thread) is receiving for, None
+        # when no thread receives.
+        self._receiver: Future[Any] | _Stream | None = None
         self._io_watching = False
         # When a submit() last sent (and drained); the I/O thread defers to a submitter in a burst.
         self._submitted_ns = 0
@@ -186,11 +223,11 @@ class Client:
 
     def call(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a task and return its value; raise its TaskError/RejectedError, or NeutrinoTimeoutError."""
-        task = _frontend.task_name(name)
+        task = name if type(name) is str else _frontend.task_name(name)
         task_id = next(self._ids)
-        frames = _frontend.submit_frames(task_id, task, args, kwargs, max_payload_bytes=self.max_payload_bytes)
+        frames = self._frames(task, task_id, args, kwargs)
         fut = TaskFuture(task_id, task, self._cancel)
-        receiving = self._send(self._pending, fut.task_id, fut, frames, become_receiver=True)
+        receiving = self._send(self._pending, task_id, fut, frames, become_receiver=True)
         try:
             return self._wait(fut, receiving, self.timeout_s)
         except NeutrinoTimeoutError:
@@ -206,7 +243,104 @@ class Client:
 
     def submit(self, name: str | Task[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Send a task and return at once; the future resolves to its value or its error."""
-        return self.submit_with(name, args, kwargs)
+        task = name if type(name) is str else _frontend.task_name(name)
+        task_id = next(self._ids)
+        frames = self._frames(task, task_id, args, kwargs)
+        fut = TaskFuture(task_id, task, self._cancel)
+        self._send(self._pending, task_id, fut, frames, become_receiver=False)
+        return fut
+
+    def submit_many(
+        self,
+        name: str | Task[..., Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> list[TaskFuture]:
+        """Send one task per item and return their futures, in the items' order, sent in one go.
+
+        Arguments as for `map()`: `submit_many("add", xs, ys)` sends add(x, y) for each pair.
+        Cheaper than a loop of submit() (one lock and one drain for the batch), but every task
+        is in flight at once: for a long or unbounded iterable, `map()` keeps a window instead.
+        `timeout_s` and `retries` override the task's own, as in `submit_with()`.
+        """
+        _frontend.check_options(timeout_s, retries)
+        items = _mapping.zip_arguments(iterables)
+        encoder = _frontend.SubmitEncoder(_frontend.task_name(name), timeout_s, retries)
+        task, limit = encoder.name, self.max_payload_bytes
+        batch = []
+        for args in items:
+            payload = _NO_ARGS if not args else _frontend.check_payload(task, pack_args(args, {}), limit)
+            task_id = next(self._ids)
+            batch.append((TaskFuture(task_id, task, self._cancel), encoder.frames(task_id, payload)))
+        with self._lock:
+            self._check_usable_locked()
+            pending = self._pending
+            try:
+                for fut, frames in batch:
+                    pending[fut.task_id] = fut
+                    self._send_locked(frames)
+            except BaseException:
+                for fut, _ in batch:
+                    pending.pop(fut.task_id, None)
+                raise
+            self._submitted_ns = time.monotonic_ns()
+            settled, wake = self._drain_locked(False)
+            self._update_role_locked()
+        if settled:
+            self._settle(settled, wake)
+        return [fut for fut, _ in batch]
+
+    def map(
+        self,
+        name: str | Task[..., Any],
+        /,
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        window: int = _mapping.DEFAULT_WINDOW,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> Generator[Any, None, None]:
+        """Run the task once per item and iterate over the results, as the builtin `map` and
+        `concurrent.futures.Executor.map` do: `map("add", xs, ys)` runs add(x, y) for each pair
+        (stopping at the shortest iterable); `starmap()` takes the argument tuples ready-made.
+
+        Streams: at most `window` tasks are in flight (sent, and their result not yet taken by
+        you), and items are pulled from the iterables only as room frees, so a slow consumer holds
+        the sending back instead of growing a buffer. Results come in the items' order, or as they
+        complete with `ordered=False`. A task's error is raised where its result would be (the
+        tasks still in flight are then cancelled), or yielded in its place with
+        `return_exceptions=True`. Nothing is sent before the first `next()`. Closing the iterator
+        (`close()`, a `for` loop left by `break` or an exception, the iterator dropped) cancels
+        the tasks in flight, as `cancel()` does: queued ones are dropped, running ones interrupted
+        (their workers replaced). The client's `timeout_s` bounds each wait for the next result:
+        NeutrinoTimeoutError, the tasks in flight cancelled. `timeout_s` and `retries` here
+        override the task's own, per task, as in `submit_with()`.
+
+        No Future per task, and the meta map of its SubmitTask is packed once: the fastest way
+        to run many tasks from one thread.
+        """
+        return self._map_with(
+            name, _mapping.zip_arguments(iterables), ordered, window, return_exceptions, timeout_s, retries
+        )
+
+    def starmap(
+        self,
+        name: str | Task[..., Any],
+        /,
+        iterable: Iterable[Iterable[Any]],
+        *,
+        ordered: bool = True,
+        window: int = _mapping.DEFAULT_WINDOW,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> Generator[Any, None, None]:
+        """`map()` with each item the positional arguments of one task, as `itertools.starmap`:
+        `starmap("add", [(1, 2), (3, 4)])` runs add(1, 2) and add(3, 4); `()` calls without arguments."""
+        return self._map_with(name, iter(iterable), ordered, window, return_exceptions, timeout_s, retries)
 
     def submit_with(
         self,
@@ -280,7 +414,7 @@ class Client:
         self._request_cancel(_frontend.check_task_id(task_id), forget=False)
 
     def close(self) -> None:
-        """Disconnect; tasks still waiting fail with ClientClosedError. Idempotent."""
+        """Disconnect; tasks still waiting fail with ClientClosedError (a map() iterator raises it). Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -288,6 +422,9 @@ class Client:
             waiting = [*self._pending.values(), *self._pings.values()]
             self._pending.clear()
             self._pings.clear()
+            self._fail_streams_locked(
+                ClientClosedError(f"the client for {self.address} was closed before a reply came")
+            )
             self._io_wake.set()
             if self._receiver is None:
                 self._rx_wake.close()
@@ -320,15 +457,18 @@ class Client:
 
     # -- sending and waiting ----------------------------------------------------------------
 
+    def _check_usable_locked(self) -> None:
+        if self._closed:
+            raise ClientClosedError(f"the client for {self.address} is closed; create a new Client")
+        if self._refused is not None:
+            raise HandshakeError(str(self._refused), reason=self._refused.reason)
+
     def _send(
         self, table: dict[int, Future[Any]], key: int, fut: Future[Any], frames: list[bytes], *, become_receiver: bool
     ) -> bool:
         """Register `fut`, send, drain. Returns True when this thread became the receiver."""
         with self._lock:
-            if self._closed:
-                raise ClientClosedError(f"the client for {self.address} is closed; create a new Client")
-            if self._refused is not None:
-                raise HandshakeError(str(self._refused), reason=self._refused.reason)
+            self._check_usable_locked()
             table[key] = fut
             try:
                 self._send_locked(frames)
@@ -374,7 +514,7 @@ class Client:
                 self._request_cancel(fut.task_id, forget=True)
             raise NeutrinoTimeoutError("timed out") from None
 
-    def _receive_until(self, fut: Future[Any], deadline: float | None) -> None:
+    def _receive_until(self, fut: Future[Any] | _Stream, deadline: float | None) -> None:
         """Poll and drain on this thread until `fut` settles, the deadline passes or the client closes."""
         poll = self._poll_rx.poll
         wake_fd = self._rx_wake.fileno()
@@ -432,6 +572,134 @@ class Client:
         except zmq.Again:
             raise _frontend.link_gone(self.address, self._refused) from None
 
+    # -- map() streams ----------------------------------------------------------------------
+
+    def _map_with(
+        self,
+        name: str | Task[..., Any],
+        items: Iterator[Iterable[Any]],
+        ordered: bool,
+        window: int,
+        return_exceptions: bool,
+        timeout_s: float | None,
+        retries: int | None,
+    ) -> Generator[Any, None, None]:
+        """Check everything before the first `next()`, so a bad argument raises at the call."""
+        _frontend.check_options(timeout_s, retries)
+        state = _mapping.MapState(
+            _frontend.SubmitEncoder(_frontend.task_name(name), timeout_s, retries),
+            items,
+            window=_mapping.check_window(window),
+            ordered=bool(ordered),
+            return_exceptions=bool(return_exceptions),
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        with self._lock:
+            self._check_usable_locked()
+        return self._stream(state)
+
+    def _stream(self, state: _mapping.MapState) -> Generator[Any, None, None]:
+        stream = _Stream()
+        try:
+            while True:
+                for value, exc in state.take(stream.replies):
+                    if exc is None:
+                        yield value
+                    elif state.return_exceptions:
+                        yield exc
+                    else:
+                        raise exc
+                while batch := state.fill(self._ids):
+                    self._send_stream(stream, batch)
+                if state.finished:
+                    return
+                if not stream.replies:
+                    self._wait_stream(stream, state)
+        finally:
+            if state.in_flight:
+                self._cancel_stream(state.in_flight)
+
+    def _send_stream(self, stream: _Stream, batch: list[tuple[int, list[bytes]]]) -> None:
+        with self._lock:
+            self._check_usable_locked()
+            streamed, sock, send = self._streamed, self._sock, _frontend.send_nowait
+            try:
+                for task_id, frames in batch:
+                    streamed[task_id] = stream
+                    send(sock, frames)
+            except zmq.Again:
+                raise _frontend.link_gone(self.address, self._refused) from None
+            settled, wake = self._drain_locked(False)
+            self._update_role_locked()
+        if settled:
+            self._settle(settled, wake)
+
+    def _wait_stream(self, stream: _Stream, state: _mapping.MapState) -> None:
+        """Block until the stream has a reply: receiving on this thread when no other thread does,
+        else waiting for whoever receives to hand the replies over."""
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        receiving: bool | None  # None: a reply came meanwhile, no wait
+        with self._lock:
+            self._check_usable_locked()
+            if stream.done():
+                receiving = None
+            elif self._receiver is None:
+                self._receiver = stream
+                self._update_role_locked()  # the I/O thread stops watching while this thread receives
+                receiving = True
+            else:
+                stream.event.clear()
+                stream.waiting = True
+                self._streams_waiting += 1
+                self._update_role_locked()
+                receiving = False
+        if receiving:
+            try:
+                self._receive_until(stream, deadline)
+            finally:
+                self._leave_receiver()
+        elif receiving is False:
+            try:
+                if not stream.replies:
+                    stream.event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            finally:
+                with self._lock:
+                    stream.waiting = False
+                    self._streams_waiting -= 1
+                    if not self._closed:
+                        self._update_role_locked()
+        if stream.error is not None:
+            raise stream.error
+        if self._closed:
+            raise ClientClosedError(f"the client for {self.address} was closed before a reply came")
+        if not stream.replies:
+            raise NeutrinoTimeoutError(
+                f"map over task {state.encoder.name!r}: no reply from {self.address} within {self.timeout_s}s; "
+                f"the {len(state.in_flight)} tasks in flight were cancelled. Raise Client(timeout_s=...)"
+            )
+
+    def _cancel_stream(self, in_flight: dict[int, int]) -> None:
+        """Ask the orchestrator to cancel a closed stream's tasks, and forget them."""
+        with self._lock:
+            if self._closed:
+                return
+            streamed = self._streamed
+            live = [task_id for task_id in in_flight if streamed.pop(task_id, None) is not None]
+            try:
+                for task_id in live:
+                    self._send_locked(_frontend.cancel_frames(task_id))
+            except HandshakeError:
+                return  # never delivered, so there is nothing to cancel
+            settled, wake = self._drain_locked(False)
+            self._update_role_locked()
+        if settled:
+            self._settle(settled, wake)
+
+    def _fail_streams_locked(self, error: BaseException) -> None:
+        for stream in set(self._streamed.values()):
+            stream.fail(error)
+        self._streamed.clear()
+
     # -- receiving --------------------------------------------------------------------------
 
     def _drain_locked(self, receiving: bool) -> tuple[_Settled, bool]:
@@ -439,15 +707,8 @@ class Client:
         and whether the receiving call's own reply is among them (it must then be woken)."""
         settled: _Settled = []
         wake = False
-        sock = self._sock
-        while sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-            # Frame objects instead of recv_multipart: `.more` is a C attribute, while
-            # recv_multipart asks getsockopt(RCVMORE) through pyzmq's Python layer per frame.
-            frame = sock.recv(_NOBLOCK, copy=False)
-            frames = [frame.bytes]
-            while frame.more:
-                frame = sock.recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
+        pending, streamed, receiver = self._pending, self._streamed, self._receiver
+        for frames in _recv_ready(self._sock):
             try:
                 msg = _decode(frames)
             except neutrino_protocol.ProtocolError as exc:
@@ -457,7 +718,12 @@ class Client:
                 continue
             kind = type(msg)
             if kind is TaskReply or kind is TaskRejected:
-                fut = self._pending.pop(msg.id, None)  # type: ignore[attr-defined]
+                fut = pending.pop(msg.id, None)  # type: ignore[attr-defined]
+                if fut is None and (stream := streamed.pop(msg.id, None)) is not None:  # type: ignore[attr-defined]
+                    stream.put(msg)  # type: ignore[arg-type]
+                    if stream is receiver and not receiving:
+                        wake = True
+                    continue
             elif kind is Pong or kind is TaskCatalog:
                 fut = self._pings.pop(msg.nonce, None)  # type: ignore[attr-defined]
             else:  # TaskAccepted (we never ask for acks) or a message type meant for someone else
@@ -467,7 +733,7 @@ class Client:
                 # Answered after a timeout or cancel, or a duplicate; nobody is waiting.
                 _log.debug("dropping %s for unknown id from %s", kind.__name__, self.address)
                 continue
-            if fut is self._receiver and not receiving:
+            if fut is receiver and not receiving:
                 wake = True
             settled.append((fut, msg))
         return settled, wake
@@ -500,6 +766,7 @@ class Client:
             waiting = [*self._pending.values(), *self._pings.values()]
             self._pending.clear()
             self._pings.clear()
+            self._fail_streams_locked(HandshakeError(str(error), reason=error.reason))
             # Drops the requests still queued for the pod, so none is delivered after its caller
             # was told it failed (libzmq would otherwise keep reconnecting and send them later).
             self._sock.disconnect(self.address)
@@ -513,8 +780,9 @@ class Client:
                 self._rx_wake.set()
 
     def _update_role_locked(self) -> None:
-        """The I/O thread watches the socket exactly while futures wait and no call is receiving."""
-        want = self._receiver is None and bool(self._pending or self._pings)
+        """The I/O thread watches the socket exactly while futures (or streams that cannot receive
+        themselves) wait and no thread is receiving."""
+        want = self._receiver is None and bool(self._pending or self._pings or self._streams_waiting)
         if want != self._io_watching:
             self._io_watching = want
             if want:

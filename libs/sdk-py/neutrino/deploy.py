@@ -6,8 +6,8 @@
 For each `@app.model` it writes one file holding a Deployment (`neutrino serve model NAME` in the
 model-server image, probes on the KServe V2 health routes), a Service named
 `neutrino.models.service_name(name)` on port 8080, which is where task pods and the gateway look
-for the model unless told otherwise, and a HorizontalPodAutoscaler between the model's
-`min_replicas` and `max_replicas` on CPU. Requests and limits come from the model's `cpu`,
+for the model unless told otherwise (gRPC clients on 8081), and a HorizontalPodAutoscaler between
+the model's `min_replicas` and `max_replicas` on CPU. Requests and limits come from the model's `cpu`,
 `memory` and `gpu`. A kustomization.yaml lists the files and, with `--base`, the rest of the
 stack (a deploy/k8s overlay), so one `kubectl apply -k DIR` deploys everything.
 
@@ -36,6 +36,9 @@ DEFAULT_IMAGE = "neutrino/model-server"
 # The model server's port in a container (`neutrino serve model`), and so the port of each model's
 # Service: task pods and the gateway reach a model at http://neutrino-model-<name>:8080.
 MODEL_PORT = 8080
+# The Open Inference Protocol's gRPC service, which the model server starts when told a port
+# (NEUTRINO_MODEL_SERVER_GRPC_PORT, set in the container below; the model-server image sets it too).
+MODEL_GRPC_PORT = 8081
 # When a model states no cpu/memory: enough for a small Python model. The HPA's CPU target is a
 # share of the request, so a request is always set.
 DEFAULT_CPU = "1"
@@ -78,8 +81,14 @@ def model_manifests(model: Model, app_spec: str, image: str = DEFAULT_IMAGE) -> 
         "name": "model",
         "image": image,
         "command": ["neutrino", "serve", "model", model.name],
-        "env": [{"name": "NEUTRINO_APP", "value": app_spec}],
-        "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "NEUTRINO_APP", "value": app_spec},
+            {"name": "NEUTRINO_MODEL_SERVER_GRPC_PORT", "value": str(MODEL_GRPC_PORT)},
+        ],
+        "ports": [
+            {"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": MODEL_GRPC_PORT, "protocol": "TCP"},
+        ],
         # 400 until load() returns, then 200: a loading replica gets no traffic however long it takes.
         "readinessProbe": _probe("/v2/health/ready", period_s=2, timeout_s=2, failures=2),
         # Answers while load() runs too (load runs off the event loop).
@@ -135,7 +144,10 @@ def model_manifests(model: Model, app_spec: str, image: str = DEFAULT_IMAGE) -> 
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector,
-                "ports": [{"name": "http", "port": MODEL_PORT, "targetPort": "http", "protocol": "TCP"}],
+                "ports": [
+                    {"name": "http", "port": MODEL_PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "grpc", "port": MODEL_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                ],
             },
         },
     ]

@@ -11,12 +11,12 @@ configuration: `app.configure_models({"digits": [...]})`, else the environment v
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import typing
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "ModelNamespace", "model_url_env", "service_name"]
 
-_MODEL_OPTIONS = (
+MODEL_OPTIONS = (
     "name",
     "min_replicas",
     "max_replicas",
@@ -68,10 +68,15 @@ class Model:
       (or `predict(xs)` with a list of inputs, returning a list as long, when `max_batch_size > 1`).
       Either may be `async def`. An optional `validate(x)` is called on each input before it joins
       a batch; raising `ValueError` or `TypeError` there fails only that request (HTTP 422).
+      Type hints on `validate(x)`, else on `predict` (its list's item type when batched), are
+      checked per input with pydantic before that, as FastAPI checks a body: a bad input gets a
+      422 naming each wrong field, and `predict` gets the validated value (see `io_types`).
     - `min_replicas`, `max_replicas`: how many model servers a deployment runs.
     - `max_batch_size`: the most inputs one `predict` call gets (1: no batching).
     - `batch_wait_ms`: how long a batch may wait to fill, from its first input's arrival. A
-      server with nothing queued and nothing running sends a lone input at once.
+      server with nothing queued and nothing running sends a lone input at once, unless its
+      last batch carried several requests: their callers are coming back, and the first back
+      waits (`batch_wait_ms` at most) for the others.
     - `max_concurrency`: `predict` calls running at once in one replica (sync ones in threads).
     - `cpu`, `memory`, `gpu`: what one replica needs, as Kubernetes quantities (`cpu="500m"`,
       `memory="2Gi"`; `gpu` counts `nvidia.com/gpu` devices). `neutrino deploy render` makes them
@@ -119,6 +124,24 @@ class Model:
             "memory": self.memory,
             "gpu": self.gpu,
         }
+
+    def io_types(self) -> tuple[Any, Any]:
+        """The types of one input and of one output, from the class's type hints; `Any` where unstated.
+
+        The input's is `validate(x)`'s hint, else `predict`'s; a batched model's `predict` takes and
+        returns lists, so its hints count by their item type (`list[list[float]]` -> `list[float]`),
+        and a hint that is not a list says nothing about one input. The model server checks inputs
+        against the input type and describes both in its V2 metadata.
+        """
+        x, out = _hints(self.cls.predict)
+        if self.batched:
+            x, out = _item_type(x), _item_type(out)
+        validate = getattr(self.cls, "validate", None)
+        if callable(validate):
+            hint, _ = _hints(validate)
+            if hint is not Any:
+                x = hint
+        return x, out
 
     def replica_urls(self) -> tuple[str, ...]:
         """The replicas' base URLs: from `App.configure_models`, else `NEUTRINO_MODEL_<NAME>_URL`, else
@@ -223,16 +246,26 @@ def check_model_class(cls: object) -> type[Any]:
     return cls
 
 
-def reject_unknown(unknown: Mapping[str, object]) -> None:
-    if not unknown:
-        return
-    parts = []
-    for key in sorted(unknown):
-        close = " or ".join(repr(c) for c in difflib.get_close_matches(key, _MODEL_OPTIONS, n=2))
-        parts.append(f"{key} (did you mean {close}?)" if close else key)
-    raise TypeError(
-        f"The following model options are undefined: {', '.join(parts)}. Valid options: {', '.join(_MODEL_OPTIONS)}."
-    )
+def _hints(method: Any) -> tuple[Any, Any]:
+    """The hints of a method's one input (its first parameter after self) and of its return value."""
+    from .schema import _type_hints
+
+    signature = inspect.signature(method)
+    hints = _type_hints(method, signature)
+    params = [p for p in list(signature.parameters.values())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return (hints.get(params[0].name, Any) if params else Any), hints.get("return", Any)
+
+
+def _item_type(hint: Any) -> Any:
+    """The element type of `list[X]`, `Sequence[X]` or `tuple[X, ...]` (Annotated or not); else Any."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, Sequence, MutableSequence) and len(args) == 1:
+        return args[0]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return Any
 
 
 def check_options(

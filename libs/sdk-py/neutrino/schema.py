@@ -27,10 +27,9 @@ import logging
 import typing
 import warnings
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from .app import Task
+from .task import DEFAULT_RETRY_BACKOFF_MAX_S, DEFAULT_RETRY_BACKOFF_S, Task
 
 __all__ = ["describe_task", "task_catalog"]
 
@@ -174,8 +173,6 @@ def _first_paragraph(fn: Callable[..., Any]) -> str:
 
 
 def _options(task: Task[..., Any]) -> dict[str, Any]:
-    from .app import DEFAULT_RETRY_BACKOFF_MAX_S, DEFAULT_RETRY_BACKOFF_S
-
     options: dict[str, Any] = {}
     if task.timeout is not None:
         options["timeout_s"] = task.timeout

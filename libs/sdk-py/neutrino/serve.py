@@ -25,6 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import cli
 from .models import CLUSTER_URL_TEMPLATE, URL_TEMPLATE_ENV
 
 __all__ = ["ROLES", "find_orchestrator", "main", "orchestrator_argv"]
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if role == "gateway":
             listen = _listen_flags(opts, passthrough, host, "NEUTRINO_GATEWAY_", GATEWAY_PORT)
             env.setdefault(URL_TEMPLATE_ENV, CLUSTER_URL_TEMPLATE)
-            _run_python_service("neutrino_gateway.__main__", "gateway", listen + passthrough)
+            _run_python_service("gateway", listen + passthrough)
             return
         name = _setting(opts.name, env, "NEUTRINO_MODEL")
         app = _setting(opts.app, env, "NEUTRINO_APP")
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ServeError("which model? pass its name: neutrino serve model NAME --app module:attr")
         model = ["--model", name] + (["--app", app] if app else [])
         listen = _listen_flags(opts, passthrough, host, "NEUTRINO_MODEL_SERVER_", MODEL_PORT)
-        _run_python_service("neutrino_model_server.__main__", "model-server", model + listen + passthrough)
+        _run_python_service("model-server", model + listen + passthrough)
     except ServeError as exc:
         print(f"neutrino serve {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -203,12 +204,10 @@ def _listen_flags(
     return flags
 
 
-def _run_python_service(module_name: str, command: str, argv: list[str]) -> None:
-    import importlib
-
+def _run_python_service(command: str, argv: list[str]) -> None:
+    """Run the `neutrino COMMAND` that the service's package declares (see `neutrino.cli`)."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ServeError(f"{exc.name} is not installed; install the neutrino-{command} package") from None
-    sys.argv = [f"neutrino-{command}", *argv]
-    module.main()
+        main = cli.find(command)
+    except cli.CommandError as exc:
+        raise ServeError(str(exc)) from None
+    main(argv)

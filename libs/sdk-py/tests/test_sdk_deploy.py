@@ -102,7 +102,10 @@ def test_a_model_gets_a_deployment_service_and_hpa_from_its_options() -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["neutrino", "serve", "model", "digits"]
     assert container["image"] == "me/app:1"
-    assert container["env"] == [{"name": "NEUTRINO_APP", "value": "pkg.app:app"}]
+    assert container["env"] == [
+        {"name": "NEUTRINO_APP", "value": "pkg.app:app"},
+        {"name": "NEUTRINO_MODEL_SERVER_GRPC_PORT", "value": "8081"},  # gRPC beside HTTP
+    ]
     assert container["resources"] == {
         "requests": {"cpu": "500m", "memory": "768Mi"},
         "limits": {"cpu": "500m", "memory": "768Mi"},

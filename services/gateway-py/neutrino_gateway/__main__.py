@@ -6,18 +6,29 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 
+from neutrino import _logs
+from neutrino._tracing import TracingConfigError
+
+from . import tracing
 from .config import ConfigError, load
 from .server import run
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve as `argv` (default: the command line) and the environment say; `neutrino gateway` calls this too."""
     try:
-        config = load()
+        config = load(argv)
     except ConfigError as exc:
         print(f"neutrino-gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=config.log_level, format="[%(levelname)s] %(name)s: %(message)s")
+    _logs.configure(config.log_level, config.log_format, "[%(levelname)s] %(name)s: %(message)s")
+    try:
+        tracing.setup()
+    except TracingConfigError as exc:
+        print(f"neutrino-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if config.no_auth:
         logging.getLogger("neutrino.gateway").warning(
             "auth is off (--no-auth): anyone who can reach the port can run tasks"

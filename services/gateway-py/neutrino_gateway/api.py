@@ -29,7 +29,7 @@ from aiohttp import web
 from neutrino._http_limits import answer_and_close
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import docs, errors, metrics, openapi
+from . import dashboard, docs, errors, metrics, openapi, tracing
 from .catalog import Catalog
 from .config import Config
 from .errors import ApiError
@@ -42,7 +42,7 @@ log = logging.getLogger("neutrino.gateway")
 
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | dashboard.PAGES  # the page asks for the token
 # Pages a browser opens: there the token may also be the password of HTTP Basic auth (any user
 # name), which a browser asks for by itself. Only for GET: a browser sends remembered Basic
 # credentials along with other sites' requests too, and these two change nothing.
@@ -63,6 +63,10 @@ _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409, "too_large": 413}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The constant parts of a msgpack success answer, `{"id": <id>, "status": "succeeded", "result": <result>}`,
+# packed once: a map of 3 and the key "id"; then "status": "succeeded" and the key "result".
+_SUCCESS_HEAD = b"\x83" + msgpack.packb("id")
+_SUCCESS_MIDDLE = msgpack.packb("status") + msgpack.packb("succeeded") + msgpack.packb("result")
 
 
 class Api:
@@ -74,14 +78,20 @@ class Api:
         self.models = models
         self._tokens = [token.encode() for token in config.auth_tokens]
         self._openapi: tuple[int, bytes] | None = None
+        self.dashboard = dashboard.Dashboard(config, runs, pool)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self.middleware])
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[*tracing.middlewares(), self.middleware]
+        )
         app.router.add_post("/v1/tasks/{name}", self.run_task)
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/runs/{id}", self.get_run)
         app.router.add_delete("/v1/runs/{id}", self.delete_run)
         app.router.add_post("/v1/runs/{id}/cancel", self.cancel_run)
+        app.router.add_get("/v1/runs", self.list_runs)
+        app.router.add_get("/v1/status", self.status)
+        self.dashboard.install(app)
         self.models.add_routes(app.router)
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_get("/docs", self.docs)
@@ -139,10 +149,16 @@ class Api:
         """Read the whole body now, within --body-timeout (handlers then get it from aiohttp's cache):
         a client that trickles its body cannot hold the connection for the whole request deadline."""
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
+            if request.content.is_eof():  # it all came with the head (the usual small body): no timer to set
                 await request.read()
+            else:
+                async with asyncio.timeout(self.config.body_timeout_s):
+                    await request.read()
         except TimeoutError:
             raise errors.body_timeout(self.config.body_timeout_s) from None
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not decode under
+            why = getattr(exc.__cause__, "message", None) or str(exc)
+            raise errors.bad_request(f"the request body cannot be read: {why}") from None
 
     def _check_token(self, request: web.Request) -> None:
         browser = request.path in BROWSER_PATHS and request.method in ("GET", "HEAD")
@@ -177,7 +193,10 @@ class Api:
             )
 
     def _error(self, request: web.Request, exc: ApiError) -> web.Response:
-        response = self._respond(request, exc.body(), exc.status)
+        # Under /v2/ the Open Inference Protocol's shape, `{"error": "<message>"}`: V2 clients read
+        # `error` as a string (tritonclient fails on printing its exception for any other shape).
+        body = {"error": exc.message} if request.path.startswith("/v2/") else exc.body()
+        response = self._respond(request, body, exc.status)
         response.headers.extend(exc.headers)
         return response
 
@@ -217,7 +236,7 @@ class Api:
                 409, "idempotency_conflict", f"Idempotency-Key {key!r} was used for task {run.task!r}; use a new key"
             )
         if run is None:
-            run = await self.runs.submit(name, body, timeout_s, retries, key)
+            run = await self.runs.submit(name, body, timeout_s, retries, key, tracing.run_context(request.headers))
         waiting = wait_s > 0
         run.http_waiting += waiting
         try:
@@ -275,6 +294,17 @@ class Api:
         await self.runs.delete(run)
         return web.Response(status=204)
 
+    async def list_runs(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/runs`: the runs created last, newest first, without results (`GET /v1/runs/{id}` has it)."""
+        limit = _integer(request.query, "limit", openapi.RECENT_RUNS, minimum=1, maximum=openapi.MAX_RECENT_RUNS)
+        assert limit is not None
+        runs = [self._record(run, result=False) for run in self.dashboard.recent(limit)]
+        return self._respond(request, {"runs": runs})
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/status`: task pods, workers, queue depth, run rates, model replicas (dashboard.py)."""
+        return self._respond(request, await self.dashboard.status())
+
     def _find(self, request: web.Request) -> Run:
         run = self.runs.get(request.match_info["id"])
         if run is None:
@@ -330,9 +360,7 @@ class Api:
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        pods = list(self.pool.pods.values())
-        metrics.PODS.labels("up").set(sum(pod.up for pod in pods))
-        metrics.PODS.labels("down").set(sum(not pod.up for pod in pods))
+        metrics.observe_pods(self.pool.pods.values())
         metrics.RUNS_ACTIVE.set(len(self.runs.active))
         response = web.Response(body=generate_latest())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -384,8 +412,7 @@ class Api:
     def _success(self, request: web.Request, run: Run) -> web.Response:
         if self._wants_msgpack(request):
             # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
-            head = b"\x83" + msgpack.packb("id") + msgpack.packb(run.id) + msgpack.packb("status")
-            body = head + msgpack.packb("succeeded") + msgpack.packb("result") + (run.result or b"\xc0")
+            body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or b"\xc0")
             return web.Response(body=body, content_type=MSGPACK)
         return web.Response(
             body=_json_bytes({"id": run.id, "status": "succeeded", "result": _result(run)}),
@@ -402,7 +429,7 @@ class Api:
             STATUS_OF_KIND.get(kind, 500), str(error.get("type", kind)), str(error.get("message", "")), detail
         )
 
-    def _record(self, run: Run) -> dict[str, Any]:
+    def _record(self, run: Run, *, result: bool = True) -> dict[str, Any]:
         record: dict[str, Any] = {
             "id": run.id,
             "task": run.task,
@@ -411,9 +438,11 @@ class Api:
             "created_at": _iso(run.created_at),
             "started_at": _iso(run.started_at),
             "finished_at": _iso(run.finished_at),
+            "trace_id": run.trace_id,
         }
         if run.status == "succeeded":
-            record["result"] = _result(run)
+            if result:
+                record["result"] = _result(run)
         elif run.error is not None:
             error = dict(run.error)
             if not self.config.include_traceback:

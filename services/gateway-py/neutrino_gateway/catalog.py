@@ -147,10 +147,16 @@ class TaskInfo:
     body: dict[str, Any] = field(default_factory=dict)
     result_body: dict[str, Any] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
+    # Whether `{}` fits, checked once: a task without required arguments is mostly called with none,
+    # and walking the schema for an empty body costs as much as a run's JSON encoding.
+    empty_body_fits: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.empty_body_fits = self.validator is not None and bool(self.validator.is_valid({}))
 
     def errors(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """FastAPI-shaped errors (`loc`, `msg`, `type`) for `body`; empty when it fits."""
-        if self.validator is None:
+        if self.validator is None or (not body and self.empty_body_fits):
             return []
         found = []
         for error in sorted(self.validator.iter_errors(body), key=lambda e: list(e.absolute_path)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from neutrino import _logs
 from neutrino.errors import KeyFileError
 from neutrino.keys import CLIENT_KEY_ENV, SERVER_KEY_ENV, CurveKeys, client_keys
 from neutrino.models import URL_ENV_PREFIX, URL_TEMPLATE_ENV, model_url_env, service_name
@@ -54,6 +56,7 @@ class Config:
     pod_timeout_s: float = 3.0  # a pod silent this long is lost: 6 pings
     resolve_interval_s: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (neutrino._logs)
     # CURVE on every task pod link (SPEC.md §2.1): the pods' public key and the gateway's own pair.
     curve: CurveKeys | None = None
     # Model replicas (models.py): by name from --model, else NEUTRINO_MODEL_<NAME>_URL (the SDK's
@@ -61,6 +64,11 @@ class Config:
     models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     model_url_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     model_url_template: str | None = None
+    # The longest one try at one replica may take before the next is tried: a replica that took the
+    # connection and never answers (a stopped process, a wedged host) costs no more than this. Above
+    # the model server's own --request-timeout (30 s), past which a replica that is not hung has
+    # answered, 504 if nothing else; so it cuts no call a healthy replica would have answered.
+    model_attempt_timeout_s: float = 35.0
 
     def model_replicas(self, name: str) -> tuple[str, ...] | None:
         """The base URLs of model `name`'s replicas, or None when nothing says where it is.
@@ -178,7 +186,16 @@ def parser() -> argparse.ArgumentParser:
         help="where a model not named by --model is, with {service} (neutrino-model-NAME, a DNS label) or {name} "
         f"filled in, e.g. http://{{service}}:8080 (default: ${URL_TEMPLATE_ENV}, which `neutrino serve` sets)",
     )
+    p.add_argument(
+        "--model-attempt-timeout",
+        type=float,
+        default=None,
+        help="seconds one try at one model replica may take; then the next replica is tried (a replica that "
+        "accepts the connection and never answers costs no more). Keep it above the model servers' "
+        "--request-timeout (default 35)",
+    )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--log-format", default=None, help="text (default) or json: one JSON object per line")
     p.add_argument(
         "--curve-server-key",
         default=None,
@@ -236,9 +253,18 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             value: float = kind(raw)
         except ValueError:
             raise ConfigError(f"{name.lower().replace('_', '-')} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name.lower().replace('_', '-')} must be a finite number, got {raw!r}")
         if value < minimum:
             raise ConfigError(f"{name.lower().replace('_', '-')} must be at least {minimum}, got {raw!r}")
         return value
+
+    def log_format(flag_value: str | None) -> str:
+        source = "--log-format" if flag_value is not None else ENV_PREFIX + "LOG_FORMAT"
+        try:
+            return _logs.check_format(pick(flag_value, "LOG_FORMAT") or defaults.log_format, source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     config = Config(
         orchestrators=tuple(orchestrators),
@@ -265,12 +291,16 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         pod_timeout_s=number(opts.pod_timeout, "POD_TIMEOUT", defaults.pod_timeout_s, float, 0.05),
         resolve_interval_s=number(opts.resolve_interval, "RESOLVE_INTERVAL", defaults.resolve_interval_s, float, 0.1),
         log_level=(pick(opts.log_level, "LOG_LEVEL") or defaults.log_level).upper(),
+        log_format=log_format(opts.log_format),
         models=_models(opts.model or [part for part in env.get(ENV_PREFIX + "MODEL", "").split(";") if part.strip()]),
         model_url_env={
             key: _urls(value, key)
             for key, value in env.items()
             if key.startswith(URL_ENV_PREFIX) and key.endswith("_URL") and value.strip()
         },
+        model_attempt_timeout_s=number(
+            opts.model_attempt_timeout, "MODEL_ATTEMPT_TIMEOUT", defaults.model_attempt_timeout_s, float, 0.01
+        ),
         model_url_template=_template(pick(opts.model_url_template, "MODEL_URL_TEMPLATE") or env.get(URL_TEMPLATE_ENV)),
     )
     try:

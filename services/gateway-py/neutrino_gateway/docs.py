@@ -240,7 +240,9 @@ def _models(models: Sequence[ModelDoc], template: str | None, base_url: str, aut
         ("POST /v1/models/{name}/predict", 'one input: {"inputs": x} -> {"outputs": y}, JSON or msgpack'),
         ("GET /v2/models/{name}", "the model's metadata (Open Inference Protocol)"),
         ("GET /v2/models/{name}/ready", "200 when a replica is ready"),
-        ("POST /v2/models/{name}/infer", "a batch of rows as V2 tensors"),
+        ("POST /v2/models/{name}/infer", "a batch of rows as V2 tensors, as JSON or binary (tritonclient's default)"),
+        ("/v2/models/{name}/versions/{version}/...", "the same three, for one version"),
+        ("GET /v2/health/live, /v2/health/ready", "the gateway's own; ready when each --model has a ready replica"),
     ]
     table = "".join(f"<tr><td><code>{escape(r)}</code></td><td>{escape(w)}</td></tr>" for r, w in rows)
     out = [

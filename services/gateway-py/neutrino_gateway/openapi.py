@@ -33,6 +33,8 @@ MAX_RETRIES = 100
 # scheduler/policy.rs): the gateway refuses more rather than let a longer timeout quietly shrink.
 MAX_TIMEOUT_S = 86_400.0
 RUN_STATUS = {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}
+RECENT_RUNS = 50  # GET /v1/runs without ?limit=
+MAX_RECENT_RUNS = 500
 
 
 def _run_schema(result: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +51,11 @@ def _run_schema(result: dict[str, Any]) -> dict[str, Any]:
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "trace_id": {
+                "type": ["string", "null"],
+                "pattern": "^[0-9a-f]{32}$",
+                "description": "The W3C trace the run belongs to: the request's traceparent, or a new one",
+            },
         },
     }
 
@@ -79,7 +86,8 @@ UNAUTHORIZED = {"401": COMMON_ERRORS["401"]}
 
 # The model routes answer with the replica's own body, whose error shapes are the model server's:
 # `{"error": {"type", "message"}}` on /v1, `{"error": "<message>"}` on /v2 (the protocol's). The
-# gateway's own refusals (401, 404 unknown model, 429 all busy, 503 none reachable, 504) are its Error.
+# gateway's own refusals (401, 404 unknown model or version, 429 all busy, 503 none reachable, 504
+# none answered in time) are its Error on /v1, and the protocol's shape on /v2, as V2 clients expect.
 MODEL_NAME_PARAM = {
     "name": "name",
     "in": "path",
@@ -87,6 +95,17 @@ MODEL_NAME_PARAM = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
     "description": "the model's name in the app (`@app.model(name=...)`)",
 }
+MODEL_VERSION_PARAM = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
+    "description": "the model's version (a Neutrino model server serves version `1`)",
+}
+# The binary tensor data extension (tritonclient's default): the JSON request or answer, this many
+# bytes long, then the tensors' raw bytes, in one application/octet-stream body.
+BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
 V1_MODEL_ERROR = {
     "type": "object",
     "required": ["error"],
@@ -102,16 +121,23 @@ V2_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"t
 
 
 def _either(description: str, replica_error: str) -> dict[str, Any]:
-    """An error status that the gateway or the replica may answer, each in its own shape."""
+    """An error status that the gateway or the replica may answer, each in its own shape (the same under /v2)."""
+    if replica_error == "V2Error":
+        return _replica(description, replica_error)
     schema = {"anyOf": [{"$ref": "#/components/schemas/Error"}, {"$ref": f"#/components/schemas/{replica_error}"}]}
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _gateway(description: str, replica_error: str) -> dict[str, Any]:
+    """An error status only the gateway answers: its Error, or the protocol's shape under /v2."""
+    return _replica(description, "V2Error" if replica_error == "V2Error" else "Error")
 
 
 def _model_call_errors(replica_error: str) -> dict[str, Any]:
     return {
         "400": _replica("The body is not one the model server can read", replica_error),
-        "401": COMMON_ERRORS["401"],
-        "403": _error_response("A POST from a browser page on another origin"),
+        "401": _gateway("Missing or wrong bearer token", replica_error),
+        "403": _gateway("A POST from a browser page on another origin", replica_error),
         "404": _either("Unknown model: no replicas configured, or the replica serves another model", replica_error),
         "408": _either(
             "The body did not arrive within the gateway's or the model server's --body-timeout", replica_error
@@ -121,7 +147,11 @@ def _model_call_errors(replica_error: str) -> dict[str, Any]:
         "429": _either("Every replica is busy; retry after Retry-After seconds", replica_error),
         "500": _replica("The model's predict raised", replica_error),
         "503": _either("No replica took the request (none reachable, or all loading)", replica_error),
-        "504": _either("Past the gateway's or the model server's deadline", replica_error),
+        "504": _either(
+            "No replica answered within the gateway's --model-attempt-timeout, or past its or the model server's "
+            "deadline",
+            replica_error,
+        ),
     }
 
 
@@ -164,13 +194,39 @@ def _model_paths() -> dict[str, Any]:
             "outputs": {"type": "array", "items": tensor},
         },
     }
-    lookup_errors = {
-        "401": COMMON_ERRORS["401"],
-        "404": _either("Unknown model", "V2Error"),
-        "503": _error_response("No replica reachable"),
-        "504": _error_response("Past the gateway's deadline"),
+    ready = {
+        "200": _json(
+            {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
+            "A replica is ready",
+        ),
+        "400": _json({"type": "object"}, "No replica is ready (the protocol's 4xx for false)"),
     }
-    return {
+    binary_length = {
+        BINARY_HEADER: {
+            "description": "Binary tensor extension: the length of the JSON part at the body's start",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    }
+    lookup_errors = {
+        "401": _gateway("Missing or wrong bearer token", "V2Error"),
+        "404": _either("Unknown model or version", "V2Error"),
+        "503": _gateway("No replica reachable", "V2Error"),
+        "504": _gateway(
+            "No replica answered within --model-attempt-timeout, or past the gateway's deadline", "V2Error"
+        ),
+    }
+    metadata = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": tensor_meta},
+            "outputs": {"type": "array", "items": tensor_meta},
+        },
+    }
+    paths: dict[str, Any] = {
         "/v1/models/{name}/predict": {
             "post": {
                 "operationId": "model_predict",
@@ -198,55 +254,218 @@ def _model_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/v2/models/{name}": {
+    }
+    for base, params, suffix, which in (
+        ("/v2/models/{name}", [MODEL_NAME_PARAM], "", "a model"),
+        ("/v2/models/{name}/versions/{version}", [MODEL_NAME_PARAM, MODEL_VERSION_PARAM], "_version", "one version"),
+    ):
+        paths[base] = {
             "get": {
-                "operationId": "model_metadata",
-                "summary": "A model's metadata (Open Inference Protocol)",
+                "operationId": f"model_metadata{suffix}",
+                "summary": f"The metadata of {which} (Open Inference Protocol)",
                 "tags": ["models"],
-                "parameters": [MODEL_NAME_PARAM],
+                "parameters": params,
+                "responses": {"200": _json(metadata, "The model's metadata"), **lookup_errors},
+            }
+        }
+        paths[base + "/ready"] = {
+            "get": {
+                "operationId": f"model_ready{suffix}",
+                "summary": f"200 when one of the replicas of {which} is ready, 400 when none is",
+                "tags": ["models"],
+                "parameters": params,
+                "responses": {**ready, **lookup_errors},
+            }
+        }
+        paths[base + "/infer"] = {
+            "post": {
+                "operationId": f"model_infer{suffix}",
+                "summary": f"A batch of rows as V2 tensors through the replicas of {which}",
+                "description": "JSON, or the binary tensor data extension (application/octet-stream with "
+                f"{BINARY_HEADER}); the body and that header go to a replica as they are, and its answer "
+                "comes back as it is.",
+                "tags": ["models"],
+                "parameters": [
+                    *params,
+                    {"name": BINARY_HEADER, "in": "header", "required": False, **binary_length[BINARY_HEADER]},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": infer_in}, "application/octet-stream": BINARY_BODY},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The outputs: JSON, or binary when the request asked for binary outputs",
+                        "headers": binary_length,
+                        "content": {"application/json": {"schema": infer_out}, "application/octet-stream": BINARY_BODY},
+                    },
+                    **_model_call_errors("V2Error"),
+                },
+            }
+        }
+    health = {"type": "object", "properties": {"ready": {"type": "boolean"}, "models": {"type": "object"}}}
+    paths["/v2/health/live"] = {
+        "get": {
+            "operationId": "v2_live",
+            "summary": "The gateway answers (Open Inference Protocol server liveness)",
+            "tags": ["models"],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"live": {"type": "boolean"}}}, "Live"),
+                "401": lookup_errors["401"],
+            },
+        }
+    }
+    paths["/v2/health/ready"] = {
+        "get": {
+            "operationId": "v2_ready",
+            "summary": "200 when each model named by --model has a ready replica, 400 when one has none",
+            "description": "`models` maps each of those names to whether it has a ready replica.",
+            "tags": ["models"],
+            "responses": {
+                "200": _json(health, "Ready"),
+                "400": _json(health, "A model has no ready replica (the protocol's 4xx for false)"),
+                "401": lookup_errors["401"],
+            },
+        }
+    }
+    return paths
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """GET /v1/status and GET /v1/runs: what the /dashboard page polls and `neutrino status` prints."""
+    count = {"type": "integer", "minimum": 0}
+    rate = {"type": ["number", "null"], "minimum": 0}
+    pod = {
+        "type": "object",
+        "required": ["address", "state", "workers", "queue_depth", "runs_in_flight", "last_pong_s_ago"],
+        "properties": {
+            "address": {"type": "string"},
+            "state": {"type": "string", "enum": ["up", "draining", "down", "refused"]},
+            "workers": {
+                "type": "object",
+                "required": ["busy", "idle"],
+                "properties": {"busy": count, "idle": count},
+                "description": "from the pod's last Pong; 0 while it is not answering",
+            },
+            "queue_depth": count,
+            "runs_in_flight": {**count, "description": "runs this gateway sent there, not answered yet"},
+            "last_pong_s_ago": {"type": ["number", "null"], "minimum": 0},
+        },
+    }
+    replica = {
+        "type": "object",
+        "required": ["url", "up"],
+        "description": "numbers from the replica's /metrics; `error` instead when it could not be read",
+        "properties": {
+            "url": {"type": "string"},
+            "up": {"type": "boolean"},
+            "error": {"type": "string"},
+            "requests": count,
+            "requests_per_s": rate,
+            "batches": count,
+            "batches_per_s": rate,
+            "mean_batch_size": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "over the rate window when batches ran in it, else since the replica started",
+            },
+            "batch_sizes": {
+                "type": "array",
+                "description": "batches since the replica started, per size range (above the previous "
+                "`up_to`, at most this one; null: above the largest)",
+                "items": {
+                    "type": "object",
+                    "required": ["up_to", "batches"],
+                    "properties": {"up_to": {"type": ["integer", "null"], "minimum": 0}, "batches": count},
+                },
+            },
+            "queue_depth": count,
+            "requests_in_flight": count,
+        },
+    }
+    status = {
+        "type": "object",
+        "required": ["time", "window_s", "task_pods", "totals", "runs", "models"],
+        "properties": {
+            "time": {"type": "string", "format": "date-time"},
+            "window_s": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "the seconds the rates span (up to 10); null on the first look, with no rates yet",
+            },
+            "task_pods": {"type": "array", "items": pod},
+            "totals": {
+                "type": "object",
+                "required": ["task_pods", "task_pods_up", "workers_busy", "workers_idle", "queue_depth"],
+                "properties": {
+                    "task_pods": count,
+                    "task_pods_up": count,
+                    "workers_busy": count,
+                    "workers_idle": count,
+                    "queue_depth": count,
+                },
+            },
+            "runs": {
+                "type": "object",
+                "required": ["queued", "running", "finished", "per_second"],
+                "properties": {
+                    "queued": {**count, "description": "runs waiting in the gateway for a task pod"},
+                    "running": {**count, "description": "runs a task pod has (running or in its queue)"},
+                    "finished": {
+                        "type": "object",
+                        "additionalProperties": count,
+                        "description": "runs finished since the gateway started, by outcome: `ok` or the error kind",
+                    },
+                    "per_second": {"type": "object", "additionalProperties": rate},
+                },
+            },
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "replicas"],
+                    "properties": {"name": {"type": "string"}, "replicas": {"type": "array", "items": replica}},
+                },
+            },
+        },
+    }
+    return {
+        "/v1/status": {
+            "get": {
+                "operationId": "status",
+                "summary": "Task pods and their workers, queue depth, runs per second by outcome, model replicas",
+                "description": "What the /dashboard page shows and `neutrino status` prints. Rates are over the "
+                "samples taken when this was asked for in the last 10 s (one a second at most).",
+                "tags": ["operations"],
+                "responses": {"200": _json(status, "The numbers now"), **UNAUTHORIZED},
+            }
+        },
+        "/v1/runs": {
+            "get": {
+                "operationId": "list_runs",
+                "summary": "The runs created last, newest first, without their results",
+                "tags": ["runs"],
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_RECENT_RUNS},
+                        "description": f"how many runs (default {RECENT_RUNS})",
+                    }
+                ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["name"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "versions": {"type": "array", "items": {"type": "string"}},
-                                "platform": {"type": "string"},
-                                "inputs": {"type": "array", "items": tensor_meta},
-                                "outputs": {"type": "array", "items": tensor_meta},
-                            },
+                            "required": ["runs"],
+                            "properties": {"runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}},
                         },
-                        "The model's metadata",
+                        "The runs; `GET /v1/runs/{id}` has one with its result",
                     ),
-                    **lookup_errors,
+                    **UNAUTHORIZED,
+                    "422": _error_response(f"`limit` is not an integer from 1 to {MAX_RECENT_RUNS}"),
+                    "503": _error_response("The run store cannot be read (`store_unavailable`)"),
                 },
-            }
-        },
-        "/v2/models/{name}/ready": {
-            "get": {
-                "operationId": "model_ready",
-                "summary": "200 when one of the model's replicas is ready, 400 when none is",
-                "tags": ["models"],
-                "parameters": [MODEL_NAME_PARAM],
-                "responses": {
-                    "200": _json(
-                        {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
-                        "A replica is ready",
-                    ),
-                    "400": _json({"type": "object"}, "No replica is ready (the protocol's 4xx for false)"),
-                    **lookup_errors,
-                },
-            }
-        },
-        "/v2/models/{name}/infer": {
-            "post": {
-                "operationId": "model_infer",
-                "summary": "A batch of rows as V2 tensors through a model's replicas",
-                "tags": ["models"],
-                "parameters": [MODEL_NAME_PARAM],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": infer_in}}},
-                "responses": {"200": _json(infer_out, "The outputs"), **_model_call_errors("V2Error")},
             }
         },
     }
@@ -418,6 +637,7 @@ def build(catalog: Catalog, auth: bool, max_wait_s: float) -> dict[str, Any]:
         }
     }
     paths.update(_model_paths())
+    paths.update(_dashboard_paths())
     for path, what in (("/healthz", "The gateway process is up"), ("/readyz", "At least one task pod answers")):
         paths[path] = {
             "get": {

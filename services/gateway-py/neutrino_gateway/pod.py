@@ -29,7 +29,7 @@ from typing import Any
 
 import neutrino_protocol
 import zmq
-from neutrino._frontend import send_nowait
+from neutrino._frontend import recv_ready, send_nowait
 from neutrino._handshake import HandshakeWatch, read_events, watch
 from neutrino.keys import CurveKeys
 from neutrino.keys import apply as apply_keys
@@ -37,9 +37,6 @@ from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask
 
 log = logging.getLogger("neutrino.gateway")
 
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
 # libzmq gives a link up for good when the pod refuses the handshake (a key not in its allowlist,
 # CURVE on one side only); the pod tries it again this often, so a fixed allowlist is picked up.
 RECONNECT_AFTER_REFUSAL_S = 5.0
@@ -97,6 +94,7 @@ class Pod:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._closed = False
+        self._drain_scheduled = False  # a drain() is due at the end of this loop turn (_send)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -132,12 +130,29 @@ class Pod:
         return next(self._ids)
 
     def submit(
-        self, wire_id: int, run: Any, task: str, payload: bytes, timeout_s: float | None, retries: int | None
+        self,
+        wire_id: int,
+        run: Any,
+        task: str,
+        payload: bytes,
+        timeout_s: float | None,
+        retries: int | None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
-        """Send a run under `wire_id` (from new_id()). Its answer may be handled before this returns
-        (sending drains the socket), so the caller records where the run is first."""
+        """Send a run under `wire_id` (from new_id()). Its answer may be handled as soon as this
+        returns (the socket is read at the end of the loop turn, or sooner by another send's
+        read), so the caller records where the run is first."""
         self.in_flight[wire_id] = run
-        frames = SubmitTask(id=wire_id, task=task, timeout_s=timeout_s, retries=retries, payload=payload).encode()
+        frames = SubmitTask(
+            id=wire_id,
+            task=task,
+            timeout_s=timeout_s,
+            retries=retries,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            payload=payload,
+        ).encode()
         self._send(frames)
 
     def cancel(self, wire_id: int) -> None:
@@ -160,7 +175,13 @@ class Pod:
             # else makes a send wait). A run sent now stays in in_flight and is handed back when
             # the pod is marked down, which the monitor does next.
             self._check_handshake()
-        self.drain()
+        # A send can consume the edge of the socket's FD, so the socket is read after it; once per
+        # loop turn, shared by every run sent in it (not a zmq.EVENTS syscall per send).
+        if self._loop is None:
+            self.drain()
+        elif not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self.drain)
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -186,15 +207,20 @@ class Pod:
     def drain(self) -> None:
         if self._closed:
             return
-        sock = self._sock
-        handled = False
+        # recv_ready: a burst of answers costs two zmq.EVENTS syscalls, not one per answer; it leaves
+        # the socket drained, so its edge-triggered FD fires on the next arrival.
+        self._drain_scheduled = False
         try:
-            while sock.getsockopt(_EVENTS) & _POLLIN:
-                self._handle(sock.recv_multipart(_NOBLOCK))
-                handled = True
-        except Exception:  # a bug in a handler; keep serving the other runs
+            messages = recv_ready(self._sock)
+        except zmq.ZMQError:
             log.exception("task pod %s: reader error (continuing)", self.address)
-        if handled and self.on_drained is not None:
+            return
+        for frames in messages:
+            try:
+                self._handle(frames)
+            except Exception:  # a bug in a handler; keep serving the other runs
+                log.exception("task pod %s: reader error (continuing)", self.address)
+        if messages and self.on_drained is not None:
             self.on_drained()
 
     def _handle(self, frames: list[bytes]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -130,6 +131,9 @@ class Gateway:
             reuse_address=True,
         )
         self.bound = [sock.getsockname()[:2] for sock in listener.sockets]
+        # What start-up made (modules, the app, the routes, the catalog's validators) lives as long as
+        # the process: out of the collector's way, a full collection no longer walks it while serving.
+        gc.freeze()
         log.info("gateway listening on %s", ", ".join(f"http://{host}:{port}" for host, port in self.bound) or "?")
         if ready is not None:
             ready.set()

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neutrino import _tracing
+
 log = logging.getLogger("neutrino.gateway")
 
 SCHEMA = """
@@ -42,7 +44,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL,
     finished_at REAL,
     expires_at REAL NOT NULL,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    traceparent TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_idempotency_key ON runs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status) WHERE status IN ('queued', 'running');
@@ -72,7 +75,10 @@ class Run:
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    traceparent: str | None = None  # W3C: the run's place in its trace (tracing.py)
     # Not stored: where the run is now, and who waits for it.
+    tracestate: str | None = None  # sent with each dispatch; after a restart, rebuilt from the run id
+    sent_ns: int = 0  # wall clock of the last dispatch, with tracing on: where its queue-wait span starts
     pod: str | None = None
     wire_id: int | None = None
     dispatches: int = 0
@@ -89,6 +95,10 @@ class Run:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    @property
+    def trace_id(self) -> str | None:
+        return _tracing.trace_id_of(self.traceparent)
+
 
 class RunStore:
     """The runs table, with writes grouped per event-loop turn."""
@@ -102,6 +112,7 @@ class RunStore:
         # the pings too and make every task pod look lost. Fail the write instead.
         self._db.execute("PRAGMA busy_timeout=200")
         self._db.executescript(SCHEMA)
+        _migrate(self._db)
         # (sql, params, keep): `keep` statements are written again when a write fails (see the top).
         self._staged: list[tuple[str, tuple[Any, ...], bool]] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
@@ -122,7 +133,7 @@ class RunStore:
         self._staged.append(
             (
                 "INSERT INTO runs (id, task, payload, timeout_s, retries, status, attempts, created_at, expires_at,"
-                " idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " idempotency_key, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.id,
                     run.task,
@@ -134,6 +145,7 @@ class RunStore:
                     run.created_at,
                     run.expires_at,
                     run.idempotency_key,
+                    run.traceparent,
                 ),
                 False,
             )
@@ -254,6 +266,16 @@ class RunStore:
             return None
         return run
 
+    def recent(self, limit: int, now: float | None = None) -> list[Run]:
+        """The `limit` runs created last, newest first, without their payloads and results (for the
+        dashboard's list: those may be megabytes each). Rowid order is creation order, so this reads
+        `limit` rows from the end of the table and needs no index that every write would pay for."""
+        rows = self._db.execute(
+            f"SELECT {_LIGHT_COLUMNS} FROM runs WHERE expires_at > ? ORDER BY rowid DESC LIMIT ?",
+            (time.time() if now is None else now, limit),
+        )
+        return [_from_row(row) for row in rows]
+
     def unfinished(self) -> Iterator[Run]:
         """Runs recorded as queued or running: at start-up, what a previous gateway left in flight."""
         for row in self._db.execute(f"SELECT {_COLUMNS} FROM runs WHERE status IN ('queued', 'running')"):
@@ -270,7 +292,12 @@ class RunStore:
 
 _COLUMNS = (
     "id, task, payload, timeout_s, retries, status, result, error, attempts, created_at, started_at, finished_at,"
-    " expires_at, idempotency_key"
+    " expires_at, idempotency_key, traceparent"
+)
+# The same columns with an empty payload and no result in their place (`recent`).
+_LIGHT_COLUMNS = (
+    "id, task, X'', timeout_s, retries, status, NULL, error, attempts, created_at, started_at, finished_at,"
+    " expires_at, idempotency_key, traceparent"
 )
 
 
@@ -290,6 +317,7 @@ def _from_row(row: tuple[Any, ...]) -> Run:
         finished,
         expires,
         key,
+        traceparent,
     ) = row
     return Run(
         id=id_,
@@ -306,4 +334,23 @@ def _from_row(row: tuple[Any, ...]) -> Run:
         attempts=attempts,
         started_at=started,
         finished_at=finished,
+        traceparent=traceparent,
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file an older gateway wrote up to SCHEMA: columns added since are added (empty for the
+    runs already in it). Two gateways opening one old file at once may both try: the second finds
+    the column there."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    for column, kind in _ADDED_COLUMNS:
+        if column not in columns:
+            try:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+# Columns added to `runs` after its first release, oldest first: `_migrate` adds them to older files.
+_ADDED_COLUMNS = (("traceparent", "TEXT"),)

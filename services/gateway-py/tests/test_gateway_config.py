@@ -105,3 +105,15 @@ def test_where_a_model_is_found_in_order() -> None:
 def test_model_settings_that_cannot_work_are_refused(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
         load([*POD, "--no-auth", *argv], env=env)
+
+
+def test_the_model_attempt_timeout_from_flag_or_environment() -> None:
+    assert load([*POD, "--no-auth"], env={}).model_attempt_timeout_s == 35.0
+    assert (
+        load([*POD, "--no-auth"], env={"NEUTRINO_GATEWAY_MODEL_ATTEMPT_TIMEOUT": "2.5"}).model_attempt_timeout_s == 2.5
+    )
+    flag = [*POD, "--no-auth", "--model-attempt-timeout", "1"]
+    assert load(flag, env={"NEUTRINO_GATEWAY_MODEL_ATTEMPT_TIMEOUT": "2.5"}).model_attempt_timeout_s == 1.0
+    for bad, message in (("0", "at least 0.01"), ("nan", "a finite"), ("inf", "a finite"), ("soon", "a number")):
+        with pytest.raises(ConfigError, match=f"model-attempt-timeout must be {message}"):
+            load([*POD, "--no-auth"], env={"NEUTRINO_GATEWAY_MODEL_ATTEMPT_TIMEOUT": bad})

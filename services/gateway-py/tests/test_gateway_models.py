@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from gateway_support import ECHO_APP, HERE, ROOT, dead_url
 from neutrino_model_server.testing import ServerProcess, model_replicas, start_model_server
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway_harness import Gateway
+from tests.gateway_harness import Gateway, Response
 
 pytestmark = pytest.mark.timeout(120)
 NO_TEMPLATE = {"NEUTRINO_MODEL_URL_TEMPLATE": ""}  # whatever the shell running the tests has set
+MODEL_PATHS = ("/v1/models/", "/v2/")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,23 @@ def models_flag(*urls: str) -> list[str]:
     return ["--model", f"echo={','.join(urls)}"]
 
 
+def error_message(reply: Response) -> str:
+    """The message of the gateway's own error: `{"error": {"type", "message", ...}}`, or under /v2 the
+    protocol's `{"error": "<message>"}` (what V2 clients such as tritonclient read)."""
+    error = reply.json["error"]
+    return error if isinstance(error, str) else str(error["message"])
+
+
+def counted(gw: Gateway, metric: str, **labels: str) -> float:
+    """The value of one sample on the gateway's /metrics, found by its labels (in any order)."""
+    page = gw.request("GET", "/metrics", auth=False).body.decode()
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
 def predict(gw: Gateway, x: object) -> tuple[int, object]:
     reply = gw.request("POST", "/v1/models/echo/predict", {"inputs": x})
     return reply.status, reply.data
@@ -60,9 +79,8 @@ def test_predict_goes_round_robin_over_the_replicas(
         pids.append(body["outputs"]["pid"])
     assert set(pids) == {r.proc.pid for r in replicas}
     assert all(a != b for a, b in itertools.pairwise(pids)), pids  # each call the next replica
-    metrics = gw.request("GET", "/metrics", auth=False).body.decode()
-    assert 'neutrino_gateway_model_requests_total{model="echo",route="predict",status="200"} 6.0' in metrics
-    assert 'neutrino_gateway_requests_total{route="/v1/models/{name}/predict",status="200"} 6.0' in metrics
+    assert counted(gw, "neutrino_gateway_model_requests_total", model="echo", route="predict", code="200") == 6
+    assert counted(gw, "neutrino_gateway_requests_total", route="/v1/models/{name}/predict", code="200") == 6
 
 
 def test_bodies_content_types_and_statuses_pass_through(
@@ -96,6 +114,27 @@ def test_v2_routes_pass_through(replicas: list[ServerProcess], gateways: Callabl
     assert outputs["x"]["data"] == [4, 5] and reply.json["model_name"] == "echo"
     reply = gw.request("POST", "/v2/models/echo/infer", {"inputs": []})
     assert reply.status == 400 and isinstance(reply.json["error"], str)  # the protocol's error shape
+    # The versioned routes, as tritonclient calls them with a model_version.
+    assert gw.request("GET", "/v2/models/echo/versions/1").json["name"] == "echo"
+    assert gw.request("GET", "/v2/models/echo/versions/1/ready").json == {"name": "echo", "ready": True}
+    reply = gw.request("POST", "/v2/models/echo/versions/1/infer", body)
+    assert reply.status == 200 and {o["name"]: o for o in reply.json["outputs"]}["x"]["data"] == [4, 5], reply.body
+    reply = gw.request("POST", "/v2/models/echo/versions/2/infer", body)
+    assert reply.status == 404 and "version '1' only" in reply.json["error"], reply.body  # the replica's own
+
+
+def test_v2_health_routes_are_the_gateways(
+    replicas: list[ServerProcess], loading: ServerProcess, digits: ServerProcess, gateways: Callable[..., Gateway]
+) -> None:
+    gw = gateways(*models_flag(loading.url, replicas[0].url), "--model", f"digits={digits.url}")
+    assert gw.request("GET", "/v2/health/live").json == {"live": True}
+    reply = gw.request("GET", "/v2/health/ready")  # each named model has a ready replica
+    assert reply.status == 200 and reply.json == {"ready": True, "models": {"digits": True, "echo": True}}
+    gw = gateways(*models_flag(loading.url), "--model", f"digits={digits.url}")
+    reply = gw.request("GET", "/v2/health/ready")
+    assert reply.status == 400 and reply.json == {"ready": False, "models": {"digits": True, "echo": False}}
+    reply = gateways(env=NO_TEMPLATE).request("GET", "/v2/health/ready")  # no model named: nothing to wait for
+    assert reply.status == 200 and reply.json == {"ready": True, "models": {}}
 
 
 def test_a_replica_that_refuses_connections_is_skipped(
@@ -127,22 +166,30 @@ def test_a_loading_replica_is_skipped_and_alone_answers_503(
 def test_no_reachable_replica_is_a_503_naming_them(gateways: Callable[..., Gateway]) -> None:
     url = dead_url()
     gw = gateways(*models_flag(url))
-    for method, path in [("POST", "/v1/models/echo/predict"), ("GET", "/v2/models/echo")]:
-        reply = gw.request(method, path, {"inputs": 1} if method == "POST" else None)
-        assert reply.status == 503 and reply.json["error"]["type"] == "unavailable", reply.body
-        assert url in reply.json["error"]["message"]
+    reply = gw.request("POST", "/v1/models/echo/predict", {"inputs": 1})
+    assert reply.status == 503 and reply.json["error"]["type"] == "unavailable", reply.body
+    assert url in error_message(reply) and reply.headers["Retry-After"] == "1"
+    reply = gw.request("GET", "/v2/models/echo")
+    assert reply.status == 503 and url in error_message(reply), reply.body
 
 
 def test_an_unknown_model_is_a_404_naming_the_fix(
     replicas: list[ServerProcess], gateways: Callable[..., Gateway]
 ) -> None:
     gw = gateways(*models_flag(replicas[0].url), env=NO_TEMPLATE)
-    reply = gw.request("GET", "/v2/models/other")
+    reply = gw.request("POST", "/v1/models/other/predict", {"inputs": 1})
     assert reply.status == 404 and reply.json["error"]["type"] == "unknown_model"
-    assert "--model other=http://HOST:PORT" in reply.json["error"]["message"]
+    assert "--model other=http://HOST:PORT" in error_message(reply)
+    reply = gw.request("GET", "/v2/models/other")
+    assert reply.status == 404 and "--model other=http://HOST:PORT" in error_message(reply)
     for bad in ("a%20b", "..", "-x", "x" * 64, "%2e%2e%2fetc"):
-        reply = gw.request("GET", f"/v2/models/{bad}/ready")
+        reply = gw.request("POST", f"/v1/models/{bad}/predict", {"inputs": 1})
         assert reply.status == 404 and reply.json["error"]["type"] in ("unknown_model", "not_found"), (bad, reply.body)
+        reply = gw.request("GET", f"/v2/models/{bad}/ready")
+        assert reply.status == 404 and isinstance(reply.json["error"], str), (bad, reply.body)
+    for bad in ("a%20b", "-x", "x" * 64):
+        reply = gw.request("GET", f"/v2/models/echo/versions/{bad}/ready")
+        assert reply.status == 404 and "is not a model version" in error_message(reply), (bad, reply.body)
     # The replica's own 404: it serves another model than the one asked for (a template sends every name there).
     gw = gateways("--model-url-template", replicas[0].url, env=NO_TEMPLATE)
     reply = gw.request("GET", "/v2/models/other")
@@ -164,7 +211,7 @@ def test_url_templates_and_the_sdk_environment_find_replicas(
     status, body = predict(gw, 3)
     assert status == 200 and body == {"outputs": {"x": 3, "pid": replicas[1].proc.pid}}
     reply = gw.request("GET", "/v2/models/digits")
-    assert reply.status == 503 and "neutrino-model-digits.invalid" in reply.json["error"]["message"], reply.body
+    assert reply.status == 503 and "neutrino-model-digits.invalid" in error_message(reply), reply.body
 
 
 def test_model_routes_need_the_token(replicas: list[ServerProcess], gateways: Callable[..., Gateway]) -> None:
@@ -174,9 +221,16 @@ def test_model_routes_need_the_token(replicas: list[ServerProcess], gateways: Ca
         ("GET", "/v2/models/echo"),
         ("GET", "/v2/models/echo/ready"),
         ("POST", "/v2/models/echo/infer"),
+        ("GET", "/v2/models/echo/versions/1"),
+        ("GET", "/v2/models/echo/versions/1/ready"),
+        ("POST", "/v2/models/echo/versions/1/infer"),
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
     ]:
-        reply = gw.request(method, path, {"inputs": 1}, auth=False)
-        assert reply.status == 401 and reply.json["error"]["type"] == "unauthorized", path
+        reply = gw.request(method, path, {"inputs": 1} if method == "POST" else None, auth=False)
+        assert reply.status == 401 and "Authorization: Bearer" in error_message(reply), path
+        if path.startswith("/v1/"):
+            assert reply.json["error"]["type"] == "unauthorized"
 
 
 def test_killing_a_replica_under_load_loses_no_call(gateways: Callable[..., Gateway]) -> None:
@@ -238,8 +292,8 @@ def test_model_routes_answer_only_what_the_openapi_document_declares(
     gw = gateways(*models_flag(replicas[0].url))
     auth = {"Authorization": f"Bearer {gw.token}"}
     api = schemathesis.openapi.from_url(f"http://127.0.0.1:{gw.port}/openapi.json", headers=auth)
-    operations = [op for op in (result.ok() for result in api.get_all_operations()) if "/models/" in op.path]
-    assert len(operations) == 4
+    operations = [op for op in (result.ok() for result in api.get_all_operations()) if op.path.startswith(MODEL_PATHS)]
+    assert len(operations) == 9  # predict; metadata, ready, infer, each also per version; the two health routes
     statuses: dict[int, int] = {}
     for operation in operations:
 

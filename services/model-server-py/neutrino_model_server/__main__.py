@@ -7,22 +7,32 @@ Exit codes (config.py): 0 stopped, 2 bad flags, 3 the app failed to import or ha
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 
+from neutrino import _logs
+from neutrino._tracing import TracingConfigError
+
+from . import tracing
 from .config import EXIT_APP_IMPORT, EXIT_CONFIG, EXIT_LOAD_FAILED, ConfigError, load
 from .server import LoadFailed, ModelServer
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve as `argv` (default: the command line) and the environment say; `neutrino model-server` calls this too."""
     try:
-        config = load()
+        config = load(argv)
     except ConfigError as exc:
         print(f"neutrino-model-server: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    logging.basicConfig(level=config.log_level, format="[%(levelname)s] %(name)s: %(message)s")
+    _logs.configure(config.log_level, config.log_format, "[%(levelname)s] %(name)s: %(message)s")
+    try:
+        tracing.setup()
+    except TracingConfigError as exc:
+        print(f"neutrino-model-server: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     try:
         server = ModelServer(config)
     except ConfigError as exc:  # a flag that does not fit the model: a bad flag, exit 2

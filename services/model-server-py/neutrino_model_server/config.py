@@ -1,8 +1,9 @@
 """Model server settings: read once, from flags with environment fallbacks, into one frozen `Config`.
 
 Every flag has an environment variable (`NEUTRINO_MODEL_SERVER_` + the flag in capitals, `-` as
-`_`); flags win. The batching flags, when given, override the model's own options (the benchmark
-turns batching off that way); otherwise the `@app.model(...)` options apply.
+`_`); flags win; a flag left unset has its default, or is off (--grpc-port: no gRPC listener). The
+batching flags, when given, override the model's own options (the benchmark turns batching off that
+way); otherwise the `@app.model(...)` options apply.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from neutrino import _logs
+
 ENV_PREFIX = "NEUTRINO_MODEL_SERVER_"
 
 # Exit codes (the supervisor, e.g. Kubernetes, shows them; a load failure is not worth a hot restart loop).
@@ -19,6 +22,9 @@ EXIT_OK = 0
 EXIT_CONFIG = 2  # a flag the server cannot start with
 EXIT_APP_IMPORT = 3  # the app module failed to import, or has no such model
 EXIT_LOAD_FAILED = 4  # the model's load() raised
+
+DEFAULT_PORT = 8080
+MAX_PORT = 65535
 
 
 class ConfigError(ValueError):
@@ -30,7 +36,9 @@ class Config:
     app: str
     model: str
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = DEFAULT_PORT
+    # The Open Inference Protocol over gRPC (grpc_server.py) on its own port; None: not served.
+    grpc_port: int | None = None
     app_dir: str = "."  # first on sys.path, as the orchestrator does for its workers
     max_queue: int = 1024  # queued inputs (not yet in a batch); beyond it requests get 429
     request_timeout_s: float = 30.0  # per-request deadline, queue wait and predict included; then 504
@@ -49,6 +57,7 @@ class Config:
     max_connections: int = 10_000
     include_traceback: bool = True  # 500 answers carry predict's traceback (the callers are our own tasks)
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one object per line (neutrino._logs)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,6 +70,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the model's name in that app (required)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the KServe V2 (Open Inference Protocol) gRPC service on this port "
+        "(default: off; 0 picks a free one)",
+    )
     p.add_argument("--app-dir", default=None, help="put this folder first on sys.path for --app (default .)")
     p.add_argument("--max-queue", type=int, default=None, help="queued inputs before 429 (default 1024)")
     p.add_argument("--request-timeout", type=float, default=None, help="per-request deadline in seconds (default 30)")
@@ -94,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-traceback", action="store_true", default=None, help="leave tracebacks out of 500 answers")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    p.add_argument("--log-format", default=None, help="text (default) or json: one JSON object per line")
     return p
 
 
@@ -126,6 +143,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     options: dict[str, object] = {}
     for key, flag, value, kind, minimum in (
         ("port", "port", args.port, int, 0),
+        ("grpc_port", "grpc-port", args.grpc_port, int, 0),
         ("max_queue", "max-queue", args.max_queue, int, 1),
         ("request_timeout_s", "request-timeout", args.request_timeout, float, 0.001),
         ("max_batch_size", "max-batch-size", args.max_batch_size, int, 1),
@@ -143,9 +161,21 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     for key, flag, value in (("host", "host", args.host), ("app_dir", "app-dir", args.app_dir)):
         if (raw := pick(flag, value)) is not None:
             options[key] = raw
+    if (log_format := pick("log-format", args.log_format)) is not None:
+        source = "--log-format" if args.log_format is not None else ENV_PREFIX + "LOG_FORMAT"
+        try:
+            options["log_format"] = _logs.check_format(log_format, source)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if (level := pick("log-level", args.log_level)) is not None:
         options["log_level"] = level.upper()
     no_tb = pick("no-traceback", args.no_traceback)
     if no_tb is not None and no_tb.lower() in ("1", "true", "yes"):
         options["include_traceback"] = False
+    for key, flag in (("port", "port"), ("grpc_port", "grpc-port")):
+        if key in options and options[key] > MAX_PORT:  # type: ignore[operator]
+            raise ConfigError(f"--{flag} must be a port number (0-{MAX_PORT}), got {options[key]}")
+    grpc_port = options.get("grpc_port")
+    if grpc_port and grpc_port == options.get("port", DEFAULT_PORT):
+        raise ConfigError(f"--grpc-port {grpc_port} is also the HTTP --port; give gRPC a port of its own")
     return Config(app=app, model=model, **options)  # type: ignore[arg-type]

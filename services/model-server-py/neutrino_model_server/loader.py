@@ -1,9 +1,10 @@
 """The model to serve: import the app, find the model by name, and adapt its methods for the server.
 
 `Served` wraps one instance of the user's class: `load()` (sync ones run in a thread, so the
-server keeps answering health checks meanwhile), `validate(x)` when the class has one, and
-`run_batch(xs)`, which calls `predict` once for the batch (or with the one input when batching is
-off) and checks that a batch's answer is a list as long as the batch.
+server keeps answering health checks meanwhile), `check(x)`, which checks one input against the
+class's type hints (typed.py) and its `validate(x)` when it has one, and `run_batch(xs)`, which
+calls `predict` once for the batch (or with the one input when batching is off) and checks that a
+batch's answer is a list as long as the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from neutrino import App, Model
+from pydantic import ValidationError
 
+from . import typed
 from .config import Config
 
 
@@ -36,7 +39,11 @@ class Served:
         self._predict: Callable[[Any], Any] = self.instance.predict
         self._async_predict = inspect.iscoroutinefunction(self._predict)
         validate = getattr(self.instance, "validate", None)
-        self.validate: Callable[[Any], Any] | None = validate if callable(validate) else None
+        self._validate: Callable[[Any], Any] | None = validate if callable(validate) else None
+        self.input_type, self.output_type = model.io_types()
+        self._adapter = typed.adapter(model.name, self.input_type)
+        # False for a model with neither hints nor validate(): its inputs skip check() altogether.
+        self.checks_inputs = self._adapter is not None or self._validate is not None
         # Sync predict runs here, so the event loop keeps taking requests (and forming the next batch).
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"predict-{model.name}")
 
@@ -46,6 +53,22 @@ class Served:
             await load()
         else:
             await asyncio.get_running_loop().run_in_executor(self._pool, load)
+
+    def check(self, value: Any) -> Any:
+        """The input as predict gets it, validated against the type hint (pydantic's coercions applied),
+        then passed to `validate()`; raises `typed.InputRefused` with FastAPI-style errors."""
+        try:
+            if self._adapter is not None:
+                value = self._adapter.validate_python(value)
+            if self._validate is not None:
+                self._validate(value)
+        except ValidationError as exc:  # the hint's, or one validate() raised itself
+            raise typed.InputRefused("validation_error", typed.errors_of(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise typed.InputRefused(
+                type(exc).__name__, [{"loc": [], "msg": str(exc), "type": "value_error"}]
+            ) from None
+        return value
 
     async def run_batch(self, values: list[Any]) -> list[Any]:
         arg = values if self.batched else values[0]

@@ -1,5 +1,6 @@
 """The Prometheus metrics of one model server, in a registry of its own (several servers may share a process
-in tests). Queue length and in-flight requests are read when scraped, so they cost nothing per request."""
+in tests). Queue depth and in-flight requests are read when scraped, so they cost nothing per request.
+Names, labels and units follow docs/metrics.md, the vocabulary every Neutrino service shares."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Upper bounds of every time histogram, in seconds: 1, 2.5 and 5 per decade from 1 µs to 10 s, then
+# 25 and 60 s; the orchestrator and the gateway use the same ladder, so quantiles compare.
+TIME_BUCKETS_S = (
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -16,13 +22,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "neutrino_model_requests", "HTTP requests answered", ["model", "route", "status"], registry=r
+            "neutrino_model_requests", "Requests answered, by HTTP status code", ["model", "route", "code"], registry=r
         )
         self.latency = Histogram(
             "neutrino_model_request_seconds",
             "Request time, body read to answer",
             ["model", "route"],
-            buckets=LATENCY_BUCKETS,
+            buckets=TIME_BUCKETS_S,
             registry=r,
         )
         self.batch_size = Histogram(
@@ -32,17 +38,20 @@ class Metrics:
             "neutrino_model_predict_seconds",
             "Time of one predict call (one batch)",
             ["model"],
-            buckets=LATENCY_BUCKETS,
+            buckets=TIME_BUCKETS_S,
             registry=r,
         ).labels(model)
-        queue = Gauge("neutrino_model_queue_length", "Inputs waiting for a batch", ["model"], registry=r)
+        queue = Gauge("neutrino_model_queue_depth", "Inputs waiting for a batch", ["model"], registry=r)
         queue.labels(model).set_function(queued)
-        flight = Gauge("neutrino_model_in_flight", "HTTP predict/infer requests being answered", ["model"], registry=r)
+        flight = Gauge(
+            "neutrino_model_requests_in_flight", "Predict/infer requests being answered", ["model"], registry=r
+        )
         flight.labels(model).set_function(in_flight)
         self._model = model
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request (`status`: its HTTP status code, the `code` label)."""
         children = self._children.get((route, status))
         if children is None:
             children = (self.requests.labels(self._model, route, str(status)), self.latency.labels(self._model, route))

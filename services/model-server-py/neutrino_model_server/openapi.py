@@ -6,7 +6,9 @@ What JSON Schema cannot say, the operations' descriptions do, with the status it
 request's `data` must hold exactly the elements its `shape` claims, and fit its `datatype` (400);
 the requested `outputs` must be ones the model produces (400); the shapes together must hold at
 most --max-elements elements (413). The `{name}` and `{version}` path parameters are enumerated: a
-server serves one model, at one version; any other is a 404.
+server serves one model, at one version; any other is a 404. The binary tensor extension's bodies
+are declared as `application/octet-stream` (a JSON header, then raw tensors; its layout is in the
+infer operations' description), and a 422's `detail` is FastAPI's list of `{loc, msg, type}`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,23 @@ from typing import Any
 
 from .v2 import DTYPES
 
+# FastAPI's validation errors (a 422's `detail`): where in the request, what is wrong, the error's kind.
+DETAIL: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+            "msg": {"type": "string"},
+            "type": {"type": "string"},
+        },
+    },
+}
 V2_ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "string"}},
+    "properties": {"error": {"type": "string"}, "detail": DETAIL},
 }
 V1_ERROR: dict[str, Any] = {
     "type": "object",
@@ -32,6 +47,7 @@ V1_ERROR: dict[str, Any] = {
                 "type": {"type": "string"},
                 "message": {"type": "string"},
                 "traceback": {"type": "string"},
+                "detail": DETAIL,
             },
         }
     },
@@ -42,7 +58,20 @@ RETRY_AFTER = {
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     }
 }
-PARAMETERS = {"type": "object", "description": "Protocol parameters (accepted, not used by this server)"}
+PARAMETERS = {"type": "object", "description": "Protocol parameters (others than these are accepted, not used)"}
+BINARY = {"type": "string", "format": "binary"}
+BINARY_BODY = (
+    "The binary tensor extension, both ways. A request body may be its JSON part (Inference-Header-Content-Length "
+    "bytes long, that header's value) followed by the raw data of each input whose parameters.binary_data_size "
+    "gives its byte count (such an input has no `data`), in input order; raw data is row-major and "
+    "little-endian, BOOL one byte per element, BYTES each element a 4-byte little-endian length and its "
+    "bytes. An output is answered the same way when its parameters.binary_data is true or, when it does not "
+    "say, when the request's parameters.binary_data_output is true: the answer is then application/octet-stream, "
+    "its Inference-Header-Content-Length header gives the JSON part's length, and each such output has "
+    "parameters.binary_data_size in place of `data`. A header length past the body's end, binary sizes that "
+    "do not add up to the bytes after the JSON part, or raw data whose size does not fit its shape and "
+    "datatype are 400s."
+)
 DATATYPE = {"type": "string", "enum": list(DTYPES)}
 # The protocol's tensor data: flat, or nested in row-major order; elements are booleans, numbers or strings.
 TENSOR_DATA: dict[str, Any] = {"type": "array", "items": {"type": ["boolean", "number", "string", "array"]}}
@@ -98,7 +127,10 @@ def _inference_errors(error: Any) -> dict[str, Any]:
         "404": error("No such model or version"),
         "408": error("The body did not arrive within --body-timeout"),
         "413": error("The body is over --max-body-bytes, or holds more inputs (or V2 elements) than the server takes"),
-        "422": error("The model's validate() refused an input"),
+        "422": error(
+            "An input failed the type hint of the model's predict (or validate) method, or its validate() "
+            "refused it; `detail` lists each error's location, message and type. Only that request fails."
+        ),
         "429": error("The queue is full; retry after Retry-After seconds", retry=True),
         "500": error("predict raised, or answered something that cannot be encoded"),
         "503": error("The model is still loading, or too many connections are open", retry=True),
@@ -259,7 +291,7 @@ def document(model: str, version: str, inputs: list[Any] | None = None) -> dict[
                 "answers 400 when a tensor's `data` does not hold exactly the elements its `shape` claims or "
                 "does not fit its `datatype`, when the batch dimension is 0, when an input name repeats, when "
                 "the inputs' batch sizes differ, or when a requested output is not one the model produces; and "
-                "413 when the shapes together claim more than --max-elements elements.",
+                "413 when the shapes together claim more than --max-elements elements. " + BINARY_BODY,
                 "parameters": params,
                 "requestBody": {
                     "required": True,
@@ -267,11 +299,18 @@ def document(model: str, version: str, inputs: list[Any] | None = None) -> dict[
                         "application/json": {
                             "schema": {"$ref": "#/components/schemas/InferRequest"},
                             "example": infer_example(inputs or []),
-                        }
+                        },
+                        "application/octet-stream": {"schema": BINARY},
                     },
                 },
                 "responses": {
-                    "200": _json({"$ref": "#/components/schemas/InferResponse"}, "The outputs"),
+                    "200": {
+                        "description": "The outputs (application/octet-stream when some are in binary)",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+                            "application/octet-stream": {"schema": BINARY},
+                        },
+                    },
                     "400": _v2_error("The body is not an infer request, or its tensors do not fit their shapes"),
                     **_inference_errors(_v2_error),
                 },
@@ -316,14 +355,17 @@ def document(model: str, version: str, inputs: list[Any] | None = None) -> dict[
             "required": ["inputs"],
             "properties": {
                 "id": {"type": "string"},
-                "parameters": PARAMETERS,
+                "parameters": {**PARAMETERS, "properties": {"binary_data_output": {"type": "boolean"}}},
                 "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/RequestInput"}},
                 "outputs": {
                     "type": "array",
                     "items": {
                         "type": "object",
                         "required": ["name"],
-                        "properties": {"name": {"type": "string"}, "parameters": PARAMETERS},
+                        "properties": {
+                            "name": {"type": "string"},
+                            "parameters": {**PARAMETERS, "properties": {"binary_data": {"type": "boolean"}}},
+                        },
                     },
                 },
             },

@@ -1,10 +1,11 @@
 """`run(config, shutdown)`: the model server's parts wired together, started in order and stopped in reverse.
 
-Start: import the app and build the model instance; listen (so health checks answer, `ready`
-false); call `load()`; start the batch loop; mark ready. A failing `load()` raises `LoadFailed`
-(the process exits with EXIT_LOAD_FAILED and the traceback). Stop (shutdown fires): mark not ready,
-stop accepting and let handlers finish within a grace period (the batch loop still runs for them),
-then stop the batch loop and the predict threads.
+Start: import the app and build the model instance; listen, on HTTP and (--grpc-port) gRPC, so
+health checks answer, `ready` false; call `load()`; start the batch loop; mark ready. A failing
+`load()` raises `LoadFailed` (the process exits with EXIT_LOAD_FAILED and the traceback). Stop
+(shutdown fires): mark not ready, stop accepting on both and let their handlers finish within one
+grace period, together (the batch loop still runs for them), then stop the batch loop and the
+predict threads.
 
 Slow clients: --header-timeout is aiohttp's keep-alive timer, which also runs from a connection's
 opening until its first request head is complete; --max-connections caps the open connections in
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from neutrino._http_limits import capped
@@ -27,6 +28,9 @@ from .api import Api
 from .batcher import Batcher
 from .config import Config, ConfigError
 from .loader import Served, find_model
+
+if TYPE_CHECKING:
+    from grpc import aio
 
 log = logging.getLogger("neutrino.model_server")
 
@@ -70,6 +74,7 @@ class ModelServer:
 
         self.batcher.on_batch = on_batch
         self.bound: list[tuple[str, int]] = []
+        self.grpc_address = ""  # host:port, once gRPC listens
 
     async def run(self, shutdown: asyncio.Future[Any] | asyncio.Event, ready: asyncio.Event | None = None) -> None:
         name = self.served.name
@@ -94,7 +99,15 @@ class ModelServer:
         urls = ", ".join(f"http://{host}:{port}" for host, port in self.bound)
         log.info("model server for %r listening on %s", name, urls)
         batch_loop: asyncio.Task[None] | None = None
+        grpc_listener: aio.Server | None = None
         try:
+            if self.config.grpc_port is not None:
+                # Imported only when served: its messages take the protocol's names in protobuf's pool,
+                # where a client's (tritonclient's) copy of them would clash (oip/__init__.py).
+                from . import grpc_server
+
+                grpc_listener, self.grpc_address = await grpc_server.start(self.api, self.config, self.config.grpc_port)
+                log.info("model server for %r: gRPC listening on %s", name, self.grpc_address)
             started = time.perf_counter()
             try:
                 await self.served.load()
@@ -120,7 +133,10 @@ class ModelServer:
             log.info("model server stopping")
             self.api.ready = False
             listener.close()
-            await runner.cleanup()
+            drains = [runner.cleanup()]
+            if grpc_listener is not None:  # gRPC refuses new calls at once and gives running ones the grace
+                drains.append(grpc_listener.stop(SHUTDOWN_GRACE_S))
+            await asyncio.gather(*drains)
             if batch_loop is not None:
                 batch_loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

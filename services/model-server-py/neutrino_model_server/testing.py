@@ -2,7 +2,7 @@
 
     with start_model_server("examples.models.app:app", "digits") as server:
         server.wait_ready()
-        ... server.url ...
+        ... server.url ...   (with --grpc-port 0: server.wait_grpc() is its host:port)
 
     with model_replicas("examples.models.app:app", "digits", 2) as servers:  # both ready
         ...
@@ -72,8 +72,12 @@ class ServerProcess:
                 self._cond.wait(left)
 
     def wait_listening(self, timeout_s: float = 30.0) -> str:
-        self.url = self.wait_for(r"listening on (http://\S+)", timeout_s).group(1)
+        self.url = self.wait_for(r"listening on (http://[^\s\"]+)", timeout_s).group(1)
         return self.url
+
+    def wait_grpc(self, timeout_s: float = 30.0) -> str:
+        """The gRPC address (host:port) of a server started with --grpc-port, once it listens."""
+        return self.wait_for(r"gRPC listening on (\S+)", timeout_s).group(1)
 
     def ready(self) -> bool:
         try:

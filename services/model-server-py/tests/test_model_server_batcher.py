@@ -134,3 +134,108 @@ async def test_expired_and_abandoned_inputs_never_reach_predict() -> None:
         await expired
     assert rec.batches == [[3]]
     loop_task.cancel()
+
+
+@in_loop
+async def test_an_inline_call_holds_the_slot_the_waiting_loop_would_take() -> None:
+    """Rule 2 with rule 7: the loop, idle and waiting for an input, must not start a second predict
+    beside an inline one; inputs queue behind it and go as one batch when it ends."""
+    rec = Recorder()
+    rec.release.clear()
+    batcher = Batcher(rec, max_batch_size=16, batch_wait_s=0.001, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+    inline = asyncio.ensure_future(batcher.call([1], far()))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(batcher.call([v], far())) for v in (2, 3, 4)]
+    await asyncio.sleep(0.05)  # several of the loop's batch windows
+    assert rec.batches == [[1]] and batcher.queued == 3
+    rec.release.set()
+    assert await inline == [10] and [await q for q in queued] == [[20], [30], [40]]
+    assert rec.batches == [[1], [2, 3, 4]]
+    loop_task.cancel()
+
+
+@in_loop
+async def test_after_a_batch_of_several_callers_the_first_back_waits_for_the_rest() -> None:
+    """Rule 3's exception: the callers of a batch of several come back one by one; the first back
+    waits (up to the window) until as many have queued as that batch had, instead of running alone."""
+    rec = Recorder()
+    rec.release.clear()
+    batcher = Batcher(rec, max_batch_size=8, batch_wait_s=0.5, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+    first = asyncio.ensure_future(batcher.call([0], far()))  # idle: inline, alone
+    await asyncio.sleep(0)
+    calls = [asyncio.ensure_future(batcher.call([v], far())) for v in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    rec.release.set()
+    assert await first == [0] and [await c for c in calls] == [[10], [20], [30]]
+    assert rec.batches == [[0], [1, 2, 3]]
+    t0 = time.monotonic()
+    back = [asyncio.ensure_future(batcher.call([v], far())) for v in (4, 5)]
+    await asyncio.sleep(0.01)
+    assert rec.batches == [[0], [1, 2, 3]]  # two of three back: still waiting
+    back.append(asyncio.ensure_future(batcher.call([6], far())))
+    assert [await b for b in back] == [[40], [50], [60]]
+    assert rec.batches[-1] == [4, 5, 6] and time.monotonic() - t0 < 0.4  # went when the third came back
+    loop_task.cancel()
+
+
+@in_loop
+async def test_a_lone_caller_is_not_kept_waiting_for_company() -> None:
+    """After a batch from one request (however many inputs) a lone request goes at once; after a
+    batch of several, one request waits the window for the others, then lone ones go at once again
+    (rules 3 and 7)."""
+    rec = Recorder(delay_s=0.02)
+    batcher = Batcher(rec, max_batch_size=8, batch_wait_s=0.3, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+    assert await batcher.call([1, 2, 3], far()) == [10, 20, 30]  # one request of three inputs
+    t0 = time.monotonic()
+    assert await batcher.call([4], far()) == [40]
+    assert time.monotonic() - t0 < 0.25  # not the 0.3 s window
+    several = [asyncio.ensure_future(batcher.call([v], far())) for v in (5, 6, 7)]
+    assert [await c for c in several] == [[50], [60], [70]]
+    assert rec.batches[-2:] == [[5], [6, 7]]  # 5 alone (after a batch of one caller), 6 and 7 together
+    t0 = time.monotonic()
+    assert await batcher.call([8], far()) == [80]  # company was due: it waited the window, alone
+    assert time.monotonic() - t0 > 0.29
+    t0 = time.monotonic()
+    assert await batcher.call([9], far()) == [90]
+    assert time.monotonic() - t0 < 0.25
+    loop_task.cancel()
+
+
+@in_loop
+async def test_deadlines_are_kept_inline_queued_and_in_a_running_batch() -> None:
+    """Rule 8: a caller gets DeadlineExceeded at its deadline wherever its inputs are; the batch it
+    was in goes on for the callers whose deadline is later."""
+    rec = Recorder()
+    rec.release.clear()
+    batcher = Batcher(rec, max_batch_size=4, batch_wait_s=0.0, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+    t0 = time.monotonic()
+    inline = asyncio.ensure_future(batcher.call([1], t0 + 0.1))  # idle: runs inline, predict hangs
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(batcher.call([2], t0 + 0.2))  # behind it, never reaches predict
+    later = asyncio.ensure_future(batcher.call([3], t0 + 5))
+    with pytest.raises(DeadlineExceeded):
+        await inline
+    assert time.monotonic() - t0 > 0.09
+    with pytest.raises(DeadlineExceeded):
+        await queued
+    assert time.monotonic() - t0 > 0.19
+    assert not later.done()
+    rec.release.set()
+    assert await later == [30]
+    # In a running batch: the short deadline fails alone, its batch-mate is answered.
+    rec.delay_s = 0.3  # every predict call now takes 0.3 s
+    t0 = time.monotonic()
+    blocker = asyncio.ensure_future(batcher.call([9], t0 + 5))  # inline, 0 to 0.3 s
+    await asyncio.sleep(0)
+    short = asyncio.ensure_future(batcher.call([4], t0 + 0.45))  # its batch runs from 0.3 to 0.6 s
+    long = asyncio.ensure_future(batcher.call([5], t0 + 5))
+    with pytest.raises(DeadlineExceeded):
+        await short
+    assert time.monotonic() - t0 > 0.44 and rec.batches[-1] == [4, 5]
+    assert not long.done()  # failed at its deadline, not when the batch ended
+    assert await long == [50] and await blocker == [90]
+    loop_task.cancel()

@@ -153,14 +153,18 @@ def test_concurrent_requests_are_batched_and_a_bad_input_fails_alone(serve: Call
     answers = asyncio.run(_post_all(url, bodies))
     for body, (status, doc) in zip(bodies, answers, strict=True):
         if isinstance(body, dict):
-            assert status == 422 and doc["error"] == {"type": "ValueError", "message": "echo takes no objects"}
+            assert status == 422 and doc["error"] == {
+                "type": "ValueError",
+                "message": "echo takes no objects",
+                "detail": [{"loc": ["inputs"], "msg": "echo takes no objects", "type": "value_error"}],
+            }
         else:
             assert (status, doc) == (200, {"outputs": body})
     batches = metric(base, "neutrino_model_batch_size_count")
     inputs = metric(base, "neutrino_model_batch_size_sum")
     assert inputs == 64 and batches < 64 / 2, f"64 inputs in {batches} batches: not batched"
     assert metric(base, "neutrino_model_requests_total") >= 65
-    assert metric(base, "neutrino_model_queue_length") == 0 and metric(base, "neutrino_model_in_flight") == 0
+    assert metric(base, "neutrino_model_queue_depth") == 0 and metric(base, "neutrino_model_requests_in_flight") == 0
 
 
 def test_a_predict_error_answers_its_whole_batch(serve: Callable[..., ServerProcess]) -> None:
@@ -171,7 +175,7 @@ def test_a_predict_error_answers_its_whole_batch(serve: Callable[..., ServerProc
 
     async def scenario() -> list[tuple[int, Any]]:
         slow = asyncio.ensure_future(_post_all(url, ["slow"]))
-        while metric(base, "neutrino_model_in_flight") < 1 or metric(base, "neutrino_model_queue_length") > 0:
+        while metric(base, "neutrino_model_requests_in_flight") < 1 or metric(base, "neutrino_model_queue_depth") > 0:
             await asyncio.sleep(0.005)  # polling the server's own gauges: "slow" is in predict
         rest = await _post_all(url, [1, "boom", 2])
         return (await slow) + rest
@@ -302,7 +306,7 @@ def test_inputs_of_clients_that_hung_up_never_reach_predict(serve: Callable[...,
     url = echo.url + "/v1/models/echo/predict"
     with ThreadPoolExecutor(1) as pool:
         kept = pool.submit(http, "POST", url, {"inputs": "slow"})  # predict busy for 0.5 s (max_concurrency 1)
-        while metric(echo.url, "neutrino_model_in_flight") < 1:
+        while metric(echo.url, "neutrino_model_requests_in_flight") < 1:
             pass
         clients = []
         for i in range(3):  # queued behind it, then each client hangs up
@@ -311,7 +315,7 @@ def test_inputs_of_clients_that_hung_up_never_reach_predict(serve: Callable[...,
             sock = socket.create_connection(("127.0.0.1", int(echo.url.rsplit(":", 1)[1])))
             sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             clients.append(sock)
-        while metric(echo.url, "neutrino_model_queue_length") < 3:
+        while metric(echo.url, "neutrino_model_queue_depth") < 3:
             pass
         for sock in clients:
             sock.close()

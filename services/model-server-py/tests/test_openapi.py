@@ -76,7 +76,7 @@ def test_the_protocols_optional_fields_are_taken() -> None:
         "outputs": [{"name": "output-0", "parameters": {}}],
     }
     req = v2.parse_request(doc)
-    assert (req.id, req.rows, req.outputs) == ("r1", [1.0, 2.0], ("output-0",))
+    assert (req.id, v2.rows_from_tensors(req.inputs), req.outputs) == ("r1", [1.0, 2.0], ("output-0",))
 
 
 @pytest.mark.parametrize("datatype, value", [("FP16", 70000.0), ("FP32", 1e300), ("FP16", -(10**6))])
@@ -101,8 +101,8 @@ def test_the_infer_example_fits_the_declared_inputs() -> None:
     ]
     example = openapi.infer_example(declared)
     assert [t["shape"] for t in example["inputs"]] == [[1, 64], [1]]
-    assert len(v2.parse_request(example).rows) == 1
-    assert v2.parse_request(openapi.infer_example([])).rows == [0.0]
+    assert len(v2.rows_from_tensors(v2.parse_request(example).inputs)) == 1
+    assert v2.rows_from_tensors(v2.parse_request(openapi.infer_example([])).inputs) == [0.0]
 
 
 def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:

@@ -10,6 +10,9 @@ window, no load tracking: unlimited pipelining), and each worker's ROUTER adds t
 front. A worker decodes meta and payload with msgpack, calls the task function, and answers
 TaskReply frames behind the same envelope, so the reply routes back to the client unchanged.
 
+`RawDealer` is the client floor for throughput: a bare DEALER pushing pre-packed frames at the
+real orchestrator, beside which `neutrino.Client`'s submit and map are measured.
+
 Run as a script for the server halves: `_floor.py proxy FRONTEND BACKEND`, `_floor.py worker BACKEND`.
 """
 
@@ -179,6 +182,54 @@ class FloorClient:
             msgpack.unpackb(payload[0])
             replies[meta["id"] - first] = min(replies[meta["id"] - first] + 1, 255)
             received += 1
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class RawDealer:
+    """The client floor: a bare DEALER pushing no-op tasks at a real orchestrator's frontend with no
+    per-task work but the send and the receive. Every SubmitTask frame of a burst is packed before
+    the clock starts, and replies are counted, not decoded, so what a burst costs this process is
+    the least any Python client can spend; `neutrino.Client`'s submit and map are measured against
+    it on the same orchestrator, which leaves the client's own cost as the difference."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 10.0) -> None:
+        self._sock = socket(zmq.DEALER)
+        self._sock.connect(endpoint)
+        self._timeout_s = timeout_s
+        self._next_id = 1
+
+    def burst(self, count: int) -> dict[str, Any]:
+        metas = [msgpack.packb({"id": self._next_id + i, "task": "noop"}) for i in range(count)]
+        self._next_id += count
+        sock, head, args = self._sock, SUBMIT_HEADER, NO_ARGS
+        # pyzmq's compiled send, as neutrino.Client uses, so the floor is not slower than the client.
+        send, recv, poll = zmq.backend.Socket.send, sock.recv, sock.poll
+        more, last, nowait = zmq.SNDMORE | zmq.NOBLOCK, zmq.NOBLOCK, zmq.NOBLOCK
+        sent = received = replies = 0
+        deadline = time.monotonic() + self._timeout_s + count / 1000
+        started = time.perf_counter()
+        while received < count:
+            stop = min(count, sent + SEND_BATCH)
+            while sent < stop:
+                send(sock, head, more)
+                send(sock, metas[sent], more)
+                send(sock, args, last)
+                sent += 1
+            if sent == count and not poll(POLL_MS, zmq.POLLIN) and time.monotonic() > deadline:
+                raise FloorError(f"raw burst stalled: {received} of {count} replies")
+            while True:
+                try:
+                    frame = recv(nowait, copy=False)
+                except zmq.Again:
+                    break
+                replies += frame.bytes == REPLY_HEADER
+                while frame.more:
+                    frame = recv(nowait, copy=False)
+                received += 1
+        elapsed = time.perf_counter() - started
+        return {"elapsed_s": elapsed, "all_replied_once": replies == count, "not_task_reply": count - replies}
 
     def close(self) -> None:
         self._sock.close()

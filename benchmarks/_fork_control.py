@@ -17,8 +17,8 @@ write end the parent holds.
 `churn` is the floor under recycling: it imports MODULE as the zygote does (collector off,
 gc.freeze()), with `--zygote` the zygote's own modules too (so the process is the zygote's size),
 then forks N children one after another that each leave at once through
-os._exit, and prints the CPU one such fork costs, parent and child together. No worker can be
-replaced for less, whatever it does once started.
+os._exit, and prints the CPU one such fork costs, parent and child together, and the minor page
+faults of each side. No worker can be replaced for less, whatever it does once started.
 """
 
 from __future__ import annotations
@@ -105,6 +105,9 @@ def churn(module: str, children: int, zygote: bool) -> None:
     def cpu_ms(before: resource.struct_rusage, after: resource.struct_rusage) -> float:
         return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000 / children
 
+    def faults(before: resource.struct_rusage, after: resource.struct_rusage) -> float:
+        return (after.ru_minflt - before.ru_minflt) / children
+
     parent, child = cpu_ms(before_self, after_self), cpu_ms(before_children, after_children)
     with open("/proc/self/status") as status:
         rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -116,6 +119,10 @@ def churn(module: str, children: int, zygote: bool) -> None:
                 "cpu_ms_per_fork": round(parent + child, 3),
                 "parent_cpu_ms": round(parent, 3),
                 "child_cpu_ms": round(child, 3),
+                # Minor faults (copy-on-write and first touches): unlike CPU time, the same on a
+                # busy machine as on an idle one.
+                "parent_faults_per_fork": round(faults(before_self, after_self), 1),
+                "child_faults_per_fork": round(faults(before_children, after_children), 1),
                 "wall_ms_per_fork": round(elapsed * 1000 / children, 3),
                 "import": info,
             }

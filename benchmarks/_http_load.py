@@ -1,4 +1,4 @@
-"""HTTP load for gateway.py: the floor server, a one-connection latency client, and two load generators.
+"""HTTP load for gateway.py and models.py: the floor server, a one-connection latency client, and load generators.
 
 Run as a script, in its own process:
 
@@ -16,6 +16,8 @@ sending its next request as soon as the previous answer is in. It warms up until
 `--start-at`, then counts for `--duration` seconds and prints one JSON document on stdout with the
 counters and every latency sample (ns). Several such processes may share one measurement window:
 they agree on `--start-at`.
+
+`generate_client` is the same load from aiohttp's client, as a Python caller sends it.
 
 `wrk_script` writes the Lua script for the other generator, wrk, with the same request and the
 same success test, and `parse_wrk` reads its result line.
@@ -286,6 +288,60 @@ async def generate_requests(
         "connections": connections,
         "warmup_missed": warmup_missed,
         "measured_s": measured_s,
+        "ok": counts.ok,
+        "bad_status": {str(k): v for k, v in sorted(counts.bad_status.items())},
+        "not_succeeded": counts.not_succeeded,
+        "errors": counts.errors,
+        "generator_cpu_s": round(cpu_s, 3),
+        "latencies_ns": counts.samples,
+    }
+
+
+async def generate_client(
+    url: str, body: bytes, content_type: str, succeeded: bytes, connections: int, start_at: float, duration_s: float
+) -> dict[str, Any]:
+    """`generate_requests` from an HTTP client library instead (aiohttp's, as a Python caller of a
+    model writes it: a session, `connections` calls in flight, each answer read whole). It costs
+    several times the raw generator's CPU per request, which on a small machine takes CPU from the
+    server: a server's own cost per request then weighs more, and arrivals trickle in rather than
+    bunch, which is what a batcher sees from real Python callers. Same JSON document."""
+    import aiohttp
+
+    counts = _Counts()
+    headers = {"Content-Type": content_type, "Accept": content_type}
+    stop_at = start_at + duration_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while (now := time.time()) < stop_at:
+            counts.recording = now >= start_at
+            began = time.perf_counter_ns()
+            try:
+                async with session.post(url, data=body, headers=headers) as answer:
+                    payload = await answer.read()
+                    status = answer.status
+            except (aiohttp.ClientError, OSError) as exc:
+                counts.error(f"{type(exc).__name__}: {exc}"[:120])
+                continue
+            if not counts.recording:
+                continue
+            if status != 200:
+                counts.bad_status[status] = counts.bad_status.get(status, 0) + 1
+            elif succeeded not in payload:
+                counts.not_succeeded += 1
+            else:
+                counts.ok += 1
+                counts.samples.append(time.perf_counter_ns() - began)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warmup_missed = time.time() > start_at
+        cpu_start = time.process_time()
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+        cpu_s = time.process_time() - cpu_start
+    return {
+        "connections": connections,
+        "warmup_missed": warmup_missed,
+        "measured_s": duration_s,
         "ok": counts.ok,
         "bad_status": {str(k): v for k, v in sorted(counts.bad_status.items())},
         "not_succeeded": counts.not_succeeded,

@@ -7,6 +7,7 @@ reads back the lines worth reporting.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import statistics
@@ -151,4 +152,24 @@ def burst(client: Any, count: int) -> dict[str, Any]:
         "distinct_task_ids": distinct_ids,
         "client_warnings": handler.records[:5],
         "client_warning_count": len(handler.records),
+    }
+
+
+def map_burst(client: Any, count: int) -> dict[str, Any]:
+    """`count` noop tasks through `client.starmap` (no Future per task, a window in flight),
+    every result checked: one per item, in order, each None."""
+    handler = CountingHandler()
+    client_log = logging.getLogger("neutrino")
+    client_log.addHandler(handler)
+    try:
+        started = time.perf_counter()
+        results = sum(1 for result in client.starmap("noop", itertools.repeat((), count)) if result is None)
+        elapsed = time.perf_counter() - started
+    finally:
+        client_log.removeHandler(handler)
+    return {
+        "elapsed_s": elapsed,
+        "all_replied_once": results == count and not handler.records,
+        "results": results,
+        "client_warnings": handler.records[:5],
     }

@@ -10,11 +10,15 @@ CPU per recycled worker is measured, not inferred from throughput: around every 
 time of each orchestrator's whole process tree (orchestrator, zygote, live workers, and the
 workers the zygote reaped: its cutime) is read from /proc; the recycling tree's CPU minus the
 plain tree's for the same tasks, over the recycles in that burst, is what one recycle cost
-(median of the rounds), split by process. The benchmark's own client is not part of it.
+(median of the rounds), split by process. The benchmark's own client is not part of it. The
+minor page faults of the same processes are counted the same way: copy-on-write faults are most
+of what a recycle costs, and unlike CPU time their count does not change with the machine's load.
 
 The floor under any recycling ratio: a replacement costs at least one fork and one exit of a
-process the zygote's size (`_fork_control.py churn`, f ms of CPU). With the plain orchestrator
-keeping every core busy at P tasks/s, recycling every N tasks can at best reach
+process the zygote's size (`_fork_control.py churn`, f ms of CPU), measured before, between and
+after the phases (the median counts), so that load from elsewhere falls on it as on the bursts.
+With the plain orchestrator keeping every core busy at P tasks/s, recycling every N tasks can at
+best reach
 1 / (1 + f * P / (cores * N)); `fork_floor.ratio_bound` reports it.
 """
 
@@ -85,8 +89,8 @@ def replacement_starts(text: str, initial_workers: int) -> dict[str, Any]:
     }
 
 
-def fork_floor(tasks_per_s: float | None, max_tasks_per_worker: int, forks: int = 300) -> dict[str, Any]:
-    """CPU of a bare fork + exit of the app's process, and the recycling ratio it allows at best."""
+def churn_floor(forks: int = 300) -> dict[str, Any]:
+    """One run of `_fork_control.py churn`: CPU and faults of a bare fork + exit of the app's process."""
     argv = [
         sys.executable,
         str(REPO / "benchmarks" / "_fork_control.py"),
@@ -98,7 +102,31 @@ def fork_floor(tasks_per_s: float | None, max_tasks_per_worker: int, forks: int 
     done = subprocess.run([*argv, "examples.quickstart.app"], cwd=REPO, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         return {"error": f"_fork_control.py churn exited {done.returncode}: {done.stderr.strip()[-500:]}"}
-    floor: dict[str, Any] = json.loads(done.stdout)
+    run: dict[str, Any] = json.loads(done.stdout)
+    return run
+
+
+FLOOR_FIGURES = (
+    "cpu_ms_per_fork",
+    "parent_cpu_ms",
+    "child_cpu_ms",
+    "parent_faults_per_fork",
+    "child_faults_per_fork",
+    "wall_ms_per_fork",
+)
+
+
+def fork_floor(runs: list[dict[str, Any]], tasks_per_s: float | None, max_tasks_per_worker: int) -> dict[str, Any]:
+    """The floor from `runs` of churn_floor taken before, between and after the phases (so load from
+    elsewhere on the machine falls on it as on the bursts): the median of each figure, every run's
+    CPU, and the recycling ratio the floor allows at best."""
+    good = [run for run in runs if "error" not in run]
+    if not good:
+        return runs[-1] if runs else {"error": "the fork floor was not measured"}
+    floor: dict[str, Any] = {key: round(statistics.median(run[key] for run in good), 3) for key in FLOOR_FIGURES}
+    floor["cpu_ms_per_fork_runs"] = [run["cpu_ms_per_fork"] for run in good]
+    floor["forks_per_run"] = good[0]["forks"]
+    floor["parent_rss_kb"] = good[-1]["parent_rss_kb"]
     cores = os.cpu_count() or 1
     if tasks_per_s:
         fork_share = floor["cpu_ms_per_fork"] / 1000 * tasks_per_s / (cores * max_tasks_per_worker)
@@ -107,12 +135,14 @@ def fork_floor(tasks_per_s: float | None, max_tasks_per_worker: int, forks: int 
     return floor
 
 
-def session_cpu_s(sid: int) -> dict[str, float]:
-    """CPU seconds of the processes in session `sid` (an orchestrator's tree), by role: the leader,
-    its direct children (the zygote) and their reaped children (cutime: the workers that exited),
-    and everything else alive (the live workers). Nothing is counted twice: a process is in its
-    parent's cutime only once reaped, and then no longer alive."""
-    out = {"orchestrator": 0.0, "zygote": 0.0, "workers": 0.0}
+def session_usage(sid: int) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds and minor page faults of the processes in session `sid` (an orchestrator's
+    tree), by role: the leader, its direct children (the zygote) and their reaped children (cutime
+    and cminflt: the workers that exited), and everything else alive (the live workers). Nothing is
+    counted twice: a process is in its parent's cutime only once reaped, and then no longer alive.
+    Faults (copy-on-write ones, mostly) do not depend on how busy the machine is, unlike CPU."""
+    cpu = {"orchestrator": 0.0, "zygote": 0.0, "workers": 0.0}
+    faults = dict(cpu)
     zygotes = set(children_of(sid))
     for pid in session_members(sid):
         try:
@@ -120,12 +150,13 @@ def session_cpu_s(sid: int) -> dict[str, float]:
         except OSError:
             continue  # exited meanwhile; its CPU shows up in its parent's cutime once reaped
         fields = stat[stat.rfind(")") + 2 :].split()
-        own = (int(fields[11]) + int(fields[12])) / TICKS_PER_S
-        reaped = (int(fields[13]) + int(fields[14])) / TICKS_PER_S
         role = "orchestrator" if pid == sid else "zygote" if pid in zygotes else "workers"
-        out[role] += own
-        out["workers"] += reaped if role == "zygote" else 0.0
-    return out
+        cpu[role] += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+        faults[role] += int(fields[7])
+        if role == "zygote":
+            cpu["workers"] += (int(fields[13]) + int(fields[14])) / TICKS_PER_S
+            faults["workers"] += int(fields[8])
+    return cpu, faults
 
 
 def frontend(system: System) -> str:
@@ -180,11 +211,12 @@ class Measured:
         return True
 
     def burst(self, count: int, task: str, args: tuple[Any, ...]) -> dict[str, Any]:
-        recycles, cpu = self.log_text().count(RECYCLE_LINE), session_cpu_s(self.sid)
+        recycles, (cpu, faults) = self.log_text().count(RECYCLE_LINE), session_usage(self.sid)
         run = self.system.burst(count) if task == "noop" else task_burst(self.client, count, task, args)
         time.sleep(0.05)  # let the last recycled worker exit and be reaped, so its CPU is counted
-        after = session_cpu_s(self.sid)
-        run["cpu_s"] = {role: round(after[role] - cpu[role], 4) for role in cpu}
+        cpu_after, faults_after = session_usage(self.sid)
+        run["cpu_s"] = {role: round(cpu_after[role] - cpu[role], 4) for role in cpu}
+        run["faults"] = {role: faults_after[role] - faults[role] for role in faults}
         run["recycles"] = self.log_text().count(RECYCLE_LINE) - recycles
         return run
 
@@ -220,6 +252,14 @@ def phase_report(names: list[str], bursts: dict[str, list[dict[str, Any]]], task
                 }
             )
     report["cpu_ms_per_recycle_by_round"] = per_round
+    faults = [
+        {role: round((r["faults"][role] - p["faults"][role]) / r["recycles"], 1) for role in ("zygote", "workers")}
+        for p, r in zip(bursts["plain"], bursts["recycled"], strict=False)
+        if r["recycles"]
+    ]
+    report["faults_per_recycle"] = (
+        {role: statistics.median(f[role] for f in faults) for role in ("zygote", "workers")} if faults else None
+    )
     report["cpu_ms_per_recycle"] = (
         {
             role: round(statistics.median(r[role] for r in per_round), 3)
@@ -256,10 +296,12 @@ def recycling(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict
         measured = {s.name: Measured(s, args[s.name]["log_path"], c) for s, c in zip(systems, clients, strict=True)}
         alternate(systems, 1, lambda system, _: system.burst(opts.warmup))
         catalogs = {name: m.wait_for_catalog() for name, m in measured.items()}
+        floors = [churn_floor()]
         marks = [len(measured["recycled"].log_text())]
         log(f"recycling: {opts.rounds} alternating bursts of {opts.tasks} noop tasks")
         noop = alternate(systems, opts.rounds, lambda system, _: measured[system.name].burst(opts.tasks, "noop", ()))
         marks.append(len(measured["recycled"].log_text()))
+        floors.append(churn_floor())
         log(f"recycling: {opts.rounds} alternating bursts of {opts.task_tasks} sleep({opts.task_ms} ms) tasks")
         slow = alternate(
             systems, opts.rounds, lambda system, _: measured[system.name].burst(opts.task_tasks, "sleep", task_args)
@@ -285,7 +327,8 @@ def recycling(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict
     report["replacement_start_ms"] = replacement_starts(recycled_log[marks[0] : marks[1]], RECYCLE_APP_WORKERS)
     report["replacement_start_ms"]["during"] = f"the noop bursts ({opts.rounds} x {opts.tasks} tasks)"
     report["replacement_start_ms_task_phase"] = replacement_starts(recycled_log[marks[1] :], RECYCLE_APP_WORKERS)
-    report["fork_floor"] = fork_floor(report["noop"]["plain"]["tasks_per_s"], opts.max_tasks_per_worker)
+    floors.append(churn_floor())
+    report["fork_floor"] = fork_floor(floors, report["noop"]["plain"]["tasks_per_s"], opts.max_tasks_per_worker)
     report["targets"] = recycling_targets(report, f"task_{opts.task_ms:g}ms")
     log(f"recycling: {json.dumps(report['targets'])}")
     return report
@@ -318,6 +361,13 @@ def recycling_targets(report: dict[str, Any], task_phase: str) -> dict[str, Any]
             "max_floors": CPU_PER_RECYCLE_MAX_FLOORS,
             "pass": None if floors is None else floors <= CPU_PER_RECYCLE_MAX_FLOORS,
             "also_in_task_phase": {"ms": per_recycle_task, "floors": ratio(per_recycle_task, floor)},
+            # Beside the CPU, what does not move with the machine's load: page faults per recycle
+            # (the zygote's and the worker's, beyond the plain run) and per bare fork.
+            "faults": {
+                **(report["noop"]["faults_per_recycle"] or {}),
+                "floor_parent": report["fork_floor"].get("parent_faults_per_fork"),
+                "floor_child": report["fork_floor"].get("child_faults_per_fork"),
+            },
         },
         "replacement_ready_p50": {
             "ms": ready.get("p50"),

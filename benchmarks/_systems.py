@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _floor import FloorClient
-from _neutrino import Orchestrator, burst, log_problems, wait_ready
+from _floor import FloorClient, RawDealer
+from _neutrino import Orchestrator, burst, log_problems, map_burst, wait_ready
 from _procs import Processes, free_tcp_port, log
 
 FLOOR_READY_TIMEOUT_S = 30.0
@@ -32,6 +32,8 @@ class System:
     burst: Callable[[int], dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # Other ways to push a burst through the same servers, by name (client-side throughput).
+    bursts: dict[str, Callable[[int], dict[str, Any]]] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -64,6 +66,13 @@ def neutrino_system(
     log(f"{name}: started {' '.join(orch.argv)}")
     client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S, **(client_kwargs or {}))
     system = System(name, client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
+    raw = None if client_kwargs else RawDealer(orch.endpoint, CALL_TIMEOUT_S)  # plain text only
+    if raw is not None:
+        system.bursts = {
+            "raw_dealer": raw.burst,
+            "submit": system.burst,
+            "map": lambda count: map_burst(client, count),
+        }
     try:
         ready_s = wait_ready(client, orch, orch_args["workers"])
         system.info["ready_ms"] = round(ready_s * 1000, 1)
@@ -72,6 +81,8 @@ def neutrino_system(
         system.info["pong_after"] = client.ping()
     finally:
         client.close()
+        if raw is not None:
+            raw.close()
         system.info["stop"] = orch.stop()
         log_text = orch.log_path.read_text(errors="replace") if orch.log_path.exists() else ""
         system.info["ready_line_logged"] = "Orchestrator ready with" in log_text

@@ -14,8 +14,15 @@ both alike. Measured for each system:
 - throughput: one burst of `--throughput-tasks` noop tasks per round, sent without waiting;
   tasks/s from first send to last reply (median round), every reply checked to arrive exactly once;
 - echo round trip: a 100 KiB bytes argument echoed back, p50/p99 µs over `--echo-calls` calls;
+- Neutrino only, client throughput against the same orchestrator, alternating in the same way:
+  a raw pyzmq DEALER pushing pre-packed SubmitTask frames and counting replies (no bookkeeping:
+  the floor of any Python client), `Client.submit` (a Future per task) and `Client.map` (no
+  Future, a window in flight), each a burst of `--throughput-tasks` noop tasks per round;
 - Neutrino only, after the above with everything stopped: ms from orchestrator Popen to the first
   `noop` result of a client that submits at once (queued until workers are ready), 3 cold starts.
+- tracing (unless --no-tracing; _traces.py): plain Neutrino, tracing off and tracing on (every task
+  sampled, spans exported over OTLP/HTTP to a sink in this process), noop p50 and throughput
+  measured in the same alternating rounds, each as a % of plain's;
 - CURVE (unless --no-curve): a third system, `neutrino_curve`, the same orchestrator with
   --curve-secret-key/--curve-clients and a `neutrino.Client` holding the keys (pairs made by
   `neutrino.keys.create` in the run's temp dir), measured in the same alternating rounds. The
@@ -48,6 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _traces
 import msgpack
 import zmq
 from _machine import cpu_seconds, other_load
@@ -155,7 +163,39 @@ def measure(systems: list[System], opts: argparse.Namespace) -> dict[str, dict[s
     log(f"echo of {ECHO_BYTES} bytes: {opts.echo_calls} calls")
     payload = (os.urandom(ECHO_BYTES),)
     collect("echo_100k_us", latency(systems, "echo", payload, opts.echo_calls, ECHO_WARMUP, opts.rounds))
+    for system in systems:
+        if system.bursts and not system.error:
+            ways = [System(name, system.call, fn) for name, fn in system.bursts.items()]
+            log(f"{system.name} client throughput: {opts.rounds} alternating bursts of {opts.throughput_tasks} tasks")
+            per_way = throughput(ways, opts.throughput_tasks, opts.warmup, opts.rounds)
+            log("client throughput: " + "; ".join(f"{name} {brief(value)}" for name, value in per_way.items()))
+            results[system.name]["client_throughput"] = client_section(per_way)
     return results
+
+
+def client_section(per_way: dict[str, Any]) -> dict[str, Any]:
+    """The client-throughput runs, with submit and map as fractions of the raw DEALER floor, both
+    the ratio of the median rounds and the median of the per-round ratios (each round's bursts ran
+    back to back, so its ratio sees the same machine load)."""
+    section: dict[str, Any] = {
+        "setup": "one orchestrator; raw_dealer: a bare DEALER sending pre-packed frames, counting replies; "
+        "submit: Client.submit + wait on every future; map: Client.starmap('noop', ...) with its default window",
+        **per_way,
+    }
+    for name, way in per_way.items():
+        # CPU this process spent per task (all its threads): the client's own cost, which machine
+        # load disturbs less than the rates.
+        cpu_us = [run["client_cpu_s"] / way["tasks"] * 1e6 for run in way["per_round"]]
+        section[name]["client_cpu_us_per_task"] = round(statistics.median(cpu_us), 2)
+    raw = per_way.get("raw_dealer")
+    for name in ("submit", "map"):
+        ours = per_way.get(name)
+        if raw and ours and len(raw["rounds_tasks_per_s"]) == len(ours["rounds_tasks_per_s"]):
+            per_round = [a / b for a, b in zip(ours["rounds_tasks_per_s"], raw["rounds_tasks_per_s"], strict=True)]
+            section[f"{name}_vs_raw_dealer"] = round(ours["tasks_per_s"] / raw["tasks_per_s"], 3)
+            section[f"{name}_vs_raw_dealer_by_round"] = [round(r, 3) for r in per_round]
+            section[f"{name}_vs_raw_dealer_median_of_rounds"] = round(statistics.median(per_round), 3)
+    return section
 
 
 def brief(value: dict[str, Any]) -> str:
@@ -224,7 +264,31 @@ def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
         report["neutrino"]["window"] = opts.window
     if "neutrino_curve" in wanted:
         report["curve"] = curve_section(report["neutrino"], report.pop("neutrino_curve", {}))
+    if "neutrino" in wanted and not opts.no_tracing:
+        report["tracing"] = tracing_report(opts, procs, orch_args, workdir)
     return report
+
+
+def tracing_report(
+    opts: argparse.Namespace, procs: Processes, orch_args: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    """Tracing off and on beside plain Neutrino (_traces.py): noop round trips and throughput."""
+
+    def measure(systems: list[System]) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {system.name: {} for system in systems}
+        noop = latency(systems, "noop", (), opts.calls, opts.warmup, opts.rounds)
+        rates = throughput(systems, opts.throughput_tasks, opts.warmup, opts.rounds)
+        for key, per_system in (("noop_us", noop), ("throughput", rates)):
+            for name, value in per_system.items():
+                results[name][key] = value
+            log(f"tracing {key}: " + "; ".join(f"{name} {brief(value)}" for name, value in per_system.items()))
+        return results
+
+    try:
+        return _traces.section(procs, orch_args, workdir, measure)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def curve_system(
@@ -304,13 +368,18 @@ def compare(floor: dict[str, Any], neutrino: dict[str, Any]) -> tuple[dict[str, 
     def check(number: float | None, passes: Callable[[float], bool]) -> bool | None:
         return None if number is None else passes(number)
 
+    clients = neutrino.get("client_throughput", {})
     ratios = {
         "p50_vs_floor": ratio("noop_us", "p50"),
         "throughput_vs_floor": ratio("throughput", "tasks_per_s"),
         "echo_100k_p50_vs_floor": ratio("echo_100k_us", "p50"),
+        "map_vs_raw_dealer": clients.get("map_vs_raw_dealer"),
+        "submit_vs_raw_dealer": clients.get("submit_vs_raw_dealer"),
     }
     targets = {
-        "p50_within_1.3x_floor": check(ratios["p50_vs_floor"], lambda r: r <= 1.3),
+        "p50_within_1.1x_floor": check(ratios["p50_vs_floor"], lambda r: r <= 1.1),
+        "map_at_least_0.6x_raw_dealer": check(ratios["map_vs_raw_dealer"], lambda r: r >= 0.6),
+        "submit_at_least_0.45x_raw_dealer": check(ratios["submit_vs_raw_dealer"], lambda r: r >= 0.45),
         "p99_under_1ms": check(value(neutrino, "noop_us", "p99"), lambda us: us < 1000),
         "throughput_at_least_0.5x_floor": check(ratios["throughput_vs_floor"], lambda r: r >= 0.5),
         "throughput_over_25000": check(value(neutrino, "throughput", "tasks_per_s"), lambda tps: tps > 25000),
@@ -336,6 +405,10 @@ def print_summary(report: dict[str, Any]) -> None:
             )
     if report["neutrino"] and "first_result" in report["neutrino"]:
         print(f"neutrino first result: {report['neutrino']['first_result']}")
+    if clients := report["neutrino"].get("client_throughput"):
+        ways = [name for name in ("raw_dealer", "submit", "map") if name in clients]
+        print(f"client throughput (tasks/s): { {name: clients[name]['tasks_per_s'] for name in ways} }")
+        print(f"client CPU (µs/task): { {name: clients[name]['client_cpu_us_per_task'] for name in ways} }")
     if curve := report.get("curve"):
         print(f"curve:   off {curve['off']}\n         on  {curve['on']}")
         print(
@@ -365,6 +438,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per measurement")
     parser.add_argument("--only", choices=["floor", "neutrino"], help="run one half only")
     parser.add_argument("--no-curve", action="store_true", help="skip the CURVE-on copy of the Neutrino half")
+    parser.add_argument("--no-tracing", action="store_true", help="skip tracing off/on beside plain (_traces.py)")
     return parser.parse_args(argv)
 
 

@@ -1,12 +1,19 @@
 """Model serving benchmark: the example `digits` model with batching on and off beside a hand-written
-aiohttp batcher, and the model server's per-request overhead on a no-op model beside a bare aiohttp
-server (the floor). Everything runs side by side on this machine, in one run.
+aiohttp batcher, the model server's per-request overhead on a no-op model beside a bare aiohttp
+server (the floor), and the batched `digits` server in the Open Inference Protocol's three encodings
+(REST JSON, REST binary tensors, gRPC) from tritonclient, REST JSON being their floor. Everything
+runs side by side on this machine, in one run.
 
     uv run python benchmarks/models.py --json > models.json
 
 Load comes from `_http_load`'s raw-HTTP keep-alive connections (one generator process per
 measurement, separate from the servers), each sending its next request when the previous answer is
-in. Measurements alternate between the systems round by round, so machine noise hits each alike.
+in; the batched server and the hand batcher are also measured from aiohttp's client (`--client-
+connections` calls in flight), the load a Python caller makes: its arrivals trickle in, and it
+takes CPU from the servers. Measurements alternate between the systems round by round, so machine
+noise hits each alike, and each ratio is also given round by round (`per_round`: the two
+measurements of a round ran one after the other), for its spread. A Neutrino server's rows carry
+`batch_mean`, the mean inputs per predict call during that measurement (from its /metrics).
 """
 
 from __future__ import annotations
@@ -31,11 +38,17 @@ sys.path.insert(0, str(HERE))
 from _procs import free_tcp_port, log  # noqa: E402
 
 
-async def _generate(url: str, body: bytes, connections: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    from _http_load import generate_requests, post_bytes
+async def _generate(
+    client: str, url: str, body: bytes, connections: int, warmup_s: float, duration_s: float
+) -> dict[str, Any]:
+    from _http_load import generate_client, generate_requests, post_bytes
 
-    request = post_bytes(url, body, "application/json")
-    out = await generate_requests(url, request, b'"outputs"', connections, time.time() + warmup_s, duration_s)
+    start_at = time.time() + warmup_s
+    if client == "aiohttp":
+        out = await generate_client(url, body, "application/json", b'"outputs"', connections, start_at, duration_s)
+    else:
+        request = post_bytes(url, body, "application/json")
+        out = await generate_requests(url, request, b'"outputs"', connections, start_at, duration_s)
     lat = sorted(out["latencies_ns"])
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0) if lat else (lambda q: None)
     return {
@@ -48,10 +61,41 @@ async def _generate(url: str, body: bytes, connections: int, warmup_s: float, du
     }
 
 
-def measure(url: str, body: bytes, connections: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
-    """One measurement, from a generator process of its own."""
+def measure(
+    url: str, body: bytes, connections: int, warmup_s: float, duration_s: float, client: str = "raw"
+) -> dict[str, Any]:
+    """One measurement, from a generator process of its own; `batch_mean` added for a Neutrino server."""
+    batches = _batch_counts(url)
+    cmd = [sys.executable, __file__, "_load", client, url, body.decode(), str(connections), str(warmup_s)]
     out = subprocess.run(
-        [sys.executable, __file__, "_load", url, body.decode(), str(connections), str(warmup_s), str(duration_s)],
+        [*cmd, str(duration_s)], capture_output=True, text=True, timeout=duration_s + warmup_s + 60, check=True
+    )
+    row: dict[str, Any] = json.loads(out.stdout)
+    if batches is not None and (after := _batch_counts(url)) is not None:
+        calls = after[1] - batches[1]
+        row["batch_mean"] = round((after[0] - batches[0]) / calls, 1) if calls else None
+    return row
+
+
+def _batch_counts(predict_url: str) -> tuple[float, float] | None:
+    """(inputs, predict calls) so far, from a Neutrino model server's /metrics; None for the floors."""
+    try:
+        text = urllib.request.urlopen(predict_url.split("/v1/")[0] + "/metrics", timeout=5).read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    seen = {}
+    for line in text.splitlines():
+        if line.startswith(("neutrino_model_batch_size_sum", "neutrino_model_batch_size_count")):
+            seen[line.split("{")[0]] = float(line.split()[-1])
+    if len(seen) != 2:
+        return None
+    return seen["neutrino_model_batch_size_sum"], seen["neutrino_model_batch_size_count"]
+
+
+def measure_oip(kind: str, target: str, concurrency: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+    """One measurement of one encoding (_oip_load.py), from a generator process of its own."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "_oip_load.py"), kind, target, str(concurrency), str(warmup_s), str(duration_s)],
         capture_output=True,
         text=True,
         timeout=duration_s + warmup_s + 60,
@@ -78,15 +122,27 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         from _http_load import run
 
-        url, body, conns, warm, dur = sys.argv[2:7]
-        print(json.dumps(run(_generate(url, body.encode(), int(conns), float(warm), float(dur)))))
+        client, url, body, conns, warm, dur = sys.argv[2:8]
+        print(json.dumps(run(_generate(client, url, body.encode(), int(conns), float(warm), float(dur)))))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--client-connections",
+        type=int,
+        default=32,
+        help="calls in flight from aiohttp's client, for batched vs hand batcher",
+    )
     p.add_argument("--duration", type=float, default=3.0, help="seconds counted per measurement")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--oip-concurrency",
+        type=int,
+        default=16,
+        help="calls in flight for the REST JSON / REST binary / gRPC comparison",
+    )
     args = p.parse_args()
 
     from sklearn.datasets import load_digits
@@ -96,8 +152,13 @@ def main() -> int:
     noop_body = b'{"inputs":1}'
     py = sys.executable
     ms = [py, "-m", "neutrino_model_server", "--app"]
+    grpc_port = free_tcp_port()  # the batched digits server also serves gRPC, for the encodings' comparison
     systems = {
-        "digits_batched": ([*ms, "examples.models.app:app", "--model", "digits"], "digits", digits_body),
+        "digits_batched": (
+            [*ms, "examples.models.app:app", "--model", "digits", "--grpc-port", str(grpc_port)],
+            "digits",
+            digits_body,
+        ),
         "digits_unbatched": (
             [*ms, "examples.models.app:app", "--model", "digits", "--max-batch-size", "1"],
             "digits",
@@ -119,15 +180,28 @@ def main() -> int:
             wait_answering(urls[key], body, procs[key])
             log(f"{key} ready")
         results: dict[str, list[dict[str, Any]]] = {k: [] for k in systems}
+        http_target = urls["digits_batched"].split("/")[2]
+        oip_targets = {"rest_json": http_target, "rest_binary": http_target, "grpc": f"127.0.0.1:{grpc_port}"}
+        encodings: dict[str, list[dict[str, Any]]] = {k: [] for k in oip_targets}
         latency: dict[str, list[dict[str, Any]]] = {"noop_neutrino": [], "noop_floor": []}
+        batch_pair = ("digits_batched", "digits_hand_batcher")
+        from_client: dict[str, list[dict[str, Any]]] = {k: [] for k in batch_pair}
         for r in range(args.rounds):
             order = list(systems) if r % 2 == 0 else list(reversed(systems))
             for key in order:
                 results[key].append(measure(urls[key], systems[key][2], args.connections, args.warmup, args.duration))
                 log(f"round {r + 1} {key}: {results[key][-1]['rps']} req/s p50 {results[key][-1]['p50_us']} us")
+            for key in batch_pair if r % 2 == 0 else reversed(batch_pair):
+                row = measure(urls[key], digits_body, args.client_connections, args.warmup, args.duration, "aiohttp")
+                from_client[key].append(row)
+                log(f"round {r + 1} {key} from aiohttp's client: {row['rps']} req/s p50 {row['p50_us']} us")
             for key in ("noop_neutrino", "noop_floor") if r % 2 == 0 else ("noop_floor", "noop_neutrino"):
                 latency[key].append(measure(urls[key], noop_body, 1, args.warmup, args.duration))
                 log(f"round {r + 1} {key} 1 connection: p50 {latency[key][-1]['p50_us']} us")
+            for kind in oip_targets if r % 2 == 0 else reversed(oip_targets):
+                row = measure_oip(kind, oip_targets[kind], args.oip_concurrency, args.warmup, args.duration)
+                encodings[kind].append(row)
+                log(f"round {r + 1} digits {kind}: {row['rps']} req/s p50 {row['p50_us']} us")
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -146,7 +220,31 @@ def main() -> int:
         for k, v in results.items()
     }
     one = {k: {"p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v} for k, v in latency.items()}
+    client = {
+        k: {"rps": med(v, "rps"), "p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v}
+        for k, v in from_client.items()
+    }
+
+    def per_round(rows: dict[str, list[dict[str, Any]]]) -> list[float]:
+        """batched / hand batcher, round by round (the two ran back to back)."""
+        pairs = zip(rows["digits_batched"], rows["digits_hand_batcher"], strict=True)
+        return [round(b["rps"] / h["rps"], 2) if h["rps"] else 0.0 for b, h in pairs]
+
+    def med_seen(rows: list[dict[str, Any]], key: str) -> float | None:  # None: every call failed (see rounds)
+        seen = [row[key] for row in rows if row[key] is not None]
+        return round(statistics.median(seen), 1) if seen else None
+
+    oip = {
+        k: {"rps": med(v, "rps"), "p50_us": med_seen(v, "p50_us"), "p99_us": med_seen(v, "p99_us"), "rounds": v}
+        for k, v in encodings.items()
+    }
+
+    def vs_rest_json(kind: str) -> float | None:
+        floor = oip["rest_json"]["rps"]
+        return round(oip[kind]["rps"] / floor, 2) if floor else None
+
     b, u, h = (summary[k]["rps"] for k in ("digits_batched", "digits_unbatched", "digits_hand_batcher"))
+    cb, ch = (client[k]["rps"] for k in batch_pair)
     overhead = one["noop_neutrino"]["p50_us"] / one["noop_floor"]["p50_us"]
     doc = {
         "connections": args.connections,
@@ -154,21 +252,29 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "throughput": summary,
         "noop_one_connection": one,
+        "from_aiohttp_client": {"connections": args.client_connections, **client},
+        "digits_encodings": {"client": "tritonclient (asyncio)", "concurrency": args.oip_concurrency, **oip},
         "ratios": {
             "batched_vs_unbatched": round(b / u, 2),
             "batched_vs_hand_batcher": round(b / h, 2),
+            "batched_vs_hand_batcher_per_round": per_round(results),
+            "batched_vs_hand_batcher_aiohttp_client": round(cb / ch, 2) if ch else None,
+            "batched_vs_hand_batcher_aiohttp_client_per_round": per_round(from_client),
             "noop_p50_vs_floor": round(overhead, 2),
+            "rest_binary_vs_rest_json": vs_rest_json("rest_binary"),
+            "grpc_vs_rest_json": vs_rest_json("grpc"),
         },
         "targets": {
             "batched_at_least_4x_unbatched": b >= 4 * u,
-            "batched_at_least_0.8x_hand_batcher": b >= 0.8 * h,
+            "batched_at_least_0.9x_hand_batcher": b >= 0.9 * h,
+            "batched_at_least_0.9x_hand_batcher_aiohttp_client": cb >= 0.9 * ch,
             "noop_p50_within_1.2x_floor": overhead <= 1.2,
         },
     }
     if args.json:
-        for section in (doc["throughput"], doc["noop_one_connection"]):
+        for section in (doc["throughput"], doc["noop_one_connection"], doc["from_aiohttp_client"]):
             for entry in section.values():
-                for row in entry["rounds"]:
+                for row in entry["rounds"] if isinstance(entry, dict) else ():
                     row.pop("errors", None) if not row.get("errors") else None
         print(json.dumps(doc, indent=2))
     else:

@@ -268,7 +268,7 @@ def test_metrics_endpoint_reports_queue_outcomes_latency_and_workers(start) -> N
     assert "neutrino_orchestrator_queue_depth 0" in body
     assert 'neutrino_orchestrator_tasks_total{outcome="ok"} 1' in body
     assert 'neutrino_orchestrator_tasks_total{outcome="task_error"} 1' in body
-    assert "neutrino_orchestrator_dispatch_latency_seconds_count 2" in body
+    assert "neutrino_orchestrator_queue_wait_seconds_count 2" in body
     assert 'neutrino_orchestrator_workers{state="idle"} 2' in body
 
 

@@ -479,11 +479,18 @@ def check_model(docs: list[dict[str, Any]], name: str, app: str) -> tuple[dict[s
     assert pods.items() >= PART_OF.items() and pods["app.kubernetes.io/component"] == "model"
     assert selects(deployment["spec"]["selector"]["matchLabels"], pods)
     assert selects(service["spec"]["selector"], pods)
-    assert service["spec"]["ports"] == [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]
     c = container(deployment)
     assert c["command"] == ["neutrino", "serve", "model", name]
     assert env_of(c)["NEUTRINO_APP"] == app
-    assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    grpc_port = int(env_of(c)[model_config.ENV_PREFIX + "GRPC_PORT"])  # the server's --grpc-port
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP"},
+    ]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": port, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+    ]
     for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
         assert c[probe]["httpGet"] == {"path": path, "port": "http"} and path in MODEL_ROUTES
     spec = deployment["spec"]["template"]["spec"]

@@ -130,7 +130,7 @@ def render(gateway: str, status: dict[str, Any], runs: list[dict[str, Any]]) -> 
             ("RUN", "TASK", "STATUS", "ATTEMPTS", "CREATED", "TOOK", "ERROR"),
             (
                 (
-                    run["id"][:8],
+                    run["id"][-8:],  # the random end: a UUIDv7 starts with its creation time
                     run["task"],
                     run["status"],
                     run["attempts"],

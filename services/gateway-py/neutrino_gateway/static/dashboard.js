@@ -228,7 +228,8 @@ function renderRuns(runs) {
     row.dataset.runId = run.id;
     row.dataset.status = run.status;
     row.tabIndex = 0;
-    cell(row, run.id.slice(0, 8), "mono");
+    // The last 8 hex digits: run ids are UUIDv7, whose first ones are the creation time, shared by neighbours.
+    cell(row, run.id.slice(-8), "mono");
     cell(row, run.task);
     cell(row, run.status, `status status-${run.status}`);
     cell(row, run.attempts, "num");

@@ -13,24 +13,13 @@ from typing import Annotated, Any
 
 import numpy as np
 from neutrino import App
+from neutrino_model_server.v2 import DTYPES
 from pydantic import BaseModel, Field
 
 app = App("tensor-tests")
 
-DTYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
+# The numeric datatypes as numpy dtypes: the server's own table, less BYTES (returned as it came).
+NUMERIC = {name: t for name, t in DTYPES.items() if name != "BYTES"}
 
 
 def _wait_for_gate() -> None:
@@ -83,7 +72,7 @@ class Cast:
         out = []
         for row in rows:
             to = row["to"]
-            out.append({"y": np.asarray(row["x"], dtype=DTYPES[to]) if to in DTYPES else row["x"]})
+            out.append({"y": np.asarray(row["x"], dtype=NUMERIC[to]) if to in NUMERIC else row["x"]})
         return out
 
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use neutrino_protocol::RejectReason;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::scheduler::RetireReason;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -24,19 +27,57 @@ pub const TIME_BUCKETS_S: [f64; 24] = [
     1.0, 2.5, 5.0, 10.0, 25.0, 60.0,
 ];
 
-/// `reason` labels of `neutrino_orchestrator_worker_exits_total`: retired on purpose (recycled,
-/// shrunk, stopping), killed by the broker (timeout, cancel, silence), died while serving, or
-/// ended before it was ready. A crash loop shows as `crashed` or `start_failed` growing.
-pub const EXIT_RETIRED: &str = "retired";
-pub const EXIT_KILLED: &str = "killed";
-pub const EXIT_CRASHED: &str = "crashed";
-pub const EXIT_START_FAILED: &str = "start_failed";
+/// The `reason` label of `neutrino_orchestrator_worker_exits_total`. A crash loop shows as
+/// `crashed` or `start_failed` growing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Retired on purpose (recycled, shrunk, stopping).
+    Retired,
+    /// Killed by the broker (timeout, cancel, silence).
+    Killed,
+    /// Died while serving.
+    Crashed,
+    /// Ended before it was ready.
+    StartFailed,
+}
 
-/// `side` labels of `neutrino_orchestrator_malformed_messages_total`: the link a malformed
-/// message came in on (clients, workers, the zygote's control link).
-pub const MALFORMED_FRONTEND: &str = "frontend";
-pub const MALFORMED_BACKEND: &str = "backend";
-pub const MALFORMED_CONTROL: &str = "control";
+impl ExitReason {
+    pub const ALL: [ExitReason; 4] =
+        [ExitReason::Retired, ExitReason::Killed, ExitReason::Crashed, ExitReason::StartFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Retired => "retired",
+            ExitReason::Killed => "killed",
+            ExitReason::Crashed => "crashed",
+            ExitReason::StartFailed => "start_failed",
+        }
+    }
+}
+
+/// The `side` label of `neutrino_orchestrator_malformed_messages_total`: the link a malformed
+/// message came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Clients.
+    Frontend,
+    /// Workers.
+    Backend,
+    /// The zygote's control link.
+    Control,
+}
+
+impl Link {
+    pub const ALL: [Link; 3] = [Link::Frontend, Link::Backend, Link::Control];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Frontend => "frontend",
+            Link::Backend => "backend",
+            Link::Control => "control",
+        }
+    }
+}
 
 /// Cheap to clone: every field is a shared handle.
 #[derive(Clone)]
@@ -60,7 +101,7 @@ pub struct Metrics {
     retiring_workers: Gauge,
     recycles: Family<Labels, Counter>,
     worker_rss: Histogram,
-    /// Messages dropped or rejected as malformed, by link (`MALFORMED_*`).
+    /// Messages dropped or rejected as malformed, by link ([`Link`]).
     malformed: Family<Labels, Counter>,
     /// Seconds from asking the zygote for a worker to that worker's `WorkerReady`.
     pub worker_start: Histogram,
@@ -147,12 +188,12 @@ impl Metrics {
             malformed.clone(),
         );
         let label = |k: &'static str, v: &str| vec![(k, v.to_owned())];
-        for side in [MALFORMED_FRONTEND, MALFORMED_BACKEND, MALFORMED_CONTROL] {
-            let _ = malformed.get_or_create(&label("side", side));
+        for side in Link::ALL {
+            let _ = malformed.get_or_create(&label("side", side.as_str()));
         }
         // Present at zero from the start, so rate() over them works before the first exit.
-        for reason in [EXIT_RETIRED, EXIT_KILLED, EXIT_CRASHED, EXIT_START_FAILED] {
-            let _ = worker_exits.get_or_create(&label("reason", reason));
+        for reason in ExitReason::ALL {
+            let _ = worker_exits.get_or_create(&label("reason", reason.as_str()));
         }
         let idle_workers = workers.get_or_create(&label("state", "idle")).clone();
         let retiring_workers = workers.get_or_create(&label("state", "retiring")).clone();
@@ -199,8 +240,8 @@ impl Metrics {
         self.tasks.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
 
-    pub fn tasks_rejected(&self, reason: &str) {
-        self.rejected.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    pub fn tasks_rejected(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&vec![("reason", reason.as_str().to_owned())]).inc();
     }
 
     pub fn set_gauges(&self, queue_depth: usize, idle: u32, busy: u32, retiring: u32) {
@@ -210,22 +251,22 @@ impl Metrics {
         self.retiring_workers.set(retiring.into());
     }
 
-    pub fn recycled(&self, reason: &str) {
-        self.recycles.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    pub fn recycled(&self, reason: RetireReason) {
+        self.recycles.get_or_create(&vec![("reason", reason.as_str().to_owned())]).inc();
     }
 
-    /// A worker process exited; `reason` is one of the `EXIT_*` labels.
-    pub fn worker_exited(&self, reason: &'static str) {
-        self.worker_exits.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    /// A worker process exited.
+    pub fn worker_exited(&self, reason: ExitReason) {
+        self.worker_exits.get_or_create(&vec![("reason", reason.as_str().to_owned())]).inc();
     }
 
     pub fn observe_worker_rss(&self, rss_kb: u64) {
         self.worker_rss.observe(rss_kb as f64 * 1024.0);
     }
 
-    /// A malformed message on `side` (one of the `MALFORMED_*` labels) was dropped or rejected.
-    pub fn malformed(&self, side: &'static str) {
-        self.malformed.get_or_create(&vec![("side", side.to_owned())]).inc();
+    /// A malformed message on `side` was dropped or rejected.
+    pub fn malformed(&self, side: Link) {
+        self.malformed.get_or_create(&vec![("side", side.as_str().to_owned())]).inc();
     }
 
     pub fn render(&self) -> String {
@@ -279,7 +320,9 @@ mod tests {
         let m = Metrics::new();
         m.queue_wait.observe(3e-6);
         m.task_run.observe(1.5);
-        m.worker_exited(EXIT_CRASHED);
+        m.worker_exited(ExitReason::Crashed);
+        m.recycled(RetireReason::MaxRss);
+        m.tasks_rejected(RejectReason::TooLarge);
         let text = m.render();
         // Time histograms resolve microseconds and seconds: 24 bounds and +Inf.
         assert_eq!(text.matches("neutrino_orchestrator_queue_wait_seconds_bucket{").count(), 25, "{text}");
@@ -287,8 +330,14 @@ mod tests {
         assert!(text.contains("neutrino_orchestrator_task_run_seconds_bucket{le=\"2.5\"} 1"), "{text}");
         // Every exit reason is there from the start; counters end in _total.
         assert!(text.contains("neutrino_orchestrator_worker_exits_total{reason=\"crashed\"} 1"), "{text}");
-        for reason in [EXIT_RETIRED, EXIT_KILLED, EXIT_START_FAILED] {
+        for reason in ["retired", "killed", "start_failed"] {
             assert!(text.contains(&format!("neutrino_orchestrator_worker_exits_total{{reason=\"{reason}\"}} 0")));
+        }
+        // Label values are what docs/metrics.md and deploy/prometheus/rules.yml name.
+        assert!(text.contains("neutrino_orchestrator_worker_recycles_total{reason=\"max_rss\"} 1"), "{text}");
+        assert!(text.contains("neutrino_orchestrator_tasks_rejected_total{reason=\"too_large\"} 1"), "{text}");
+        for side in ["frontend", "backend", "control"] {
+            assert!(text.contains(&format!("neutrino_orchestrator_malformed_messages_total{{side=\"{side}\"}} 0")));
         }
     }
 }

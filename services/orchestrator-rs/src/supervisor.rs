@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{self, BrokerConfig, BrokerHandle, Command, Event};
 use crate::catalog::CatalogBytes;
 use crate::config::Config;
-use crate::metrics::{self, Metrics, MALFORMED_CONTROL};
+use crate::metrics::{self, Link, Metrics};
 use crate::pool::{exit_status, Action, Pool};
 use crate::rundir::RunDir;
 use crate::scheduler::Policy;
@@ -301,7 +301,7 @@ impl Supervisor<'_> {
 
     fn malformed_control(&self, e: ProtocolError) {
         warn!("ignoring a malformed control message from the zygote: {e}");
-        self.metrics.malformed(MALFORMED_CONTROL);
+        self.metrics.malformed(Link::Control);
     }
 
     /// The zygote's task catalog: handed to the broker as bytes, never decoded here. A malformed
@@ -310,7 +310,7 @@ impl Supervisor<'_> {
         let (m, payload) = match (decode_meta::<ZygoteCatalog>(meta), payload) {
             (Ok(m), Some(payload)) => (m, payload),
             (Err(e), _) => {
-                self.metrics.malformed(MALFORMED_CONTROL);
+                self.metrics.malformed(Link::Control);
                 return warn!("ignoring a malformed task catalog from the zygote: {e}");
             }
             (Ok(_), None) => return warn!("ignoring a task catalog without its payload record"),

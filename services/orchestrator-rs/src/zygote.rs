@@ -130,7 +130,7 @@ impl Zygote {
     }
 
     /// Asks the zygote to stop its workers and exit; kills the whole process group if it does
-    /// not within [`STOP_TIMEOUT`]. Returns the zygote's exit code, if it exited by itself.
+    /// not within `STOP_TIMEOUT`. Returns the zygote's exit code, if it exited by itself.
     pub async fn stop(mut self) -> Option<i32> {
         if let Err(e) = self.send(&Shutdown { graceful: true }).await {
             warn!("could not ask the zygote to stop: {e}");

@@ -14,34 +14,126 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// An error raised by Neutrino itself (no remote exception): `ename` is the kind.
-    pub fn neutrino(kind: &str, evalue: impl Into<String>) -> Self {
-        ErrorInfo { kind: kind.to_owned(), ename: kind.to_owned(), evalue: evalue.into(), traceback: None }
+    pub fn neutrino(kind: ErrorKind, evalue: impl Into<String>) -> Self {
+        ErrorInfo {
+            kind: kind.as_str().to_owned(),
+            ename: kind.as_str().to_owned(),
+            evalue: evalue.into(),
+            traceback: None,
+        }
+    }
+
+    /// The kind as one this crate knows; `None` for a kind added by a newer peer.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        self.kind.parse().ok()
     }
 }
 
-/// Error kinds (SPEC.md §5).
-pub mod error_kind {
-    pub const TASK_ERROR: &str = "task_error";
-    pub const UNKNOWN_TASK: &str = "unknown_task";
-    pub const BAD_ARGUMENTS: &str = "bad_arguments";
-    pub const RESULT_NOT_SERIALIZABLE: &str = "result_not_serializable";
-    pub const RESULT_TOO_LARGE: &str = "result_too_large";
-    pub const WORKER_DIED: &str = "worker_died";
-    pub const CANCELLED: &str = "cancelled";
-    pub const SHUTTING_DOWN: &str = "shutting_down";
-    pub const PROTOCOL_ERROR: &str = "protocol_error";
-    pub const TIMEOUT: &str = "timeout";
-    pub const APP_IMPORT_ERROR: &str = "app_import_error";
-    pub const WORKER_START_ERROR: &str = "worker_start_error";
+/// Error kinds (SPEC.md §5). `ErrorInfo::kind` stays a string on the wire, so that a kind a
+/// newer peer adds is forwarded as it came instead of failing the whole message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    TaskError,
+    UnknownTask,
+    BadArguments,
+    ResultNotSerializable,
+    ResultTooLarge,
+    WorkerDied,
+    Cancelled,
+    ShuttingDown,
+    ProtocolError,
+    Timeout,
+    AppImportError,
+    WorkerStartError,
 }
 
-/// `TaskRejected.reason` values (SPEC.md §4.2).
-pub mod reject_reason {
-    pub const BUSY: &str = "busy";
-    pub const DRAINING: &str = "draining";
-    pub const INVALID: &str = "invalid";
-    pub const TOO_LARGE: &str = "too_large";
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::TaskError,
+        ErrorKind::UnknownTask,
+        ErrorKind::BadArguments,
+        ErrorKind::ResultNotSerializable,
+        ErrorKind::ResultTooLarge,
+        ErrorKind::WorkerDied,
+        ErrorKind::Cancelled,
+        ErrorKind::ShuttingDown,
+        ErrorKind::ProtocolError,
+        ErrorKind::Timeout,
+        ErrorKind::AppImportError,
+        ErrorKind::WorkerStartError,
+    ];
+
+    /// The wire name (SPEC.md §5), also the `outcome` label of the tasks metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::TaskError => "task_error",
+            ErrorKind::UnknownTask => "unknown_task",
+            ErrorKind::BadArguments => "bad_arguments",
+            ErrorKind::ResultNotSerializable => "result_not_serializable",
+            ErrorKind::ResultTooLarge => "result_too_large",
+            ErrorKind::WorkerDied => "worker_died",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::ProtocolError => "protocol_error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::AppImportError => "app_import_error",
+            ErrorKind::WorkerStartError => "worker_start_error",
+        }
+    }
 }
+
+/// `TaskRejected.reason` values (SPEC.md §4.2). The wire field stays a string, as for
+/// [`ErrorKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    Busy,
+    Draining,
+    Invalid,
+    TooLarge,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] =
+        [RejectReason::Busy, RejectReason::Draining, RejectReason::Invalid, RejectReason::TooLarge];
+
+    /// The wire name (SPEC.md §4.2), also the `reason` label of the rejections metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Busy => "busy",
+            RejectReason::Draining => "draining",
+            RejectReason::Invalid => "invalid",
+            RejectReason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A name that is not one of the enum's wire names (a kind or reason this crate does not know).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown name {0:?}")]
+pub struct UnknownName(pub String);
+
+macro_rules! named {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownName(s.to_owned()))
+            }
+        }
+    };
+}
+
+named!(ErrorKind);
+named!(RejectReason);
 
 /// Process exit codes (SPEC.md §7): what Neutrino's own processes exit with. A worker's code is
 /// reported and logged, never acted on: user code can exit with any of them.
@@ -65,5 +157,38 @@ impl ExitCode {
             4 => ExitCode::Protocol,
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serde names are the wire bytes: they must be what `as_str` says.
+    #[test]
+    fn serde_names_are_the_wire_names() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(rmp_serde::to_vec_named(&kind).unwrap(), rmp_serde::to_vec_named(kind.as_str()).unwrap());
+            assert_eq!(rmp_serde::from_slice::<ErrorKind>(&rmp_serde::to_vec(kind.as_str()).unwrap()).unwrap(), kind);
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        for reason in RejectReason::ALL {
+            assert_eq!(rmp_serde::to_vec_named(&reason).unwrap(), rmp_serde::to_vec_named(reason.as_str()).unwrap());
+            assert_eq!(reason.as_str().parse::<RejectReason>(), Ok(reason));
+        }
+        assert_eq!("too_large".parse::<RejectReason>(), Ok(RejectReason::TooLarge));
+        assert_eq!("result_not_serializable".parse::<ErrorKind>(), Ok(ErrorKind::ResultNotSerializable));
+    }
+
+    #[test]
+    fn an_unknown_kind_is_kept_as_it_came() {
+        let error = ErrorInfo { kind: "new_kind".into(), ename: "X".into(), evalue: String::new(), traceback: None };
+        assert_eq!(error.error_kind(), None);
+        let back: ErrorInfo = rmp_serde::from_slice(&rmp_serde::to_vec_named(&error).unwrap()).unwrap();
+        assert_eq!(back.kind, "new_kind");
+        let ours = ErrorInfo::neutrino(ErrorKind::WorkerDied, "gone");
+        assert_eq!((ours.kind.as_str(), ours.ename.as_str()), ("worker_died", "worker_died"));
+        assert_eq!(ours.error_kind(), Some(ErrorKind::WorkerDied));
     }
 }

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - [`frame`]: the header frame, message type codes, meta encode/decode, frame-count rules.
-//! - [`error`]: the shared `Error` structure, error kinds, rejection reasons, exit codes.
+//! - [`error`]: the shared `Error` structure, the error kinds and rejection reasons (enums named
+//!   as on the wire), exit codes.
 //! - [`frontend`]: client ↔ orchestrator messages.
 //! - [`backend`]: worker ↔ orchestrator messages.
 //! - [`control`]: zygote ↔ orchestrator messages (length-prefixed stream; a payload, when a
@@ -20,7 +21,7 @@ pub mod frontend;
 
 pub use backend::{Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady};
 pub use control::{Fork, Forked, TaskOptions, WorkerExited, ZygoteCatalog, ZygoteFailed, ZygoteReady};
-pub use error::{error_kind, reject_reason, ErrorInfo, ExitCode};
+pub use error::{ErrorInfo, ErrorKind, ExitCode, RejectReason, UnknownName};
 pub use frame::{
     control_payload_follows, decode_control, decode_frames, decode_meta, encode_control, encode_control_with_payload,
     encode_meta, header, parse_header, Message, MessageType, PayloadRule, ProtocolError, CONTROL_MAX_BYTES,

@@ -154,3 +154,21 @@ fn a_changed_byte_fails_the_comparison() {
     *expected.last_mut().unwrap() ^= 1;
     assert_ne!(encode_meta(&msg), expected, "{name}");
 }
+
+#[test]
+fn error_kinds_and_reject_reasons_in_the_vectors_are_the_enums_names() {
+    let (mut kinds, mut reasons) = (0, 0);
+    for (name, case) in cases().iter().filter(|(_, c)| c["result"] == "valid") {
+        if let Some(kind) = case["fields"]["error"]["kind"].as_str() {
+            let parsed: ErrorKind = kind.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed.as_str(), kind, "{name}");
+            kinds += 1;
+        }
+        if let (Some(reason), "TaskRejected") = (case["fields"]["reason"].as_str(), case["message"].as_str().unwrap()) {
+            let parsed: RejectReason = reason.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed.as_str(), reason, "{name}");
+            reasons += 1;
+        }
+    }
+    assert!(kinds >= 5 && reasons >= 1, "{kinds} kinds, {reasons} reasons");
+}

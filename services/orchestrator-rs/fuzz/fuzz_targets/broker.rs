@@ -23,9 +23,9 @@ use neutrino_orchestrator::broker::{
     decode_client, decode_worker, task_policy, BadClientMessage, BadWorkerMessage, ClientMessage, WorkerMessage,
 };
 use neutrino_orchestrator::scheduler::{
-    Cancelled, Failure, Finished, Limits, Origin, Payload, Policy, Scheduler, Task, TraceContext,
+    Cancelled, Failure, Finished, Limits, Origin, Payload, Policy, RetireReason, Scheduler, Task, TraceContext,
 };
-use neutrino_protocol::{reject_reason, Message, TaskOptions};
+use neutrino_protocol::{Message, RejectReason, TaskOptions};
 
 const EVENT_SEP: &[u8] = b"\xffEV\xff";
 const FRAME_SEP: &[u8] = b"\xffNT\xff";
@@ -157,7 +157,7 @@ impl Harness {
                         self.accepted_total += 1;
                         assert!(self.sched.queue_depth() <= QUEUE_LIMIT, "a submission grew the queue past its limit");
                     }
-                    Err(reason) => assert!(reason == reject_reason::BUSY || reason == reject_reason::DRAINING),
+                    Err(reason) => assert!(matches!(reason, RejectReason::Busy | RejectReason::Draining)),
                 }
             }
             Ok(ClientMessage::Cancel(m)) => match self.sched.cancel(&client, m.id) {
@@ -310,7 +310,7 @@ impl Harness {
                 if arg & 0x80 != 0 {
                     self.standby_ids.insert(format!("w{peer}"));
                 } else {
-                    self.sched.retire(format!("w{peer}").as_bytes(), "idle");
+                    self.sched.retire(format!("w{peer}").as_bytes(), RetireReason::Idle);
                 }
             }
         }

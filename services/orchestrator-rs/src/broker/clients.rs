@@ -7,13 +7,14 @@ use std::ops::Deref;
 use std::time::Instant;
 
 use neutrino_protocol::{
-    decode_frames, parse_header, reject_reason, CancelTask, DescribeTasks, ErrorInfo, Message, MessageType, Ping, Pong,
-    ProtocolError, SubmitTask, TaskAccepted, TaskOptions, TaskRejected, TaskReply, STATUS_ERROR,
+    decode_frames, parse_header, CancelTask, DescribeTasks, ErrorInfo, Message, MessageType, Ping, Pong, ProtocolError,
+    RejectReason, SubmitTask, TaskAccepted, TaskOptions, TaskRejected, TaskReply, STATUS_ERROR,
 };
 use tracing::debug;
 
-use super::{Broker, Unsent};
-use crate::metrics::MALFORMED_FRONTEND;
+use super::sockets::Unsent;
+use super::Broker;
+use crate::metrics::Link;
 use crate::scheduler::{
     Answer, Cancelled, Failure, Origin, Task, TaskPolicy, TraceContext, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S,
 };
@@ -103,21 +104,21 @@ impl Broker {
             Ok(ClientMessage::Describe(m)) => self.on_describe(&client, m.nonce),
             Ok(ClientMessage::Unknown(code)) => {
                 debug!(code, "ignoring unknown message type from a client");
-                self.metrics.malformed(MALFORMED_FRONTEND);
+                self.metrics.malformed(Link::Frontend);
             }
             Err(BadClientMessage { id, error }) => {
                 debug!(%error, "malformed client message");
-                self.metrics.malformed(MALFORMED_FRONTEND);
-                self.reject(&client, id, reject_reason::INVALID, &error.to_string());
+                self.metrics.malformed(Link::Frontend);
+                self.reject(&client, id, RejectReason::Invalid, &error.to_string());
             }
         }
     }
 
     fn on_submit(&mut self, client: &[u8], msg: SubmitTask, payload: zmq::Message) {
         if payload.len() > self.max_payload {
-            self.metrics.tasks_rejected(reject_reason::TOO_LARGE);
+            self.metrics.tasks_rejected(RejectReason::TooLarge);
             let text = format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), self.max_payload);
-            return self.reject(client, msg.id, reject_reason::TOO_LARGE, &text);
+            return self.reject(client, msg.id, RejectReason::TooLarge, &text);
         }
         let policy = task_policy(&msg, self.task_options.get(&msg.task));
         let id = msg.id;
@@ -140,7 +141,7 @@ impl Broker {
             Err(reason) => {
                 self.metrics.tasks_rejected(reason);
                 let text = match reason {
-                    reject_reason::BUSY => format!(
+                    RejectReason::Busy => format!(
                         "the queue is full ({} tasks waiting); retry later or on another orchestrator",
                         self.sched.queue_depth()
                     ),
@@ -181,8 +182,8 @@ impl Broker {
         self.send_client(client, &reply, payload.map(zmq::Message::from));
     }
 
-    fn reject(&mut self, client: &[u8], id: u64, reason: &str, message: &str) {
-        let msg = TaskRejected { id, reason: reason.to_owned(), message: message.to_owned() };
+    fn reject(&mut self, client: &[u8], id: u64, reason: RejectReason, message: &str) {
+        let msg = TaskRejected { id, reason: reason.as_str().to_owned(), message: message.to_owned() };
         self.send_client(client, &msg, None);
     }
 

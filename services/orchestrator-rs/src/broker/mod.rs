@@ -2,16 +2,18 @@
 //! backend (workers) ROUTER sockets and the [`Scheduler`], and talks to the tokio side through
 //! a command channel plus a wake-up socket that `zmq::poll` watches beside the ZeroMQ sockets.
 //!
-//! - `mod.rs`: setup, the poll loop, commands from the tokio side, sending.
+//! - `mod.rs`: the interface to the tokio side (commands, events), the poll loop, draining.
+//! - `sockets.rs`: creating and binding the sockets, routing replies, receiving and sending.
 //! - `clients.rs`: frontend messages (submit, cancel, ping, describe) and replies.
 //! - `workers.rs`: backend messages, timeouts, liveness, recycling, killing workers.
 //! - `zap.rs`: the ZAP handler thread that lets CURVE clients in by their public key.
 //!
 //! With CURVE on (`BrokerConfig::curve`), the tcp:// frontends are one CURVE-server socket and
 //! the ipc:// ones another, plain socket; the client ids of both then carry a first byte naming
-//! their socket (`TAG_*`), so that replies go back the way their request came in.
+//! their socket (`sockets::TAG_*`), so that replies go back the way their request came in.
 
 mod clients;
+mod sockets;
 mod workers;
 mod zap;
 
@@ -25,28 +27,22 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use neutrino_protocol::{encode_meta, error_kind, header, ErrorInfo, Message, TaskOptions};
+use neutrino_protocol::{ErrorInfo, ErrorKind, Message, TaskOptions};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{error, info, warn};
+use tracing::error;
 
 use crate::catalog::{Catalog, CatalogBytes};
-use crate::curve::{z85_encode, ServerKeys};
+use crate::curve::ServerKeys;
 use crate::metrics::Metrics;
-use crate::scheduler::{Limits, Payload, Policy, Scheduler};
+use crate::scheduler::{Limits, Payload, Policy, RetireReason, Scheduler};
+use sockets::{recv_parts, route, send, tag_client, Sockets, Unsent, TAG_CURVE, TAG_PLAIN};
 
 /// Most messages read from one socket before looking at the others, so neither side starves.
 const MAX_BATCH: usize = 512;
-/// High-water marks: generous, since a blocked broker would stall every client and worker.
-const FRONTEND_HWM: i32 = 200_000;
-const BACKEND_HWM: i32 = 50_000;
 /// How long the frontend may keep sending the final replies after the broker stops.
 const FINAL_REPLIES_LINGER_MS: i32 = 2_000;
 /// How often the pool's load is reported to the supervisor (for an elastic pool).
 const LOAD_REPORT_EVERY: Duration = Duration::from_millis(100);
-/// First byte of a client id while there are two frontend sockets (see the module doc).
-const TAG_PLAIN: u8 = 0;
-const TAG_CURVE: u8 = 1;
 
 /// Requests from the tokio side.
 #[derive(Debug)]
@@ -62,7 +58,7 @@ pub enum Command {
     /// New recycling limits (SIGHUP).
     SetLimits(Limits),
     /// Retire this worker (the pool is shrinking, or a reload lowered its size).
-    Retire { worker_id: String, reason: &'static str },
+    Retire { worker_id: String, reason: RetireReason },
     /// The worker about to be forked under this id is a standby (see `Scheduler::promote_standby`).
     Standby { worker_id: String },
     /// Stop accepting, answer queued tasks with `shutting_down`, report `Drained` when idle.
@@ -82,7 +78,7 @@ pub enum Event {
     /// that took its place at once (fork a new standby), or `None` (fork a replacement).
     Recycled {
         worker_id: String,
-        reason: &'static str,
+        reason: RetireReason,
         promoted: Option<String>,
     },
     /// The broker killed this worker (timeout, cancel, silence): its exit is expected.
@@ -90,7 +86,7 @@ pub enum Event {
         worker_id: String,
         reason: &'static str,
     },
-    /// Pool load, every [`LOAD_REPORT_EVERY`] while it changes.
+    /// Pool load, every `LOAD_REPORT_EVERY` while it changes.
     Load(Load),
     /// Draining and nothing is left in flight.
     Drained,
@@ -110,7 +106,7 @@ pub struct BrokerConfig {
     pub backend: String,
     pub policy: Policy,
     pub max_message_bytes: i64,
-    /// How long to keep polling before blocking while latency-bound (see [`spin_poll`]).
+    /// How long to keep polling before blocking while latency-bound (see `spin_poll`).
     pub idle_spin: Duration,
     /// Workers are declared dead after this long without a message (`None`: never).
     pub liveness: Option<Duration>,
@@ -144,55 +140,7 @@ impl BrokerHandle {
 /// Binds the sockets (so address errors surface here) and starts the broker thread.
 pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Event>) -> anyhow::Result<BrokerHandle> {
     let ctx = zmq::Context::new();
-    let (curve_endpoints, plain_endpoints): (Vec<&String>, Vec<&String>) = match &config.curve {
-        Some(_) => config.frontends.iter().partition(|e| e.starts_with("tcp://")),
-        None => (Vec::new(), config.frontends.iter().collect()),
-    };
-    let mut zap = None;
-    let mut curve_socket = None;
-    if let (Some(keys), false) = (&config.curve, curve_endpoints.is_empty()) {
-        if zmq::has("curve") != Some(true) {
-            anyhow::bail!(
-                "--curve-secret-key: the libzmq this orchestrator is linked against ({}) was built without \
-                 CURVE; install one with CURVE (Debian: libzmq5 from libzmq3-dev, built with libsodium)",
-                libzmq_version()
-            );
-        }
-        // Bound before any CURVE socket: without a handler libzmq would let every client in.
-        let zap_socket = zap::bind(&ctx)?;
-        let socket = frontend_socket(&ctx, config.max_message_bytes)?;
-        socket.set_curve_server(true)?;
-        socket.set_curve_secretkey(&keys.secret)?;
-        socket.set_zap_domain(zap::ZAP_DOMAIN)?;
-        let monitor = zap::monitor(&ctx, &socket)?;
-        zap = Some(zap::ZapHandler::start(zap_socket, monitor, keys.clients.clone(), metrics.clone())?);
-        for endpoint in &curve_endpoints {
-            socket.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
-        }
-        info!(
-            "CURVE on {}: server public key {}, {} client key(s) allowed",
-            curve_endpoints.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", "),
-            z85_encode(&keys.public),
-            keys.clients.len()
-        );
-        curve_socket = Some(socket);
-    } else if config.curve.is_some() {
-        warn!("--curve-secret-key is set but no frontend is tcp://; the ipc:// frontends stay plain");
-    }
-    // With CURVE on and only tcp frontends, the CURVE socket is the only one.
-    let (frontend, secure) = match (curve_socket, plain_endpoints.is_empty()) {
-        (Some(curve), true) => (curve, None),
-        (curve, _) => {
-            let plain = frontend_socket(&ctx, config.max_message_bytes)?;
-            for endpoint in &plain_endpoints {
-                plain.bind(endpoint).with_context(|| format!("cannot bind frontend {endpoint}"))?;
-            }
-            (plain, curve)
-        }
-    };
-    let backend = router(&ctx, BACKEND_HWM, config.max_message_bytes)?;
-    backend.bind(&config.backend).with_context(|| format!("cannot bind backend {}", config.backend))?;
-
+    let Sockets { frontend, secure, zap, backend } = sockets::bind(&ctx, &config, &metrics)?;
     let (wake_tx, wake_rx) = UnixDatagram::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
@@ -221,30 +169,6 @@ pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Eve
     };
     let thread = std::thread::Builder::new().name("broker".into()).spawn(move || broker.run())?;
     Ok(BrokerHandle { commands: tx, wake: wake_tx, thread: Some(thread) })
-}
-
-fn frontend_socket(ctx: &zmq::Context, max_message_bytes: i64) -> anyhow::Result<zmq::Socket> {
-    let s = router(ctx, FRONTEND_HWM, max_message_bytes)?;
-    // Clients keep their routing id across reconnects; let the new connection take it over.
-    s.set_router_handover(true)?;
-    Ok(s)
-}
-
-fn libzmq_version() -> String {
-    let (major, minor, patch) = zmq::version();
-    format!("libzmq {major}.{minor}.{patch}")
-}
-
-fn router(ctx: &zmq::Context, hwm: i32, max_message_bytes: i64) -> anyhow::Result<zmq::Socket> {
-    let s = ctx.socket(zmq::ROUTER)?;
-    s.set_router_mandatory(true)?; // else unroutable replies vanish silently
-    s.set_linger(0)?;
-    s.set_sndhwm(hwm)?;
-    s.set_rcvhwm(hwm)?;
-    // libzmq drops the connection of a peer that exceeds MAXMSGSIZE without telling it, so the
-    // hard cap sits well above the limit the broker enforces with a `too_large` rejection.
-    s.set_maxmsgsize(max_message_bytes.saturating_mul(4))?;
-    Ok(s)
 }
 
 impl Payload for zmq::Message {
@@ -341,7 +265,7 @@ impl Broker {
         self.answer_queued();
         for origin in self.sched.abandon_in_flight() {
             let text = "the orchestrator stopped its worker while this task ran (grace period over)";
-            self.reply_error(&origin, ErrorInfo::neutrino(error_kind::WORKER_DIED, text));
+            self.reply_error(&origin, ErrorInfo::neutrino(ErrorKind::WorkerDied, text));
         }
         // The last replies are queued in libzmq; give them a moment to leave before the context ends.
         let _ = self.frontend.set_linger(FINAL_REPLIES_LINGER_MS);
@@ -404,7 +328,7 @@ impl Broker {
         }
     }
 
-    /// Sends to a client on the socket its request came in on (see [`TAG_CURVE`]).
+    /// Sends to a client on the socket its request came in on (see [`sockets::route`]).
     fn send_frontend<M: Message>(&self, client: &[u8], msg: &M, payload: Option<zmq::Message>) -> Result<(), Unsent> {
         let (socket, to) = route(&self.frontend, self.secure.as_ref(), client);
         send(socket, to, msg, payload)
@@ -436,7 +360,7 @@ impl Broker {
         for task in self.sched.start_draining() {
             let origin = task.into_origin();
             let text = "the orchestrator shut down before this task ran; safe to retry elsewhere";
-            self.reply_error(&origin, ErrorInfo::neutrino(error_kind::SHUTTING_DOWN, text));
+            self.reply_error(&origin, ErrorInfo::neutrino(ErrorKind::ShuttingDown, text));
         }
     }
 
@@ -465,29 +389,6 @@ impl Broker {
     }
 }
 
-/// The socket a client's replies go out on, and its routing id there (see [`TAG_CURVE`]).
-fn route<'a>(
-    frontend: &'a zmq::Socket,
-    secure: Option<&'a zmq::Socket>,
-    client: &'a [u8],
-) -> (&'a zmq::Socket, &'a [u8]) {
-    match (secure, client.split_first()) {
-        (Some(secure), Some((&TAG_CURVE, id))) => (secure, id),
-        (Some(_), Some((_, id))) => (frontend, id),
-        _ => (frontend, client),
-    }
-}
-
-/// Prefixes the routing id (the first frame) with the socket's tag.
-fn tag_client(parts: &mut [zmq::Message], tag: u8) {
-    if let Some(first) = parts.first_mut() {
-        let mut id = Vec::with_capacity(first.len() + 1);
-        id.push(tag);
-        id.extend_from_slice(first);
-        *first = zmq::Message::from(id);
-    }
-}
-
 /// Polls without blocking for up to `budget`, yielding the CPU between polls; returns how many
 /// items became ready (0: the budget ran out). Keeps this vCPU from halting between the messages
 /// of a request/reply exchange: waking a halted vCPU costs 100-200 µs on a VM, more than a whole
@@ -502,74 +403,4 @@ fn spin_poll(items: &mut [zmq::PollItem], budget: Duration) -> i32 {
         }
     }
     0
-}
-
-/// Reads one multipart message without blocking; `Ok(false)` when none is waiting.
-fn recv_parts(socket: &zmq::Socket, parts: &mut Vec<zmq::Message>) -> Result<bool, zmq::Error> {
-    let first = match socket.recv_msg(zmq::DONTWAIT) {
-        Ok(m) => m,
-        Err(zmq::Error::EAGAIN) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let mut more = first.get_more();
-    parts.push(first);
-    while more {
-        let m = socket.recv_msg(0)?;
-        more = m.get_more();
-        parts.push(m);
-    }
-    Ok(true)
-}
-
-/// Sends [identity, header, meta, payload?] without blocking. If the peer cannot take it
-/// (unroutable, or its pipe is full), nothing is sent and the payload is handed back.
-fn send<M: Message>(socket: &zmq::Socket, to: &[u8], msg: &M, payload: Option<zmq::Message>) -> Result<(), Unsent> {
-    let flags = zmq::DONTWAIT;
-    if let Err(error) = socket.send(to, flags | zmq::SNDMORE) {
-        return Err(Unsent { error, payload });
-    }
-    // Once the first frame is accepted, libzmq takes the rest of the message whole.
-    let rest = || -> Result<(), zmq::Error> {
-        socket.send(&header(M::TYPE)[..], flags | zmq::SNDMORE)?;
-        match payload {
-            Some(p) => {
-                socket.send(encode_meta(msg), flags | zmq::SNDMORE)?;
-                socket.send(p, flags)
-            }
-            None => socket.send(encode_meta(msg), flags),
-        }
-    };
-    rest().map_err(|error| Unsent { error, payload: None })
-}
-
-/// A message `send` could not deliver; `payload` is handed back when nothing was sent.
-struct Unsent {
-    error: zmq::Error,
-    payload: Option<zmq::Message>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_go_back_on_the_socket_the_request_came_in_on() {
-        let ctx = zmq::Context::new();
-        let plain = ctx.socket(zmq::ROUTER).unwrap();
-        let curve = ctx.socket(zmq::ROUTER).unwrap();
-        let same = |a: &zmq::Socket, b: &zmq::Socket| std::ptr::eq(a, b);
-        // One socket: ids are used as they are.
-        let (socket, id) = route(&plain, None, b"\x01abc");
-        assert!(same(socket, &plain) && id == b"\x01abc");
-        // Two sockets: the tag picks the socket and is stripped.
-        let mut parts = vec![zmq::Message::from(&b"\x00\x6b\x8b\x45\x67"[..])];
-        tag_client(&mut parts, TAG_CURVE);
-        let tagged = parts[0].to_vec();
-        assert_eq!(tagged, b"\x01\x00\x6b\x8b\x45\x67");
-        let (socket, id) = route(&plain, Some(&curve), &tagged);
-        assert!(same(socket, &curve) && id == b"\x00\x6b\x8b\x45\x67");
-        tag_client(&mut parts, TAG_PLAIN);
-        let (socket, id) = route(&plain, Some(&curve), &parts[0]);
-        assert!(same(socket, &plain) && id == tagged, "the same routing id on the plain socket is another client");
-    }
 }

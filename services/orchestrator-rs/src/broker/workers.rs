@@ -8,14 +8,15 @@ use std::ops::Deref;
 use std::time::Instant;
 
 use neutrino_protocol::{
-    decode_frames, error_kind, parse_header, ErrorInfo, Heartbeat, Message, MessageType, ProtocolError, Shutdown,
+    decode_frames, parse_header, ErrorInfo, ErrorKind, Heartbeat, Message, MessageType, ProtocolError, Shutdown,
     TaskAssignment, TaskReply, TaskResult, WorkerReady, STATUS_OK,
 };
 use tracing::{debug, error, info, warn};
 
-use super::{send, Broker, Event, Side};
-use crate::metrics::MALFORMED_BACKEND;
-use crate::scheduler::{recycle_reason, Assignment, Failure, Finished, TraceContext};
+use super::sockets::send;
+use super::{Broker, Event, Side};
+use crate::metrics::Link;
+use crate::scheduler::{Assignment, Failure, Finished, RetireReason, TraceContext};
 
 /// Heartbeats come from a worker's second socket, routing id `<worker_id>` + this suffix.
 const HEARTBEAT_SUFFIX: &[u8] = b"/hb";
@@ -111,16 +112,16 @@ impl Broker {
             Ok(WorkerMessage::Heartbeat { worker, msg }) => self.on_heartbeat(&worker, msg, now),
             Ok(WorkerMessage::Unknown(code)) => {
                 debug!(code, "ignoring unknown message type from a worker");
-                self.metrics.malformed(MALFORMED_BACKEND);
+                self.metrics.malformed(Link::Backend);
             }
             Err(BadWorkerMessage { error, task_id }) => {
                 warn!(worker = %name(&identity), %error, "malformed worker message");
-                self.metrics.malformed(MALFORMED_BACKEND);
+                self.metrics.malformed(Link::Backend);
                 // If at least the task id is readable, the task still gets its one reply.
                 let finished = task_id.map(|id| self.sched.task_finished(&identity, id, None, None, now));
                 if let Some(Finished::Reply(origin)) = finished {
                     let text = format!("the worker sent a malformed result: {error}");
-                    self.reply_error(&origin, ErrorInfo::neutrino(error_kind::PROTOCOL_ERROR, text));
+                    self.reply_error(&origin, ErrorInfo::neutrino(ErrorKind::ProtocolError, text));
                 }
             }
         }
@@ -250,7 +251,7 @@ impl Broker {
 
     /// A worker reached a recycling limit (the scheduler retired it): a standby takes its
     /// place at once if one is ready, and the supervisor forks the next standby or replacement.
-    fn recycle_due(&mut self, worker: &[u8], reason: &'static str) {
+    fn recycle_due(&mut self, worker: &[u8], reason: RetireReason) {
         let promoted = self.sched.promote_standby(Instant::now()).map(|id| name(&id));
         match &promoted {
             Some(spare) => info!("Recycling worker {} ({reason}); standby {spare} takes its place", name(worker)),
@@ -260,10 +261,10 @@ impl Broker {
         let _ = self.events.send(Event::Recycled { worker_id: name(worker), reason, promoted });
     }
 
-    pub(super) fn retire(&mut self, worker_id: &str, reason: &'static str) {
+    pub(super) fn retire(&mut self, worker_id: &str, reason: RetireReason) {
         if self.sched.retire(worker_id.as_bytes(), reason) {
-            debug!(worker = %worker_id, reason, "retiring");
-            if reason == recycle_reason::IDLE {
+            debug!(worker = %worker_id, reason = reason.as_str(), "retiring");
+            if reason == RetireReason::Idle {
                 self.metrics.recycled(reason);
             }
         }

@@ -11,8 +11,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::Load;
 use crate::config::Config;
-use crate::metrics::{Metrics, EXIT_CRASHED, EXIT_KILLED, EXIT_RETIRED, EXIT_START_FAILED};
-use crate::scheduler::recycle_reason;
+use crate::metrics::{ExitReason, Metrics};
+use crate::scheduler::RetireReason;
 
 #[cfg(test)]
 mod tests;
@@ -32,7 +32,7 @@ pub enum Action {
     /// Tell the broker this worker is the standby, then ask the zygote to fork it.
     Standby(String),
     /// Ask the broker to retire this worker: no new tasks, it exits once idle.
-    Retire { worker_id: String, reason: &'static str },
+    Retire { worker_id: String, reason: RetireReason },
     /// The zygote died: stop what is left of it, start a new one after this delay, then call
     /// [`Pool::zygote_started`].
     RestartZygote { after: Duration },
@@ -240,7 +240,7 @@ impl Pool {
     fn retire(&mut self, worker_id: String) -> Action {
         self.live.remove(&worker_id);
         self.retired.insert(worker_id.clone());
-        Action::Retire { worker_id, reason: recycle_reason::IDLE }
+        Action::Retire { worker_id, reason: RetireReason::Idle }
     }
 
     /// A worker process is gone (SPEC.md §4.4, `WorkerExited`; `how` from [`exit_status`]). Its
@@ -260,7 +260,7 @@ impl Pool {
         if self.retired.remove(&m.worker_id) || !serving {
             // Retired (its place was already filled or given up), or we are stopping.
             debug!(worker = %m.worker_id, "worker exited ({how})");
-            self.metrics.worker_exited(EXIT_RETIRED);
+            self.metrics.worker_exited(ExitReason::Retired);
             return Vec::new();
         }
         // A worker that could not start is backed off, so a broken one cannot fork-loop. It said
@@ -270,9 +270,9 @@ impl Pool {
         let early = m.error.is_some() || (!was_ready && !was_killed);
         self.early_exits = if early { self.early_exits + 1 } else { 0 };
         self.metrics.worker_exited(match (early, was_killed) {
-            (true, _) => EXIT_START_FAILED,
-            (false, true) => EXIT_KILLED,
-            (false, false) => EXIT_CRASHED,
+            (true, _) => ExitReason::StartFailed,
+            (false, true) => ExitReason::Killed,
+            (false, false) => ExitReason::Crashed,
         });
         if let Some(e) = &m.error {
             // The traceback once per run of failures; each later one in a line.
@@ -364,7 +364,7 @@ impl Pool {
         if !self.wants_standby() {
             if let Some(worker_id) = self.standby.take() {
                 self.retired.insert(worker_id.clone());
-                actions.push(Action::Retire { worker_id, reason: recycle_reason::IDLE });
+                actions.push(Action::Retire { worker_id, reason: RetireReason::Idle });
             }
         }
         actions.extend(self.ensure_standby());

@@ -1,7 +1,7 @@
 //! Pool decisions, driven without a zygote, a broker or sockets.
 
 use clap::Parser;
-use neutrino_protocol::ErrorInfo;
+use neutrino_protocol::{ErrorInfo, ErrorKind};
 
 use super::*;
 
@@ -19,7 +19,7 @@ fn standby(id: &str) -> Action {
 }
 
 fn retire(id: &str) -> Action {
-    Action::Retire { worker_id: id.into(), reason: recycle_reason::IDLE }
+    Action::Retire { worker_id: id.into(), reason: RetireReason::Idle }
 }
 
 /// Starts the pool and makes every worker it forked ready.
@@ -47,7 +47,7 @@ fn exit(p: &mut Pool, id: &str, code: u32, error: Option<ErrorInfo>) -> Vec<Acti
 }
 
 fn start_error() -> Option<ErrorInfo> {
-    Some(ErrorInfo::neutrino("worker_start_error", "boom"))
+    Some(ErrorInfo::neutrino(ErrorKind::WorkerStartError, "boom"))
 }
 
 fn idle(id: &str, for_s: u64) -> Load {

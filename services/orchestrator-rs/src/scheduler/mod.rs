@@ -1,99 +1,36 @@
-//! Push-on-idle / pull-on-busy scheduling state: the bounded queue, tasks waiting to be
-//! retried, the ready workers and the tasks they hold. Plain code with no sockets or processes,
-//! so tests drive it directly; the broker turns its answers into messages and kills
-//! (SPEC.md §6).
+//! Push-on-idle / pull-on-busy scheduling (SPEC.md §6): which waiting task goes to which
+//! worker, and what becomes of it. Plain code with no sockets or processes, so tests drive it
+//! directly; the broker turns its answers into messages and kills.
+//!
+//! - `mod.rs`: the [`Scheduler`]: submitting, results, workers joining, failing and retiring,
+//!   deadlines, cancelling, draining.
+//! - `task.rs`: a task at each stage: waiting, assigned, answered.
+//! - `queue.rs`: the tasks waiting for a worker, and those waiting out a retry delay.
+//! - `dispatch.rs`: which worker takes the next task; pipelining short tasks.
+//! - `retry.rs`: attempts that end without a result: retried, or answered ([`Failure`]).
+//! - `worker.rs`: one worker's window, held assignments and recycling state.
+//! - `policy.rs`: per-task policy (timeout, retries, backoff), recycling limits, [`RetireReason`].
 
+mod dispatch;
 mod policy;
+mod queue;
+mod retry;
+mod task;
 #[cfg(test)]
 mod tests;
 mod worker;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use neutrino_protocol::{error_kind, reject_reason, ErrorInfo};
+use neutrino_protocol::{ErrorInfo, ErrorKind, RejectReason};
 
-pub use policy::{recycle_reason, Limits, TaskPolicy, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S};
+pub use policy::{Limits, RetireReason, TaskPolicy, DEFAULT_BACKOFF_MAX_S, DEFAULT_BACKOFF_S};
+use queue::Queue;
+pub use retry::Failure;
+use task::InFlight;
+pub use task::{Answer, Assignment, Origin, Payload, Task, TraceContext};
 use worker::Worker;
-
-/// Weight of a new `run_us` sample in the per-task moving average.
-const RUN_TIME_EWMA_ALPHA: f64 = 0.2;
-
-/// A payload frame the scheduler can keep a copy of, for retries.
-pub trait Payload {
-    fn duplicate(&self) -> Self;
-}
-
-/// The caller's W3C trace context from `SubmitTask`, opaque: forwarded on every
-/// `TaskAssignment` of the task (SPEC.md §4.5). Both absent costs nothing to carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
-
-/// A task accepted from a client. `P` is the payload frame, forwarded untouched.
-#[derive(Debug)]
-pub struct Task<P> {
-    pub client: Vec<u8>,
-    pub client_task_id: u64,
-    pub name: String,
-    pub policy: TaskPolicy,
-    /// The attempt this task is waiting for (1 at first).
-    pub attempt: u32,
-    pub accepted_at: Instant,
-    pub trace: TraceContext,
-    pub payload: P,
-}
-
-impl<P> Task<P> {
-    /// Whom to answer about a task answered while it waits (never assigned, or between
-    /// attempts): the attempts made are those before the one it waits for.
-    pub fn into_origin(self) -> Origin {
-        Origin { client: self.client, client_task_id: self.client_task_id, attempts: self.attempt - 1, queue_us: None }
-    }
-}
-
-/// A task chosen for a worker: what the broker sends as `TaskAssignment`.
-#[derive(Debug)]
-pub struct Assignment<P> {
-    pub worker: Vec<u8>,
-    pub task_id: u64,
-    pub name: String,
-    pub attempt: u32,
-    pub timeout_s: Option<f64>,
-    pub queued_for: Duration,
-    /// Taken from the task; given back with the payload if the send fails (`requeue_front`).
-    pub trace: TraceContext,
-    pub payload: P,
-}
-
-/// Who to answer about a task, and how many attempts were made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub client: Vec<u8>,
-    pub client_task_id: u64,
-    pub attempts: u32,
-    /// Microseconds from acceptance to the assignment of the attempt answered about
-    /// (`TaskReply.queue_us`); `None` when the task was answered while waiting for one.
-    pub queue_us: Option<u64>,
-}
-
-/// A task that ends with an error the orchestrator produced.
-#[derive(Debug, PartialEq)]
-pub struct Answer {
-    pub origin: Origin,
-    pub error: ErrorInfo,
-}
-
-/// How a worker's attempt at its running task ended, when the worker did not answer it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    Timeout,
-    WorkerDied(String),
-    Cancelled,
-}
 
 /// What became of a `TaskResult`.
 #[derive(Debug, PartialEq)]
@@ -117,56 +54,6 @@ pub enum Cancelled {
         pid: u32,
     },
     NotFound,
-}
-
-#[derive(Debug)]
-struct InFlight<P> {
-    worker: Vec<u8>,
-    client: Vec<u8>,
-    client_task_id: u64,
-    name: String,
-    policy: TaskPolicy,
-    attempt: u32,
-    accepted_at: Instant,
-    /// From acceptance to this attempt's assignment (SPEC.md §4.5).
-    queue_us: u64,
-    /// A copy of the arguments, kept while retries remain or while the task waits behind
-    /// another on its worker (so it can be requeued if that worker dies first).
-    copy: Option<P>,
-    /// The trace context, kept (like `copy`, and only with it) for the next assignment.
-    trace: TraceContext,
-    short: bool,
-    /// Answered `cancelled` while still waiting on its worker: drop its result.
-    cancelled: bool,
-}
-
-impl<P> InFlight<P> {
-    fn origin(&self) -> Origin {
-        Origin {
-            client: self.client.clone(),
-            client_task_id: self.client_task_id,
-            attempts: self.attempt,
-            queue_us: Some(self.queue_us),
-        }
-    }
-
-    /// The task again, for a later attempt (`next` true) or for this one, never started.
-    fn into_task(self, payload: P, next: bool) -> Task<P> {
-        let mut policy = self.policy;
-        if next {
-            policy.retries -= 1;
-        }
-        Task {
-            client: self.client,
-            client_task_id: self.client_task_id,
-            name: self.name,
-            policy,
-            attempt: if next { self.attempt + 1 } else { self.attempt },
-            accepted_at: self.accepted_at,
-            trace: self.trace,
-            payload,
-        }
-    }
 }
 
 /// Counts of workers by state, for `Pong` and metrics.
@@ -193,10 +80,7 @@ pub struct Policy {
 #[derive(Debug)]
 pub struct Scheduler<P> {
     policy: Policy,
-    queue: VecDeque<Task<P>>,
-    /// Tasks waiting for their next attempt: due time and a key into `delayed_tasks`.
-    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
-    delayed_tasks: HashMap<u64, Task<P>>,
+    queue: Queue<P>,
     /// Ordered, so ties in worker choice break the same way every time.
     workers: BTreeMap<Vec<u8>, Worker>,
     in_flight: HashMap<u64, InFlight<P>>,
@@ -210,9 +94,7 @@ impl<P: Payload> Scheduler<P> {
     pub fn new(policy: Policy) -> Self {
         Scheduler {
             policy,
-            queue: VecDeque::new(),
-            delayed: BinaryHeap::new(),
-            delayed_tasks: HashMap::new(),
+            queue: Queue::new(),
             workers: BTreeMap::new(),
             in_flight: HashMap::new(),
             run_time_us: HashMap::new(),
@@ -229,12 +111,12 @@ impl<P: Payload> Scheduler<P> {
     // ---- tasks in --------------------------------------------------------------------------
 
     /// Queues a task, or says why it was rejected (a `TaskRejected` reason; the task is dropped).
-    pub fn submit(&mut self, task: Task<P>) -> Result<(), &'static str> {
+    pub fn submit(&mut self, task: Task<P>) -> Result<(), RejectReason> {
         if self.draining {
-            return Err(reject_reason::DRAINING);
+            return Err(RejectReason::Draining);
         }
         if self.queue.len() >= self.policy.queue_limit {
-            return Err(reject_reason::BUSY);
+            return Err(RejectReason::Busy);
         }
         self.queue.push_back(task);
         Ok(())
@@ -242,17 +124,7 @@ impl<P: Payload> Scheduler<P> {
 
     /// Moves tasks whose retry delay is over to the front of the queue, earliest due first.
     pub fn release_due_retries(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        while let Some(Reverse((at, key))) = self.delayed.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.delayed.pop();
-            due.extend(self.delayed_tasks.remove(&key));
-        }
-        for task in due.into_iter().rev() {
-            self.queue.push_front(task);
-        }
+        self.queue.release_due(now);
     }
 
     // ---- workers ---------------------------------------------------------------------------
@@ -285,7 +157,7 @@ impl<P: Payload> Scheduler<P> {
 
     /// Any message from a worker: it is alive. A heartbeat may carry its RSS; returns the
     /// reason if that makes it due for recycling.
-    pub fn heard_from(&mut self, identity: &[u8], rss_kb: Option<u64>, now: Instant) -> Option<&'static str> {
+    pub fn heard_from(&mut self, identity: &[u8], rss_kb: Option<u64>, now: Instant) -> Option<RetireReason> {
         let limits = &self.policy.limits;
         let w = self.workers.get_mut(identity)?;
         w.last_seen = now;
@@ -322,40 +194,12 @@ impl<P: Payload> Scheduler<P> {
                 Some(payload) => self.queue.push_front(f.into_task(payload, false)),
                 None => {
                     // Unreachable: tasks held behind another always keep a copy.
-                    let error = failure_error(&failure, &worker_failure_text(&failure));
+                    let error = failure.error(&failure.worker_text());
                     answers.push(Answer { origin: f.origin(), error });
                 }
             }
         }
         answers
-    }
-
-    /// An attempt ended without a result: retry it if it may be, else answer it.
-    fn attempt_failed(&mut self, mut f: InFlight<P>, failure: &Failure, now: Instant) -> Option<Answer> {
-        let retryable = matches!(failure, Failure::Timeout | Failure::WorkerDied(_));
-        if retryable && f.policy.retries > 0 {
-            if let Some(payload) = f.copy.take() {
-                let delay = f.policy.backoff(f.attempt, None);
-                self.delay(f.into_task(payload, true), now + delay);
-                return None;
-            }
-        }
-        let text = match failure {
-            Failure::Timeout => format!(
-                "attempt {} overran its timeout of {}s; the worker was killed and replaced",
-                f.attempt,
-                f.policy.timeout_s.unwrap_or(0.0)
-            ),
-            other => worker_failure_text(other),
-        };
-        Some(Answer { origin: f.origin(), error: failure_error(failure, &text) })
-    }
-
-    fn delay(&mut self, task: Task<P>, due: Instant) {
-        let key = self.next_task_id;
-        self.next_task_id += 1;
-        self.delayed.push(Reverse((due, key)));
-        self.delayed_tasks.insert(key, task);
     }
 
     /// A worker answered `task_id`. `retry` is the result's retry request (with its delay).
@@ -392,13 +236,10 @@ impl<P: Payload> Scheduler<P> {
         if f.cancelled {
             return Finished::Dropped;
         }
-        if let Some(requested) = retry {
-            if f.policy.retries > 0 {
-                if let Some(payload) = f.copy.take() {
-                    let delay = f.policy.backoff(f.attempt, requested);
-                    self.delay(f.into_task(payload, true), now + delay);
-                    return Finished::Retrying;
-                }
+        if let Some(requested_s) = retry {
+            match self.retry(f, requested_s, now) {
+                Some(back) => f = back,
+                None => return Finished::Retrying,
             }
         }
         Finished::Reply(f.origin())
@@ -406,20 +247,20 @@ impl<P: Payload> Scheduler<P> {
 
     /// Checks the recycling limits of one worker (after it answered a task): retires it and
     /// returns the reason, the first time one is reached.
-    pub fn check_recycle(&mut self, identity: &[u8], now: Instant) -> Option<&'static str> {
+    pub fn check_recycle(&mut self, identity: &[u8], now: Instant) -> Option<RetireReason> {
         let limits = &self.policy.limits;
         self.workers.get_mut(identity)?.check_limits(limits, now)
     }
 
     /// Workers newly retired by age.
-    pub fn expired_lifetimes(&mut self, now: Instant) -> Vec<(Vec<u8>, &'static str)> {
+    pub fn expired_lifetimes(&mut self, now: Instant) -> Vec<(Vec<u8>, RetireReason)> {
         let limits = &self.policy.limits;
         self.workers.iter_mut().filter_map(|(id, w)| w.check_limits(limits, now).map(|r| (id.clone(), r))).collect()
     }
 
     /// Marks a worker to be retired: it gets no new tasks and is shut down once it holds none
     /// (its replacement is ready, or the pool is shrinking). False if unknown or already retiring.
-    pub fn retire(&mut self, identity: &[u8], reason: &'static str) -> bool {
+    pub fn retire(&mut self, identity: &[u8], reason: RetireReason) -> bool {
         match self.workers.get_mut(identity) {
             Some(w) if w.retiring.is_none() => {
                 w.retiring = Some(reason);
@@ -469,7 +310,7 @@ impl<P: Payload> Scheduler<P> {
     /// The next moment something time-based is due (a retry, a timeout, a silent worker, an
     /// expiring lifetime), so the broker can poll until then.
     pub fn next_deadline(&self, liveness: Option<Duration>) -> Option<Instant> {
-        let retry = self.delayed.peek().map(|Reverse((due, _))| *due);
+        let retry = self.queue.next_due();
         let workers = self.workers.values().flat_map(|w| {
             [
                 self.front_deadline(w),
@@ -489,120 +330,18 @@ impl<P: Payload> Scheduler<P> {
             .max_by_key(|(_, d)| *d)
     }
 
-    // ---- dispatch --------------------------------------------------------------------------
-
-    fn observe_run_time(&mut self, name: &str, run_us: u64) {
-        let sample = run_us as f64;
-        match self.run_time_us.get_mut(name) {
-            Some(avg) => *avg += RUN_TIME_EWMA_ALPHA * (sample - *avg),
-            None => {
-                self.run_time_us.insert(name.to_owned(), sample);
-            }
-        }
-    }
-
-    fn is_short(&self, name: &str) -> bool {
-        self.run_time_us.get(name).is_some_and(|avg| *avg < self.policy.pipeline_max_us)
-    }
-
-    /// Picks the next queued task and the worker for it, if any worker can take it now.
-    /// Call until it returns `None` after every event.
-    pub fn next_assignment(&mut self, now: Instant) -> Option<Assignment<P>> {
-        if self.draining {
-            return None; // what is still queued (requeued, retried) is answered when we stop
-        }
-        let short = self.is_short(&self.queue.front()?.name);
-        let identity = self.pick_worker(short)?;
-        let task = self.queue.pop_front()?;
-        self.dispatch_seq += 1;
-        let task_id = self.next_task_id;
-        self.next_task_id += 1;
-        let w = self.workers.get_mut(&identity).expect("picked from the map");
-        let pipelined = !w.held.is_empty();
-        if !pipelined {
-            w.front_since = now;
-        }
-        w.held.push_back(task_id);
-        if !short {
-            w.long_held += 1;
-        }
-        w.last_dispatch = self.dispatch_seq;
-        // What another attempt (or a requeue) needs is kept only when one may come; the
-        // assignment takes the originals, so a task without retries copies nothing.
-        let keep = task.policy.retries > 0 || pipelined;
-        let copy = keep.then(|| task.payload.duplicate());
-        let trace = if keep { task.trace.clone() } else { TraceContext::default() };
-        let queued_for = now.saturating_duration_since(task.accepted_at);
-        let record = InFlight {
-            worker: identity.clone(),
-            client: task.client,
-            client_task_id: task.client_task_id,
-            name: task.name.clone(),
-            policy: task.policy.clone(),
-            attempt: task.attempt,
-            accepted_at: task.accepted_at,
-            queue_us: u64::try_from(queued_for.as_micros()).unwrap_or(u64::MAX),
-            copy,
-            trace,
-            short,
-            cancelled: false,
-        };
-        self.in_flight.insert(task_id, record);
-        Some(Assignment {
-            worker: identity,
-            task_id,
-            name: task.name,
-            attempt: task.attempt,
-            timeout_s: task.policy.timeout_s,
-            queued_for,
-            trace: task.trace,
-            payload: task.payload,
-        })
-    }
-
-    /// Push on idle first (least recently used idle worker); otherwise, for a short task,
-    /// the least loaded worker with window left and only short tasks held.
-    fn pick_worker(&self, short: bool) -> Option<Vec<u8>> {
-        self.workers
-            .iter()
-            .filter(|(_, w)| w.can_take(short))
-            .min_by_key(|(_, w)| (w.in_flight(), w.last_dispatch))
-            .map(|(id, _)| id.clone())
-    }
-
-    /// Takes back an assignment that never reached its worker (its payload and trace context)
-    /// and puts the task first in line.
-    pub fn requeue_front(&mut self, task_id: u64, payload: P, trace: TraceContext) {
-        let Some(mut f) = self.in_flight.remove(&task_id) else { return };
-        f.trace = trace;
-        if let Some(w) = self.workers.get_mut(&f.worker) {
-            w.held.retain(|id| *id != task_id);
-            if !f.short {
-                w.long_held -= 1;
-            }
-        }
-        self.queue.push_front(f.into_task(payload, false));
-    }
-
     // ---- cancel and stop -------------------------------------------------------------------
 
     /// `CancelTask` from `client`: see [`Cancelled`].
     pub fn cancel(&mut self, client: &[u8], client_task_id: u64) -> Cancelled {
-        let mine = |c: &[u8], id: u64| c == client && id == client_task_id;
-        let cancelled = |origin: Origin| {
-            Cancelled::Answer(Answer {
-                origin,
-                error: ErrorInfo::neutrino(error_kind::CANCELLED, "cancelled before it ran"),
-            })
-        };
-        if let Some(pos) = self.queue.iter().position(|t| mine(&t.client, t.client_task_id)) {
-            return cancelled(self.queue.remove(pos).expect("found above").into_origin());
+        if let Some(task) = self.queue.remove(client, client_task_id) {
+            let error = ErrorInfo::neutrino(ErrorKind::Cancelled, "cancelled before it ran");
+            return Cancelled::Answer(Answer { origin: task.into_origin(), error });
         }
-        if let Some(key) = self.delayed_tasks.iter().find(|(_, t)| mine(&t.client, t.client_task_id)).map(|(k, _)| *k) {
-            return cancelled(self.delayed_tasks.remove(&key).expect("found above").into_origin());
-        }
-        let Some((&task_id, f)) =
-            self.in_flight.iter_mut().find(|(_, f)| !f.cancelled && mine(&f.client, f.client_task_id))
+        let Some((&task_id, f)) = self
+            .in_flight
+            .iter_mut()
+            .find(|(_, f)| !f.cancelled && f.client == client && f.client_task_id == client_task_id)
         else {
             return Cancelled::NotFound;
         };
@@ -617,7 +356,7 @@ impl<P: Payload> Scheduler<P> {
         Cancelled::Answer(Answer {
             origin,
             error: ErrorInfo::neutrino(
-                error_kind::CANCELLED,
+                ErrorKind::Cancelled,
                 "cancelled before it started (its worker may still run it)",
             ),
         })
@@ -626,10 +365,7 @@ impl<P: Payload> Scheduler<P> {
     /// Stops accepting tasks and hands back everything still waiting (queued or for a retry).
     pub fn start_draining(&mut self) -> Vec<Task<P>> {
         self.draining = true;
-        self.delayed.clear();
-        let mut out: Vec<Task<P>> = self.queue.drain(..).collect();
-        out.extend(self.delayed_tasks.drain().map(|(_, t)| t));
-        out
+        self.queue.drain()
     }
 
     /// Forgets every task in flight (the orchestrator is stopping) and returns whom to answer.
@@ -651,7 +387,7 @@ impl<P: Payload> Scheduler<P> {
 
     /// Tasks waiting for a retry.
     pub fn delayed(&self) -> usize {
-        self.delayed_tasks.len()
+        self.queue.delayed()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -672,21 +408,4 @@ impl<P: Payload> Scheduler<P> {
         }
         c
     }
-}
-
-fn worker_failure_text(failure: &Failure) -> String {
-    match failure {
-        Failure::Timeout => "its worker was killed after another task overran its timeout".into(),
-        Failure::WorkerDied(why) => why.clone(),
-        Failure::Cancelled => "cancelled while it ran; its worker was killed and replaced".into(),
-    }
-}
-
-fn failure_error(failure: &Failure, text: &str) -> ErrorInfo {
-    let kind = match failure {
-        Failure::Timeout => error_kind::TIMEOUT,
-        Failure::WorkerDied(_) => error_kind::WORKER_DIED,
-        Failure::Cancelled => error_kind::CANCELLED,
-    };
-    ErrorInfo::neutrino(kind, text)
 }

@@ -52,12 +52,31 @@ impl Limits {
     }
 }
 
-/// Why a worker is retired; also the metric label.
-pub mod recycle_reason {
-    pub const MAX_TASKS: &str = "max_tasks";
-    pub const MAX_RSS: &str = "max_rss";
-    pub const MAX_LIFETIME: &str = "max_lifetime";
-    pub const IDLE: &str = "idle";
+/// Why a worker is retired: a recycling limit it reached, or an elastic pool shrinking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    MaxTasks,
+    MaxRss,
+    MaxLifetime,
+    Idle,
+}
+
+impl RetireReason {
+    /// The `reason` label of `neutrino_orchestrator_worker_recycles_total`, also in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetireReason::MaxTasks => "max_tasks",
+            RetireReason::MaxRss => "max_rss",
+            RetireReason::MaxLifetime => "max_lifetime",
+            RetireReason::Idle => "idle",
+        }
+    }
+}
+
+impl std::fmt::Display for RetireReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

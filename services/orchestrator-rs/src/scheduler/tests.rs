@@ -67,9 +67,9 @@ fn a_full_queue_rejects_busy_and_draining_rejects_draining() {
     let mut s = sched(1, 2);
     s.submit(task(1, "a")).unwrap();
     s.submit(task(2, "a")).unwrap();
-    assert_eq!(s.submit(task(3, "a")).unwrap_err(), "busy");
+    assert_eq!(s.submit(task(3, "a")).unwrap_err(), RejectReason::Busy);
     assert_eq!(s.start_draining().len(), 2);
-    assert_eq!(s.submit(task(4, "a")).unwrap_err(), "draining");
+    assert_eq!(s.submit(task(4, "a")).unwrap_err(), RejectReason::Draining);
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn a_worker_over_its_task_limit_retires_and_is_shut_down_when_empty() {
         let a = s.next_assignment(now).unwrap();
         s.task_finished(b"w1", a.task_id, None, None, now);
     }
-    assert_eq!(s.check_recycle(b"w1", now), Some(recycle_reason::MAX_TASKS));
+    assert_eq!(s.check_recycle(b"w1", now), Some(RetireReason::MaxTasks));
     assert_eq!(s.check_recycle(b"w1", now), None, "reported once");
     assert!(s.next_assignment(now).is_none(), "a retiring worker gets nothing new");
     assert_eq!(s.to_shut_down(), vec![b"w1".to_vec()]);
@@ -352,10 +352,10 @@ fn rss_and_lifetime_limits_retire_workers() {
     ready(&mut s, b"w1", now);
     ready(&mut s, b"w2", now);
     assert_eq!(s.heard_from(b"w1", Some(999), now), None);
-    assert_eq!(s.heard_from(b"w1", Some(1001), now), Some(recycle_reason::MAX_RSS));
+    assert_eq!(s.heard_from(b"w1", Some(1001), now), Some(RetireReason::MaxRss));
     assert!(s.expired_lifetimes(now + Duration::from_secs(5)).is_empty());
     let later = now + Duration::from_secs(12);
-    assert_eq!(s.expired_lifetimes(later), vec![(b"w2".to_vec(), recycle_reason::MAX_LIFETIME)]);
+    assert_eq!(s.expired_lifetimes(later), vec![(b"w2".to_vec(), RetireReason::MaxLifetime)]);
 }
 
 #[test]
@@ -388,6 +388,6 @@ fn the_longest_idle_worker_is_found_for_shrinking() {
     ready(&mut s, b"w2", now + Duration::from_secs(1));
     let (id, idle) = s.longest_idle(now + Duration::from_secs(5)).unwrap();
     assert_eq!((id.as_slice(), idle), (&b"w1"[..], Duration::from_secs(5)));
-    assert!(s.retire(b"w1", recycle_reason::IDLE));
+    assert!(s.retire(b"w1", RetireReason::Idle));
     assert_eq!(s.longest_idle(now + Duration::from_secs(5)).unwrap().0, b"w2".to_vec());
 }

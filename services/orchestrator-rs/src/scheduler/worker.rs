@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::policy::{recycle_reason, Limits};
+use super::policy::{Limits, RetireReason};
 
 #[derive(Debug)]
 pub(super) struct Worker {
@@ -28,7 +28,7 @@ pub(super) struct Worker {
     /// Since when it has held nothing (for shrinking an elastic pool).
     pub idle_since: Instant,
     /// Why it gets no new assignments, once it is being retired.
-    pub retiring: Option<&'static str>,
+    pub retiring: Option<RetireReason>,
     /// `Shutdown` was sent (after its last assignment was answered).
     pub shutdown_sent: bool,
     /// A spare, ready but taking no tasks until it replaces a worker that is recycled, so
@@ -70,16 +70,16 @@ impl Worker {
 
     /// Retires the worker if a recycling limit is reached; returns the reason the first time.
     /// A standby's clock starts when it is promoted.
-    pub fn check_limits(&mut self, limits: &Limits, now: Instant) -> Option<&'static str> {
+    pub fn check_limits(&mut self, limits: &Limits, now: Instant) -> Option<RetireReason> {
         if self.retiring.is_some() || self.standby {
             return None;
         }
         let reason = if limits.max_tasks > 0 && self.tasks_done >= limits.max_tasks {
-            recycle_reason::MAX_TASKS
+            RetireReason::MaxTasks
         } else if limits.max_rss_kb > 0 && self.rss_kb > limits.max_rss_kb {
-            recycle_reason::MAX_RSS
+            RetireReason::MaxRss
         } else if self.lifetime.is_some_and(|l| now.duration_since(self.ready_at) >= l) {
-            recycle_reason::MAX_LIFETIME
+            RetireReason::MaxLifetime
         } else {
             return None;
         };

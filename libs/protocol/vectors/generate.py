@@ -3,7 +3,8 @@
     uv run python libs/protocol/vectors/generate.py
 
 Valid cases are encoded with the Python implementation, then checked byte for byte by both
-`cargo test` and `pytest`; invalid cases are hand-written frames. Review the diff of the JSON
+`cargo test` and `pytest`; invalid cases are hand-written frames. payload.json (SPEC.md §3.2, the
+payload codec, which only Python implements) is checked by pytest alone. Review the diff of the JSON
 files like code: a changed byte in an existing case is a protocol change (SPEC.md §8).
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 import msgpack
 import neutrino_protocol as p
+from neutrino_protocol import payload
 
 HERE = pathlib.Path(__file__).parent
 ARGS_ADD = msgpack.packb([[1, 2], {}])  # add(1, 2)
@@ -423,6 +426,125 @@ INVALID: dict[str, list[tuple[int, str, list[str], str, str]]] = {
 }
 
 
+# Payload vectors (SPEC.md §3.2, vectors/payload.json): what neutrino_protocol.payload packs and
+# unpacks. `codec` names the pair of functions: args (pack_args/unpack_args), result, catalog.
+# Valid: (id, name, codec, value, decoded or None when it is `value`, comment); for args, `value`
+# is (args, kwargs). Invalid, decoding: (id, name, codec, payload bytes, error class, comment);
+# invalid, encoding: (id, name, codec, value, "encode", comment).
+PAYLOAD_VALID: list[tuple[int, str, str, Any, Any, str]] = [
+    (1, "args add(1, 2)", "args", ([1, 2], {}), None, "the SPEC's SubmitTask example"),
+    (2, "args none", "args", ([], {}), None, "payload.NO_ARGS"),
+    (3, "args positional and named", "args", ([1], {"y": "z", "opts": {"deep": [True, None]}}), None, ""),
+    (
+        4,
+        "args tuples become arrays",
+        "args",
+        (((1, 2),), {"t": (3,)}),
+        ([[1, 2]], {"t": [3]}),
+        "msgpack has one array type: a tuple comes back as a list",
+    ),
+    (5, "args bin and str", "args", ([b"ab", "ab"], {"raw": b"\x00\xff"}), None, "bytes as bin, text as str"),
+    (6, "result None", "result", None, None, "payload.NONE"),
+    (7, "result integer map keys", "result", {1: "a", -1: "b", 300: "c"}, None, "decoders MUST NOT restrict keys"),
+    (
+        8,
+        "result map keys of other types",
+        "result",
+        {b"k": 1, 2: 2, "s": 3, 1.5: 4},
+        None,
+        "bin, int, str and float keys in one map",
+    ),
+    (9, "result bin vs str", "result", [b"\x00\xffab", "ünïcode", b"", ""], None, "bin stays bytes, str stays text"),
+    (10, "result tuple", "result", (1, (2, 3)), [1, [2, 3]], "nested tuples come back as lists"),
+    (
+        11,
+        "result nested maps",
+        "result",
+        {"a": {"b": {"c": [1, {"d": None}]}, "e": {}}, "f": 1.5, "g": [{"h": False}]},
+        None,
+        "",
+    ),
+    (12, "result uint64 max", "result", 2**64 - 1, None, "the largest integer msgpack carries"),
+    (13, "result int64 min", "result", -(2**63), None, "the smallest integer msgpack carries"),
+    (14, "result integers at the width edges", "result", [127, 128, -32, -33, 2**32, -(2**31) - 1], None, ""),
+    (15, "catalog", "catalog", msgpack.unpackb(CATALOG), None, "the SPEC's §3.2 example: frontend 13's payload"),
+    (16, "catalog empty", "catalog", {}, None, "what a zygote sends when building its catalog failed"),
+]
+PAYLOAD_INVALID: list[tuple[int, str, str, Any, str, str]] = [
+    (128, "args not msgpack", "args", b"\xc1", "msgpack", "0xc1 is never used"),
+    (129, "args truncated", "args", b"\x92\x92\x01", "msgpack", ""),
+    (130, "args with trailing bytes", "args", b"\x92\x90\x80\xc0", "msgpack", "one value, nothing after it"),
+    (131, "args not an array", "args", msgpack.packb({"a": 1}), "shape", ""),
+    (132, "args array of one", "args", msgpack.packb([[1]]), "shape", "[args, kwargs] has exactly 2 elements"),
+    (133, "args array of three", "args", msgpack.packb([[], {}, 1]), "shape", ""),
+    (134, "args positional not an array", "args", msgpack.packb([1, {}]), "shape", ""),
+    (135, "args kwargs not a map", "args", msgpack.packb([[], []]), "shape", ""),
+    (136, "result not msgpack", "result", b"\xc1", "msgpack", ""),
+    (137, "result empty", "result", b"", "msgpack", "a None result is c0, never empty"),
+    (138, "result str not UTF-8", "result", b"\xa3\xff\xfe\xfd", "msgpack", "str is UTF-8; bytes go as bin"),
+    (139, "catalog not a map", "catalog", msgpack.packb([1]), "shape", ""),
+    (140, "catalog entry not a map", "catalog", msgpack.packb({"add": 1}), "shape", ""),
+    (141, "catalog task name not a str", "catalog", msgpack.packb({1: {}}), "shape", ""),
+    (142, "args kwargs key not a str", "args", ([], {1: "x"}), "encode", "keyword argument names must be str"),
+    (143, "args integer over 64 bits", "args", ([], {"big": 2**64}), "encode", "names keyword argument 'big'"),
+    (144, "args integer under int64", "args", ([-(2**63) - 1], {}), "encode", "names positional argument 0"),
+    (145, "result integer over 64 bits", "result", 2**64, "encode", ""),
+]
+
+
+def typed_json(value: Any) -> Any:
+    """A payload value as JSON that keeps what JSON would lose (see PAYLOAD_VALUE_ENCODING)."""
+    if isinstance(value, bytes):
+        return {"$bin": value.hex()}
+    if isinstance(value, tuple):
+        return {"$tuple": [typed_json(v) for v in value]}
+    if isinstance(value, list):
+        return [typed_json(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: typed_json(v) for k, v in value.items()}
+        return {"$map": [[typed_json(k), typed_json(v)] for k, v in value.items()]}
+    return value
+
+
+PAYLOAD_VALUE_ENCODING = (
+    "values are JSON, except: {'$bin': hex} is bytes (msgpack bin), {'$tuple': [...]} a tuple, "
+    "{'$map': [[key, value], ...]} a map whose keys are not all strings; an args value is "
+    "{'args': [...], 'kwargs': {...}}. frames holds the payload frame (hex), none when encoding must fail."
+)
+
+
+def payload_value(codec: str, value: Any) -> Any:
+    if codec == "args":
+        args, kwargs = value
+        return {"args": typed_json(args), "kwargs": typed_json(kwargs)}
+    return typed_json(value)
+
+
+def payload_pack(codec: str, value: Any) -> bytes:
+    if codec == "args":
+        return payload.pack_args(*value)
+    return payload.pack_result(value) if codec == "result" else payload.pack_catalog(value)
+
+
+def payload_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    for cid, name, codec, value, decoded, comment in PAYLOAD_VALID:
+        case = {"id": cid, "name": name, "codec": codec, "result": "valid", "value": payload_value(codec, value)}
+        if decoded is not None:
+            case["decoded"] = payload_value(codec, decoded)
+        case["frames"] = [payload_pack(codec, value).hex()]
+        cases.append({**case, **({"comment": comment} if comment else {})})
+    for cid, name, codec, data, err, comment in PAYLOAD_INVALID:
+        case = {"id": cid, "name": name, "codec": codec, "result": "invalid"}
+        if err == "encode":
+            case.update(value=payload_value(codec, data), frames=[])
+        else:
+            case["frames"] = [data.hex()]
+        cases.append({**case, "error": err, **({"comment": comment} if comment else {})})
+    return cases
+
+
 def valid_case(family: str, cid: int, name: str, message: str, fields: dict, comment: str) -> dict:
     cls = getattr(p, message)
     kwargs = {k: v for k, v in fields.items() if k != "payload_hex"}
@@ -470,6 +592,16 @@ def main() -> None:
         }
         (HERE / f"{family}.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(f"{family}: {len(cases)} cases")
+    cases = payload_cases()
+    doc = {
+        "protocol_version": p.PROTOCOL_VERSION,
+        "family": "payload",
+        "spec": "libs/protocol/SPEC.md",
+        "value_encoding": PAYLOAD_VALUE_ENCODING,
+        "cases": cases,
+    }
+    (HERE / "payload.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"payload: {len(cases)} cases")
 
 
 if __name__ == "__main__":

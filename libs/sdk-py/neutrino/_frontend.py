@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgpack
 import zmq
 from neutrino_protocol import (
     CancelTask,
@@ -28,6 +27,7 @@ from neutrino_protocol import (
     TaskReply,
     header,
 )
+from neutrino_protocol import payload as _payload
 
 from . import _tracing
 from ._handshake import watch
@@ -129,7 +129,7 @@ def send_nowait(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
 
 def recv_ready(sock: zmq.Socket[bytes]) -> list[list[bytes]]:
     """Every message queued on `sock`, leaving it drained: `zmq.EVENTS` shows no POLLIN afterwards,
-    so its edge-triggered `zmq.FD` fires on the next arrival (the invariant in client.py).
+    so its edge-triggered `zmq.FD` fires on the next arrival (the invariant in _thread_io.py).
 
     Each `zmq.EVENTS` read makes libzmq check its command mailbox with a syscall, while a `recv`
     that finds a message does not. So after the first message (a call's one reply: asking
@@ -229,7 +229,7 @@ def task_name(name: str | Task[..., Any]) -> str:
 
 _SUBMIT_HEADER = header(MessageType.SUBMIT_TASK)
 # The payload of a call without arguments, `[[], {}]`: packed once.
-NO_ARGS: bytes = msgpack.packb([[], {}])
+NO_ARGS: bytes = _payload.NO_ARGS
 _U8, _U16, _U32, _U64 = (struct.Struct(f">B{code}").pack for code in "BHIQ")
 
 

@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import msgpack
 from neutrino_protocol import TaskRejected, TaskReply
+from neutrino_protocol import payload as _payload
 
 from . import _frontend
 from .codec import pack_args
@@ -86,7 +86,7 @@ class MapState:
         # ordered: outcomes that arrived before their turn, by index (they still hold credit).
         self._early: dict[int, _Outcome] = {}
         # One Packer per stream, used only by the thread that iterates it (Packers are not shared).
-        self._packer = msgpack.Packer(use_bin_type=True)
+        self._packer = _payload.new_packer()
 
     @property
     def finished(self) -> bool:

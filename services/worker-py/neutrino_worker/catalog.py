@@ -14,8 +14,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import msgpack
 from neutrino_protocol import CONTROL_MAX_PAYLOAD_BYTES, ZygoteCatalog
+from neutrino_protocol import payload as _payload
 
 if TYPE_CHECKING:
     from neutrino import App
@@ -31,7 +31,7 @@ QUIET_S = 0.02
 # Built this long after ZygoteReady at the latest, for a pool that starts with no workers or a
 # control link that never goes quiet.
 LATEST_S = 1.0
-_EMPTY = msgpack.packb({})
+_EMPTY = _payload.pack_catalog({})
 
 
 class CatalogTimer:
@@ -67,7 +67,7 @@ def build_catalog(app: App) -> ZygoteCatalog:
     started = time.perf_counter()
     try:
         catalog = app.catalog()
-        payload: bytes = msgpack.packb(catalog, use_bin_type=True)
+        payload = _payload.pack_catalog(catalog)
         if len(payload) > CONTROL_MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"the task catalog packs to {len(payload)} bytes, over the control link's "

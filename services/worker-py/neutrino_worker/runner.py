@@ -17,6 +17,7 @@ remain (SPEC.md §6 rule 6).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import traceback
@@ -27,8 +28,10 @@ from typing import Any, Protocol
 
 import msgpack
 from neutrino_protocol import ErrorInfo, ErrorKind, TaskAssignment, TaskResult
+from neutrino_protocol import payload as _payload
 
-_unpackb = msgpack.unpackb
+# The payload codec's decoder (SPEC.md §3.2), bound once: the options come from neutrino_protocol.payload.
+_unpackb = functools.partial(msgpack.unpackb, **_payload.UNPACK_OPTIONS)
 _TASK_ERROR = ErrorKind.TASK_ERROR.value
 _BAD_ARGUMENTS = ErrorKind.BAD_ARGUMENTS.value
 _UNKNOWN_TASK = ErrorKind.UNKNOWN_TASK.value
@@ -66,7 +69,7 @@ class Runner:
             name: (task, _plain_arity(task)) for name, task in tasks.items()
         }
         # One packer reused for every result: it resets itself after each pack, even a failed one.
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._pack = _payload.new_packer().pack
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_result = max_result_bytes if max_result_bytes is not None else max_result_bytes_from_env()
 
@@ -77,7 +80,7 @@ class Runner:
                 msg, _UNKNOWN_TASK, _UNKNOWN_TASK, f"no task named {msg.task!r}; this app has: {self._names()}"
             )
         try:
-            call = _unpackb(msg.payload, raw=False, strict_map_key=False)
+            call = _unpackb(msg.payload)
         except Exception as exc:
             return _error(msg, _BAD_ARGUMENTS, _BAD_ARGUMENTS, f"payload is not valid msgpack ({exc})")
         if type(call) is not list or len(call) != 2 or type(call[0]) is not list or type(call[1]) is not dict:

@@ -3,6 +3,7 @@
 libs/protocol/SPEC.md is the authority; vectors/*.json pin the bytes.
 """
 
+from . import payload
 from .backend import Heartbeat, Shutdown, TaskAssignment, TaskResult, WorkerReady
 from .control import Fork, Forked, WorkerExited, ZygoteCatalog, ZygoteFailed, ZygoteReady
 from .errors import ErrorKind, ExitCode, RejectReason
@@ -34,6 +35,7 @@ from .frontend import (
     TaskRejected,
     TaskReply,
 )
+from .payload import PayloadError
 
 __all__ = [
     "CONTROL_MAX_BYTES",
@@ -50,6 +52,7 @@ __all__ = [
     "Heartbeat",
     "Message",
     "MessageType",
+    "PayloadError",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -74,4 +77,5 @@ __all__ = [
     "encode_control",
     "header",
     "parse_header",
+    "payload",
 ]

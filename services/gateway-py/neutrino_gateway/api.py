@@ -1,11 +1,9 @@
-"""The HTTP API (aiohttp): routes, body and query parsing, content negotiation, auth, the error shape.
+"""The HTTP API (aiohttp): routes, auth, the error shape, and runs as their answers show them.
 
-JSON by default; msgpack when the body is `application/msgpack`, and in answers when `Accept`
-asks for it (or the body was msgpack and `Accept` says nothing). A body labelled with curl's
-default form type is read as JSON when it is a JSON object (so `curl -d '{"x": 1}'` works). In
-msgpack answers the task's result goes out as the bytes the worker packed, never decoded here. In
-JSON answers, values JSON cannot hold are converted: bytes become base64 text. Model routes are
-models.py's; the /docs page is docs.py's.
+Bodies, query parameters and content negotiation are bodies.py's (JSON by default, msgpack when
+asked for; a body labelled with curl's default form type is read as JSON when it is a JSON object,
+so `curl -d '{"x": 1}'` works). In msgpack answers the task's result goes out as the bytes the
+worker packed, never decoded here. Model routes are models.py's; the /docs page is docs.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import base64
 import hmac
 import json
 import logging
-import math
 import re
 import sqlite3
 import time
@@ -27,27 +24,26 @@ from urllib.parse import urlsplit
 import msgpack
 from aiohttp import web
 from neutrino._http_limits import answer_and_close
+from neutrino_protocol import payload
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, docs, errors, metrics, openapi, tracing
+from .bodies import MSGPACK, integer, json_bytes, number, read_object, respond, wants_msgpack
 from .catalog import Catalog
 from .config import Config
 from .errors import ApiError
 from .models import ModelProxy
 from .pool import PodPool
-from .runs import Runs, http_error_of
-from .store import Run
+from .run import Run
+from .runs import Runs
 
 log = logging.getLogger("neutrino.gateway")
 
-MSGPACK = "application/msgpack"
-_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | dashboard.PAGES  # the page asks for the token
 # Pages a browser opens: there the token may also be the password of HTTP Basic auth (any user
 # name), which a browser asks for by itself. Only for GET: a browser sends remembered Basic
 # credentials along with other sites' requests too, and these two change nothing.
 BROWSER_PATHS = frozenset({"/docs", "/openapi.json"})
-FORM = "application/x-www-form-urlencoded"
 DOCS_METADATA_WAIT_S = 1.0  # how long /docs waits for a model replica's metadata before leaving it out
 CANCEL_WAIT_S = 2.0  # how long a cancel waits for the run to stop before answering 202
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -55,9 +51,6 @@ MAX_RETRIES = openapi.MAX_RETRIES
 MAX_TIMEOUT_S = openapi.MAX_TIMEOUT_S
 MAX_KEY_LENGTH = openapi.IDEMPOTENCY_KEY_MAX_LENGTH
 _KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)  # what /openapi.json declares is what is checked
-# A query parameter declared as a number: what JSON Schema calls one, written out in decimal. Not
-# Python's wider float() syntax ("1_0", "inf", "nan", " 5"), which the document does not allow.
-_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 # Task failure kinds (SPEC.md §5) that are the caller's doing get a 4xx; the rest are the task's: 500.
 # `too_large`: the task pod refused the arguments as over its --max-message-bytes.
 STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409, "too_large": 413}
@@ -196,7 +189,7 @@ class Api:
         # Under /v2/ the Open Inference Protocol's shape, `{"error": "<message>"}`: V2 clients read
         # `error` as a string (tritonclient fails on printing its exception for any other shape).
         body = {"error": exc.message} if request.path.startswith("/v2/") else exc.body()
-        response = self._respond(request, body, exc.status)
+        response = respond(request, body, exc.status)
         response.headers.extend(exc.headers)
         return response
 
@@ -210,11 +203,11 @@ class Api:
                 raise errors.unavailable("the task list is not known yet: no task pod has answered; retry shortly")
             raise errors.not_found("unknown_task", f"no task named {name!r}; GET /v1/tasks lists the tasks")
         query = request.query
-        wait_s = _number(query, "wait", self.config.default_wait_s, minimum=0.0, maximum=self.config.max_wait_s)
+        wait_s = number(query, "wait", self.config.default_wait_s, minimum=0.0, maximum=self.config.max_wait_s)
         if "respond-async" in request.headers.get("Prefer", ""):
             wait_s = 0.0
-        timeout_s = _number(query, "timeout", None, minimum=0.0, maximum=MAX_TIMEOUT_S, exclusive=True)
-        retries = _integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
+        timeout_s = number(query, "timeout", None, minimum=0.0, maximum=MAX_TIMEOUT_S, exclusive=True)
+        retries = integer(query, "retries", None, minimum=0, maximum=MAX_RETRIES)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key)):
             raise errors.validation_failed(
@@ -226,7 +219,7 @@ class Api:
                     }
                 ]
             )
-        body = await self._body(request)
+        body = await read_object(request)
         problems = info.errors(body)
         if problems:
             raise errors.validation_failed(problems)
@@ -237,17 +230,9 @@ class Api:
             )
         if run is None:
             run = await self.runs.submit(name, body, timeout_s, retries, key, tracing.run_context(request.headers))
-        waiting = wait_s > 0
-        run.http_waiting += waiting
-        try:
-            finished = await self.runs.wait(run, wait_s)
-        finally:
-            run.http_waiting -= waiting
-        if (rejected := http_error_of(run)) is not None:
-            raise rejected
-        run.seen = True  # every answer below carries the run id
+        finished = await self.runs.wait_for_post(run, wait_s)  # every answer below carries the run id
         if not finished:
-            response = self._respond(request, self._record(run), 202)
+            response = respond(request, self._record(run), 202)
             response.headers["Location"] = f"/v1/runs/{run.id}"
             return response
         if run.status == "succeeded":
@@ -258,16 +243,16 @@ class Api:
         if not self.catalog.known:
             raise errors.unavailable("the task list is not known yet: no task pod has answered; retry shortly")
         tasks = [self.catalog.tasks[name].describe() for name in sorted(self.catalog.tasks)]
-        return self._respond(request, {"tasks": tasks})
+        return respond(request, {"tasks": tasks})
 
     # -- runs --------------------------------------------------------------------------------
 
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         run = self._find(request)
-        wait_s = _number(request.query, "wait", 0.0, minimum=0.0, maximum=self.config.max_wait_s)
+        wait_s = number(request.query, "wait", 0.0, minimum=0.0, maximum=self.config.max_wait_s)
         if wait_s > 0 and not run.finished:
             await self.runs.wait(run, wait_s)
-        return self._respond(request, self._record(run))
+        return respond(request, self._record(run))
 
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/runs/{id}/cancel`: an action on the run (Celery's revoke, Ray's cancel); asking
@@ -276,7 +261,7 @@ class Api:
         if not run.finished:
             self.runs.cancel(run)
             await self.runs.wait(run, CANCEL_WAIT_S)
-        return self._respond(request, self._record(run), 200 if run.finished else 202)
+        return respond(request, self._record(run), 200 if run.finished else 202)
 
     async def delete_run(self, request: web.Request) -> web.StreamResponse:
         """`DELETE /v1/runs/{id}`: the run's record goes (REST: DELETE removes the resource); after it,
@@ -296,14 +281,14 @@ class Api:
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/runs`: the runs created last, newest first, without results (`GET /v1/runs/{id}` has it)."""
-        limit = _integer(request.query, "limit", openapi.RECENT_RUNS, minimum=1, maximum=openapi.MAX_RECENT_RUNS)
+        limit = integer(request.query, "limit", openapi.RECENT_RUNS, minimum=1, maximum=openapi.MAX_RECENT_RUNS)
         assert limit is not None
         runs = [self._record(run, result=False) for run in self.dashboard.recent(limit)]
-        return self._respond(request, {"runs": runs})
+        return respond(request, {"runs": runs})
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/status`: task pods, workers, queue depth, run rates, model replicas (dashboard.py)."""
-        return self._respond(request, await self.dashboard.status())
+        return respond(request, await self.dashboard.status())
 
     def _find(self, request: web.Request) -> Run:
         run = self.runs.get(request.match_info["id"])
@@ -368,54 +353,13 @@ class Api:
 
     # -- bodies and answers ------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw:
-            body: Any = {}
-        elif request.content_type in _MSGPACK_TYPES:
-            try:
-                body = msgpack.unpackb(raw, raw=False)
-            except Exception as exc:
-                raise errors.bad_request(f"the body is not valid msgpack: {exc}") from None
-        elif request.content_type in (
-            "application/json",
-            "application/octet-stream",
-            "",
-        ) or request.content_type.endswith("+json"):
-            try:
-                body = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
-        elif request.content_type == FORM and (body := _json_object(raw)) is not None:
-            pass  # `curl -d '{...}'`: JSON under curl's default type
-        else:
-            raise ApiError(
-                415, "unsupported_media_type", f"send application/json or {MSGPACK}, not {request.content_type}"
-            )
-        if not isinstance(body, dict):
-            raise errors.bad_request(
-                f"the body must be an object of the task's named arguments, not {type(body).__name__}"
-            )
-        return body
-
-    def _wants_msgpack(self, request: web.Request) -> bool:
-        accept = request.headers.get("Accept", "")
-        if any(kind in accept for kind in _MSGPACK_TYPES):
-            return True
-        return (not accept or accept == "*/*") and request.content_type in _MSGPACK_TYPES
-
-    def _respond(self, request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
-        if self._wants_msgpack(request):
-            return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
-        return web.Response(body=_json_bytes(body), status=status, content_type="application/json")
-
     def _success(self, request: web.Request, run: Run) -> web.Response:
-        if self._wants_msgpack(request):
+        if wants_msgpack(request):
             # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
-            body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or b"\xc0")
+            body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or payload.NONE)
             return web.Response(body=body, content_type=MSGPACK)
         return web.Response(
-            body=_json_bytes({"id": run.id, "status": "succeeded", "result": _result(run)}),
+            body=json_bytes({"id": run.id, "status": "succeeded", "result": _result(run)}),
             content_type="application/json",
         )
 
@@ -451,75 +395,9 @@ class Api:
         return record
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    """`raw` as a JSON object, or None when it is not one (a real form body, `a=1&b=2`)."""
-    if not raw.lstrip().startswith(b"{"):
-        return None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _result(run: Run) -> Any:
-    return msgpack.unpackb(run.result, raw=False, strict_map_key=False) if run.result else None
+    return payload.unpack_result(run.result) if run.result else None
 
 
 def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _json_bytes(body: Any) -> bytes:
-    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
-
-
-def _query_error(name: str, message: str, type_: str) -> ApiError:
-    return errors.validation_failed([{"loc": ["query", name], "msg": message, "type": type_}])
-
-
-def _number(
-    query: Any,
-    name: str,
-    default: float | None,
-    *,
-    minimum: float,
-    maximum: float | None = None,
-    exclusive: bool = False,
-) -> Any:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not _NUMBER.fullmatch(raw):
-        raise _query_error(name, f"must be a number, got {raw!r}", "float_parsing")
-    value = float(raw)
-    if not math.isfinite(value):
-        # "1e400" is a JSON number, but no float holds it: it would become infinity.
-        raise _query_error(
-            name, f"must be a finite number, got {raw!r} (beyond a 64-bit float's range)", "finite_number"
-        )
-    if value < minimum or (exclusive and value == minimum):
-        raise _query_error(name, f"must be {'above' if exclusive else 'at least'} {minimum:g}", "greater_than")
-    if maximum is not None and value > maximum:
-        raise _query_error(name, f"must be at most {maximum:g}", "less_than_equal")
-    return value
-
-
-def _integer(query: Any, name: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    # JSON Schema's integer is a number with no fractional part: 2 and 2.0 are both integers.
-    number = float(raw) if _NUMBER.fullmatch(raw) else math.nan
-    if not (math.isfinite(number) and number.is_integer()):
-        raise _query_error(name, f"must be an integer, got {raw!r}", "int_parsing")
-    value = int(number)
-    if not minimum <= value <= maximum:
-        raise _query_error(name, f"must be from {minimum} to {maximum}", "range")
-    return value

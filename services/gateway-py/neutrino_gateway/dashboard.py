@@ -35,8 +35,8 @@ from . import metrics
 from .config import Config
 from .pod import Pod
 from .pool import PodPool
+from .run import Run
 from .runs import Runs
-from .store import Run
 
 # The page's files: the URL path, the file in static/, its type. Served without a token (they hold
 # no data; the page asks for the token and sends it with each JSON request).

@@ -7,8 +7,11 @@ arguments were packed by the gateway, and results go back to HTTP clients undeco
 asked for msgpack.
 
 Liveness: a ping every `ping_interval_s`; a pod that has not answered any for `pod_timeout_s` is
-lost, and the runs it held are handed back to the caller (runs.py decides: retry or fail). So is
-one whose pongs carry a new `instance`: the orchestrator restarted and forgot them.
+lost, and the runs it held are handed back (runs.py decides: retry or fail). So is one whose
+pongs carry a new `instance`: the orchestrator restarted and forgot them.
+
+What a pod hears goes to the sinks it is made with: replies, refusals and lost runs to its
+`RunEvents` (runs.Runs), catalogs and "up" to its `CatalogEvents` (server.Gateway), which hears first.
 
 With CURVE keys every link is a CURVE client (SPEC.md §2.1). A pod that refuses the handshake
 never answers a ping, so it never becomes usable and no run is sent to it; the socket monitor says
@@ -24,8 +27,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import neutrino_protocol
 import zmq
@@ -33,7 +35,7 @@ from neutrino._frontend import recv_ready, send_nowait
 from neutrino._handshake import HandshakeWatch, read_events, watch
 from neutrino.keys import CurveKeys
 from neutrino.keys import apply as apply_keys
-from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask
+from neutrino_protocol import CancelTask, Ping, Pong, SubmitTask, TaskCatalog, TaskRejected, TaskReply
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -41,8 +43,29 @@ log = logging.getLogger("neutrino.gateway")
 # CURVE on one side only); the pod tries it again this often, so a fixed allowlist is picked up.
 RECONNECT_AFTER_REFUSAL_S = 5.0
 
-# Called with every decoded message but Pong (which the pod keeps for itself): (pod, message).
-OnMessage = Callable[["Pod", Any], None]
+
+class RunEvents(Protocol):
+    """What a pod tells about the runs sent to it; `run` is what `submit` was given."""
+
+    def on_reply(self, pod: Pod, run: Any, reply: TaskReply) -> None: ...
+
+    def on_rejected(self, pod: Pod, run: Any, rejected: TaskRejected) -> None: ...
+
+    def on_drained(self) -> None:
+        """After a batch of messages was handled: the outcomes can be written in one go."""
+
+    def on_pod_up(self, pod: Pod) -> None: ...
+
+    def on_pod_lost(self, pod: Pod, runs: list[Any]) -> None:
+        """`pod` went down (`pod.lost_reason` says why) holding `runs`, which it no longer tracks."""
+
+
+class CatalogEvents(Protocol):
+    """What a pod tells about itself: that it came up (before its runs' sink hears), and its catalog."""
+
+    def on_pod_up(self, pod: Pod) -> None: ...
+
+    def on_catalog(self, pod: Pod, catalog: TaskCatalog) -> None: ...
 
 
 class Pod:
@@ -52,15 +75,15 @@ class Pod:
         self,
         address: str,
         ctx: zmq.Context[Any],
-        on_message: OnMessage,
-        on_state: Callable[[Pod], None],
+        runs: RunEvents,
+        catalogs: CatalogEvents,
         ping_interval_s: float,
         pod_timeout_s: float,
         curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
-        self._on_message = on_message
-        self._on_state = on_state
+        self._runs = runs
+        self._catalogs = catalogs
         self._ping_interval_s = ping_interval_s
         self._pod_timeout_s = pod_timeout_s
         self._sock = ctx.socket(zmq.DEALER)
@@ -89,8 +112,6 @@ class Pod:
         self.last_pong = 0.0
         self.instance: int | None = None  # the orchestrator process's Pong.instance
         self.lost_reason = "stopped answering"  # why it went down, for the runs it held
-        # Called after a batch of messages was handled: the gateway writes the outcomes in one go.
-        self.on_drained: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._closed = False
@@ -162,8 +183,11 @@ class Pod:
     def send_raw(self, frames: list[bytes]) -> None:
         self._send(frames)
 
-    def forget(self, wire_id: int) -> Any:
-        return self.in_flight.pop(wire_id, None)
+    def retire(self) -> None:
+        """Gone from the pool (its name no longer resolves to it): its runs are handed back as lost."""
+        self.up = False
+        self._state_changed()
+        self.close()
 
     def _send(self, frames: list[bytes]) -> None:
         if self._closed:
@@ -199,7 +223,7 @@ class Pod:
             if error is not None and self.up:
                 self.up = False
                 self.lost_reason = f"refused the handshake ({error.reason})"
-                self._on_state(self)
+                self._state_changed()
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.refused is not None:
                 log.info("task pod %s accepted the handshake", self.address)
                 self.refused = None
@@ -220,8 +244,8 @@ class Pod:
                 self._handle(frames)
             except Exception:  # a bug in a handler; keep serving the other runs
                 log.exception("task pod %s: reader error (continuing)", self.address)
-        if messages and self.on_drained is not None:
-            self.on_drained()
+        if messages:
+            self._runs.on_drained()
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -230,10 +254,29 @@ class Pod:
             level = logging.DEBUG if exc.kind == "type" else logging.WARNING
             log.log(level, "task pod %s: ignoring malformed message: %s", self.address, exc)
             return
-        if type(msg) is Pong:
+        if type(msg) is TaskReply:
+            run = self.in_flight.pop(msg.id, None)
+            if run is not None:  # else an answer to a run handed back already (lost, or never ours)
+                self._runs.on_reply(self, run, msg)
+        elif type(msg) is Pong:
             self._on_pong(msg)
+        elif type(msg) is TaskRejected:
+            run = self.in_flight.pop(msg.id, None)
+            if run is not None:
+                self._runs.on_rejected(self, run, msg)
+        elif type(msg) is TaskCatalog:
+            self._catalogs.on_catalog(self, msg)
         else:
-            self._on_message(self, msg)
+            log.debug("task pod %s: ignoring %s", self.address, type(msg).__name__)
+
+    def _state_changed(self) -> None:
+        if self.up:
+            self._catalogs.on_pod_up(self)
+            self._runs.on_pod_up(self)
+            return
+        lost = list(self.in_flight.values())
+        self.in_flight.clear()
+        self._runs.on_pod_lost(self, lost)
 
     def _on_pong(self, msg: Pong) -> None:
         was_up = self.up
@@ -243,7 +286,7 @@ class Pod:
                 log.warning("task pod %s restarted; the runs it held are lost", self.address)
                 self.up, was_up = False, False
                 self.lost_reason = "restarted"
-                self._on_state(self)
+                self._state_changed()
             self.instance = msg.instance
         self.last_pong = time.monotonic()
         self.queue_depth, self.workers, self.idle_workers = msg.queue_depth, msg.workers, msg.idle_workers
@@ -251,7 +294,7 @@ class Pod:
         self.up = True
         if not was_up:
             log.info("task pod %s is up (%d workers)", self.address, msg.workers)
-            self._on_state(self)
+            self._state_changed()
 
     def _reconnect(self) -> None:
         if self._closed:
@@ -271,4 +314,4 @@ class Pod:
                 self.up = False
                 self.lost_reason = "stopped answering"
                 log.warning("task pod %s lost: no pong for %.1f s", self.address, time.monotonic() - silent_since)
-                self._on_state(self)
+                self._state_changed()

@@ -3,6 +3,7 @@ Services), which are usable, and where a run goes: the less loaded of two picked
 
 Power of two choices (Mitzenmacher): nearly as good as asking every pod for its load, with no
 herd on the single least-loaded one when several gateways route at once.
+Every pod it makes reports to the two sinks the pool is made with (pod.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import ipaddress
 import logging
 import random
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 from neutrino.keys import CurveKeys
 
-from .pod import OnMessage, Pod
+from .pod import CatalogEvents, Pod, RunEvents
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -40,16 +41,16 @@ class PodPool:
     def __init__(
         self,
         addresses: Iterable[str],
-        on_message: OnMessage,
-        on_state: Callable[[Pod], None],
+        runs: RunEvents,
+        catalogs: CatalogEvents,
         ping_interval_s: float,
         pod_timeout_s: float,
         resolve_interval_s: float,
         curve: CurveKeys | None = None,
     ) -> None:
         self._addresses = list(addresses)
-        self._on_message = on_message
-        self._on_state = on_state
+        self._runs = runs
+        self._catalogs = catalogs
         self._ping_interval_s = ping_interval_s
         self._pod_timeout_s = pod_timeout_s
         self._resolve_interval_s = resolve_interval_s
@@ -59,7 +60,6 @@ class PodPool:
         self._resolver: asyncio.Task[None] | None = None
         self._resolved: set[str] = set()  # pods that came from DNS names (the others are static)
         self._rng = random.Random()
-        self.on_drained: Callable[[], None] | None = None  # set before start()
 
     async def start(self) -> None:
         names = []
@@ -97,13 +97,12 @@ class PodPool:
         pod = Pod(
             address,
             self._ctx,
-            self._on_message,
-            self._on_state,
+            self._runs,
+            self._catalogs,
             self._ping_interval_s,
             self._pod_timeout_s,
             self._curve,
         )
-        pod.on_drained = self.on_drained
         self.pods[address] = pod
         pod.start()
         log.info("task pod %s added", address)
@@ -137,8 +136,5 @@ class PodPool:
         for address in self._resolved - found:
             # Gone from DNS: no new runs; the runs it still holds are handed back as lost.
             log.info("task pod %s no longer resolves; removing it", address)
-            pod = self.pods.pop(address)
-            pod.up = False
-            self._on_state(pod)
-            pod.close()
+            self.pods.pop(address).retire()
         self._resolved = found

@@ -15,6 +15,9 @@ The rules, in one place:
 - A cancel is never undone: a run asked to stop is not sent anywhere again (its pod lost,
   drained or refused it first); it ends `cancelled`.
 - Every outcome is written before anyone waiting on the run is told.
+
+`Run` (run.py) is the record and store.py persists it; `Runs` owns its lifecycle: it makes the
+task pods (pool.py) at construction and is the sink of what they report (pod.RunEvents).
 """
 
 from __future__ import annotations
@@ -23,18 +26,20 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import msgpack
 from neutrino import _tracing
-from neutrino_protocol import TaskRejected, TaskReply
+from neutrino_protocol import TaskRejected, TaskReply, payload
 
 from . import metrics, tracing
-from .catalog import INT_MAX, INT_MIN, Catalog
-from .errors import ApiError, busy, unavailable, validation_failed
-from .pod import Pod
+from .bodies import pack_kwargs
+from .catalog import Catalog
+from .errors import busy, unavailable
+from .pod import Pod, RunEvents
 from .pool import PodPool
-from .store import Run, RunStore
+from .run import Run
+from .store import RunStore
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -48,12 +53,20 @@ EXPIRE_EVERY_S = 60.0
 
 
 class Runs:
-    def __init__(self, store: RunStore, catalog: Catalog, run_ttl_s: float, max_active: int = 100_000) -> None:
+    """The runs in flight and what happens to them; `pods(self)` makes the task pods, which report here."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        catalog: Catalog,
+        run_ttl_s: float,
+        pods: Callable[[RunEvents], PodPool],
+        max_active: int = 100_000,
+    ) -> None:
         self.store = store
         self.max_active = max_active
         self.catalog = catalog
         self.run_ttl_s = run_ttl_s
-        self.pool: PodPool | None = None
         self.active: dict[str, Run] = {}  # runs not finished yet
         self.keys: dict[str, Run] = {}  # Idempotency-Key -> run, for runs not finished yet
         self._waiting_for_pod: list[Run] = []  # refused everywhere, or no pod usable
@@ -61,9 +74,7 @@ class Runs:
         self._recovered: list[Run] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expirer: asyncio.Task[None] | None = None
-
-    def attach(self, pool: PodPool) -> None:
-        self.pool = pool
+        self.pool = pods(self)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -96,7 +107,6 @@ class Runs:
     ) -> Run:
         """Record a run and send it; raises ApiError 503 when no task pod is usable. `trace`: its W3C
         `(traceparent, tracestate)` (tracing.run_context); a new trace without one."""
-        assert self.pool is not None
         if not self.pool.usable():
             raise unavailable("no task pod is reachable; check that the orchestrators are running")
         if len(self.active) >= self.max_active:
@@ -162,6 +172,22 @@ class Runs:
             pass
         return run.finished
 
+    async def wait_for_post(self, run: Run, wait_s: float) -> bool:
+        """Wait up to `wait_s` for `run` on behalf of a POST that submitted it (or found it by its
+        Idempotency-Key); True when it has finished. Raises the 429 when every pod refused the run
+        before its id went out (`_all_refused`); otherwise the POST's answer carries the id from
+        now on, so the run is never forgotten that way again."""
+        waiting = wait_s > 0
+        run.http_waiting += waiting
+        try:
+            finished = await self.wait(run, wait_s)
+        finally:
+            run.http_waiting -= waiting
+        if run.rejected:
+            raise busy(1)
+        run.seen = True
+        return finished
+
     def cancel(self, run: Run) -> None:
         """Ask for `run` to stop: dropped when it waits in the gateway, else its pod interrupts it."""
         if run.finished or run.finishing:
@@ -172,7 +198,6 @@ class Runs:
             self._finish(run, "cancelled", error=_error("cancelled", "TaskCancelledError", "cancelled before it ran"))
             return
         self._cancelling.add(run.id)
-        assert self.pool is not None
         pod = self.pool.pods.get(run.pod)
         if pod is not None and run.wire_id is not None:
             pod.cancel(run.wire_id)
@@ -187,7 +212,6 @@ class Runs:
     # -- dispatch ---------------------------------------------------------------------------
 
     def _dispatch(self, run: Run, exclude: frozenset[str] = frozenset()) -> None:
-        assert self.pool is not None
         if run.id in self._cancelling:
             # Asked to stop, and its pod lost it, drained or refused it before saying so: a cancel
             # is never undone by sending the run again (as a revoked Celery task is not re-run).
@@ -216,7 +240,7 @@ class Runs:
     def _all_refused(self, run: Run) -> None:
         if run.attempts == 0 and run.http_waiting and not run.seen:
             # The caller is still waiting for its first answer and nothing ran: tell it to come back.
-            run.rejection = busy(1)
+            run.rejected = True
             self._forget(run)
             self.store.stage_delete(run)
             self.store.after_commit(lambda _error: run.done.set())
@@ -242,64 +266,51 @@ class Runs:
 
     # -- what the pods say ------------------------------------------------------------------
 
-    def on_message(self, pod: Pod, msg: Any) -> None:
-        if type(msg) is TaskReply:
-            run = pod.forget(msg.id)
-            if run is None:
-                return
-            tracing.replied(run, msg)
-            if msg.status == "ok":
-                self._finish(run, "succeeded", attempts=msg.attempts, result=msg.payload or msgpack.packb(None))
-                return
-            error = msg.error
-            kind = error.kind if error is not None else "task_error"
-            if kind == "shutting_down":
-                # The pod drained before the run started: it never ran; send it elsewhere.
-                run.attempts += msg.attempts
-                self._dispatch(run, exclude=frozenset({pod.address}))
-                return
-            status = "cancelled" if kind == "cancelled" else "failed"
-            self._finish(
-                run,
-                status,
-                attempts=msg.attempts,
-                error=_error(
-                    kind,
-                    error.ename if error else kind,
-                    error.evalue if error else "",
-                    error.traceback if error else None,
-                ),
-            )
-        elif type(msg) is TaskRejected:
-            run = pod.forget(msg.id)
-            if run is None:
-                return
-            if msg.reason in ("busy", "draining"):
-                self._dispatch(run, exclude=run.tried | {pod.address})
-            else:
-                self._finish(run, "failed", error=_error(msg.reason, "RejectedError", msg.message))
+    def on_reply(self, pod: Pod, run: Run, reply: TaskReply) -> None:
+        tracing.replied(run, reply)
+        if reply.status == "ok":
+            self._finish(run, "succeeded", attempts=reply.attempts, result=reply.payload or payload.NONE)
+            return
+        error = reply.error
+        kind = error.kind if error is not None else "task_error"
+        if kind == "shutting_down":
+            # The pod drained before the run started: it never ran; send it elsewhere.
+            run.attempts += reply.attempts
+            self._dispatch(run, exclude=frozenset({pod.address}))
+            return
+        status = "cancelled" if kind == "cancelled" else "failed"
+        self._finish(
+            run,
+            status,
+            attempts=reply.attempts,
+            error=_error(
+                kind,
+                error.ename if error else kind,
+                error.evalue if error else "",
+                error.traceback if error else None,
+            ),
+        )
+
+    def on_rejected(self, pod: Pod, run: Run, rejected: TaskRejected) -> None:
+        if rejected.reason in ("busy", "draining"):
+            self._dispatch(run, exclude=run.tried | {pod.address})
         else:
-            log.debug("task pod %s: ignoring %s", pod.address, type(msg).__name__)
+            self._finish(run, "failed", error=_error(rejected.reason, "RejectedError", rejected.message))
 
     def on_drained(self) -> None:
         """After a batch of pod answers: a quiet gateway writes their outcomes now, a busy one within the window."""
         if len(self.active) <= 1:
             self.store.flush()
 
-    def on_pod_state(self, pod: Pod) -> None:
-        if pod.up:
-            self._pod_up()
-            return
-        lost = list(pod.in_flight.items())
-        pod.in_flight.clear()
-        for _wire_id, run in lost:
-            self._lost(run, "pod_lost", f"task pod {pod.address} {pod.lost_reason} while the run was in flight")
-
-    def _pod_up(self) -> None:
+    def on_pod_up(self, pod: Pod) -> None:
         waiting, self._waiting_for_pod = self._waiting_for_pod, []
         for run in waiting:
             if not (run.finished or run.finishing):
                 self._dispatch(run)
+
+    def on_pod_lost(self, pod: Pod, runs: list[Run]) -> None:
+        for run in runs:
+            self._lost(run, "pod_lost", f"task pod {pod.address} {pod.lost_reason} while the run was in flight")
 
     def recover(self) -> None:
         """Deal with the runs a previous gateway left unfinished (once the catalog is known)."""
@@ -403,50 +414,8 @@ def log_fields(run: Run) -> dict[str, Any]:
     return {"run_id": run.id, "task": run.task, **_tracing.fields(run.traceparent)}
 
 
-def pack_kwargs(kwargs: dict[str, Any]) -> bytes:
-    """The `[args, kwargs]` payload (SPEC.md §3.2); 422 naming the argument msgpack cannot carry.
-
-    Checked against the published schema first, an integer outside 64 bits can only be left where the
-    schema says `number` (integers and open values are bounded there, catalog.py): it goes as the
-    float it also is, as JSON readers take a number that wide."""
-    try:
-        return bytes(msgpack.packb([[], kwargs], use_bin_type=True))
-    except OverflowError:
-        kwargs = _wide_ints_as_floats(kwargs)
-    try:
-        return bytes(msgpack.packb([[], kwargs], use_bin_type=True))
-    except (TypeError, ValueError, OverflowError) as exc:
-        problems = []
-        for name, value in kwargs.items():
-            try:
-                msgpack.packb(value, use_bin_type=True)
-            except (TypeError, ValueError, OverflowError) as bad:
-                problems.append(
-                    {"loc": ["body", name], "msg": f"cannot be sent to a worker: {bad}", "type": "value_error"}
-                )
-        raise validation_failed(problems or [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
-
-
 def _error(kind: str, type_: str, message: str, traceback: str | None = None) -> dict[str, Any]:
     error = {"kind": kind, "type": type_, "message": message}
     if traceback:
         error["traceback"] = traceback
     return error
-
-
-def http_error_of(run: Run) -> ApiError | None:
-    """The 429 a caller gets when every pod refused its run before anything ran."""
-    return run.rejection if isinstance(run.rejection, ApiError) else None
-
-
-def _wide_ints_as_floats(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
-        try:
-            return float(value)
-        except OverflowError:
-            return value  # past any float too: refused below, naming the argument
-    if isinstance(value, dict):
-        return {key: _wide_ints_as_floats(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_wide_ints_as_floats(item) for item in value]
-    return value

@@ -4,8 +4,9 @@ Start: open the run store, connect to the task pods, open the model client sessi
 (with the slow-client limits: --header-timeout is aiohttp's keep-alive timer, which also runs from
 a connection's opening until its first request head is complete; --max-connections caps the open
 connections in the listener's protocol factory; --body-timeout is api.py's).
-A pod that comes up is asked for its task catalog; the first catalog lets the runs a previous
-gateway left unfinished be dealt with (runs.py). Stop (shutdown fires): stop accepting HTTP, let
+A pod that comes up is asked for its task catalog (the Gateway is the pods' `CatalogEvents`; their
+runs' news goes straight to runs.py); the first catalog lets the runs a previous gateway left
+unfinished be dealt with (runs.py). Stop (shutdown fires): stop accepting HTTP, let
 handlers finish within a grace period, close the model client session and the pod links, write
 the store and close it.
 """
@@ -20,16 +21,15 @@ import logging
 import time
 from typing import Any
 
-import msgpack
 from aiohttp import web
 from neutrino._http_limits import capped
-from neutrino_protocol import DescribeTasks, TaskCatalog
+from neutrino_protocol import DescribeTasks, PayloadError, TaskCatalog, payload
 
 from .api import Api
 from .catalog import Catalog
 from .config import Config
 from .models import ModelProxy
-from .pod import Pod
+from .pod import Pod, RunEvents
 from .pool import PodPool
 from .runs import Runs
 from .store import RunStore
@@ -46,49 +46,46 @@ class Gateway:
         self.config = config
         self.store = RunStore(config.db_path)
         self.catalog = Catalog()
-        self.runs = Runs(self.store, self.catalog, config.run_ttl_s, config.max_active_runs)
-        self.pool = PodPool(
-            config.orchestrators,
-            self._on_message,
-            self._on_pod_state,
-            config.ping_interval_s,
-            config.pod_timeout_s,
-            config.resolve_interval_s,
-            config.curve,
-        )
-        self.pool.on_drained = self.runs.on_drained
-        self.runs.attach(self.pool)
-        self.models = ModelProxy(config)
-        self.api = Api(config, self.runs, self.catalog, self.pool, self.models)
         self._catalog_asked: dict[str, float] = {}
         self._catalog_from: dict[str, float] = {}
         self._nonce = 0
+
+        def pods(runs: RunEvents) -> PodPool:
+            return PodPool(
+                config.orchestrators,
+                runs,
+                self,
+                config.ping_interval_s,
+                config.pod_timeout_s,
+                config.resolve_interval_s,
+                config.curve,
+            )
+
+        self.runs = Runs(self.store, self.catalog, config.run_ttl_s, pods, config.max_active_runs)
+        self.pool = self.runs.pool
+        self.models = ModelProxy(config)
+        self.api = Api(config, self.runs, self.catalog, self.pool, self.models)
         self._tasks: list[asyncio.Task[Any]] = []
         self.bound: list[tuple[str, int]] = []
 
-    def _on_pod_state(self, pod: Pod) -> None:
-        if pod.up:
-            self._ask_catalog(pod)
-        self.runs.on_pod_state(pod)
+    # -- pod.CatalogEvents: what the pods say about themselves --------------------------------
 
-    def _on_message(self, pod: Pod, msg: Any) -> None:
-        """Catalog answers are the gateway's; run answers (and anything else) go to runs.py."""
-        if type(msg) is TaskCatalog:
-            self._on_catalog(pod, msg)
-        else:
-            self.runs.on_message(pod, msg)
+    def on_pod_up(self, pod: Pod) -> None:
+        self._ask_catalog(pod)
 
     def _ask_catalog(self, pod: Pod) -> None:
         self._nonce += 1
         self._catalog_asked[pod.address] = time.monotonic()
         pod.send_raw(DescribeTasks(nonce=self._nonce).encode())
 
-    def _on_catalog(self, pod: Pod, msg: TaskCatalog) -> None:
+    def on_catalog(self, pod: Pod, msg: TaskCatalog) -> None:
         if not msg.ready or msg.payload is None:
             return  # asked again by the catalog loop
         try:
-            entries = msgpack.unpackb(msg.payload, raw=False)
-        except Exception as exc:
+            # Not payload.unpack_catalog: that refuses a whole catalog for one malformed entry, which
+            # Catalog.update skips on its own (with a warning), keeping the pod's other tasks.
+            entries = payload.unpack_value(msg.payload, "task catalog")
+        except PayloadError as exc:
             log.warning("task pod %s sent an unreadable task catalog: %s", pod.address, exc)
             return
         if not isinstance(entries, dict):

@@ -1,4 +1,5 @@
 """Run records in an embedded SQLite file (WAL): written before a run is dispatched, updated when it ends.
+Only persistence: the record (`Run`) and what happens to it are runs.py's.
 
 Writes are grouped: what is staged goes to disk in one transaction at the next `flush()`, which
 the caller schedules (runs.py: at once when the gateway is quiet, within a short window under
@@ -21,11 +22,10 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neutrino import _tracing
+from .run import Run
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -53,51 +53,6 @@ CREATE INDEX IF NOT EXISTS runs_expires_at ON runs (expires_at);
 """
 
 RETRY_S = 1.0  # after a failed write, how soon what must not be lost is written again
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
-
-
-@dataclass(slots=True, eq=False)
-class Run:
-    """One run: what to call, where it stands, and how it ended."""
-
-    id: str
-    task: str
-    payload: bytes  # msgpack [args, kwargs], as sent to the orchestrator
-    timeout_s: float | None
-    retries: int | None
-    created_at: float
-    expires_at: float
-    idempotency_key: str | None = None
-    status: str = "queued"
-    result: bytes | None = None  # msgpack of the return value, as the worker sent it
-    error: dict[str, Any] | None = None  # {"type", "message", "kind", "traceback"?}
-    attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
-    traceparent: str | None = None  # W3C: the run's place in its trace (tracing.py)
-    # Not stored: where the run is now, and who waits for it.
-    tracestate: str | None = None  # sent with each dispatch; after a restart, rebuilt from the run id
-    sent_ns: int = 0  # wall clock of the last dispatch, with tracing on: where its queue-wait span starts
-    pod: str | None = None
-    wire_id: int | None = None
-    dispatches: int = 0
-    tried: frozenset[str] = frozenset()  # pods that refused it since its last dispatch
-    requeues: int = 0
-    http_waiting: int = 0  # POSTs waiting on it now (while nobody has its id, a refusal can become a 429)
-    seen: bool = False  # some caller has been given its id: it must never vanish
-    finishing: bool = False  # its outcome is staged but not on disk yet: nobody is told until it is
-    finish_failed: bool = False  # writing that outcome failed at least once (logged once)
-    rejection: Any = None  # the ApiError that POST gets when every pod refused the run
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def trace_id(self) -> str | None:
-        return _tracing.trace_id_of(self.traceparent)
 
 
 class RunStore:

@@ -21,7 +21,7 @@ from neutrino import _tracing
 if TYPE_CHECKING:
     from neutrino_protocol import TaskReply
 
-    from .store import Run
+    from .run import Run
 
 SERVICE_NAME = "neutrino-gateway"
 TRACESTATE_KEY = _tracing.TRACESTATE_KEY

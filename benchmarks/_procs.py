@@ -57,6 +57,20 @@ def session_members(sid: int) -> list[int]:
     return [pid for pid, state, _, session in _process_table() if session == sid and state != "Z"]
 
 
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system, all threads) that the live processes of session `sid` have used:
+    a server and every process it started, read from /proc (clock-tick resolution)."""
+    ticks = 0
+    for pid in session_members(sid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # exited between the listing and the read
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(ppid: int) -> list[int]:
     """Pids of the live children of `ppid`, in pid order."""
     return sorted(pid for pid, state, parent, _ in _process_table() if parent == ppid and state != "Z")

@@ -18,7 +18,7 @@ from typing import Any
 
 from _floor import FloorClient, RawDealer
 from _neutrino import Orchestrator, burst, log_problems, map_burst, wait_ready
-from _procs import Processes, free_tcp_port, log
+from _procs import Processes, free_tcp_port, log, session_cpu_s
 
 FLOOR_READY_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 10.0  # a lost reply fails the measurement instead of hanging it
@@ -34,6 +34,8 @@ class System:
     error: str | None = None
     # Other ways to push a burst through the same servers, by name (client-side throughput).
     bursts: dict[str, Callable[[int], dict[str, Any]]] = field(default_factory=dict)
+    # CPU seconds the system's own processes have used so far (None: not known).
+    server_cpu_s: Callable[[], float] | None = None
 
 
 @contextlib.contextmanager
@@ -66,6 +68,7 @@ def neutrino_system(
     log(f"{name}: started {' '.join(orch.argv)}")
     client = Client(orch.endpoint, timeout_s=CALL_TIMEOUT_S, **(client_kwargs or {}))
     system = System(name, client.call, lambda count: burst(client, count), {"command": " ".join(orch.argv)})
+    system.server_cpu_s = lambda: session_cpu_s(orch.proc.pid)  # the orchestrator, its zygote and workers
     raw = None if client_kwargs else RawDealer(orch.endpoint, CALL_TIMEOUT_S)  # plain text only
     if raw is not None:
         system.bursts = {

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -118,11 +119,30 @@ def latency(systems: list[System], task: str, args: tuple[Any, ...], count: int,
 
 def measured_burst(system: System, count: int) -> dict[str, Any]:
     """One burst, plus the CPU time the client process spent on it (all its threads): when that
-    is close to the elapsed time, the client, not the dispatcher, is the bottleneck."""
+    is close to the elapsed time, the client, not the dispatcher, is the bottleneck. For a system
+    that knows its processes, also the CPU they spent (`server_cpu_s`): client plus server CPU per
+    task is a cost that load from elsewhere on the machine disturbs much less than a rate."""
+    server = system.server_cpu_s() if system.server_cpu_s else None
     cpu = time.process_time()
     result = system.burst(count)
     result["client_cpu_s"] = round(time.process_time() - cpu, 3)
+    if server is not None and system.server_cpu_s:
+        result["server_cpu_at_start_s"] = server
+        result["server_cpu_s"] = round(system.server_cpu_s() - server, 3)
     return result
+
+
+def cpu_us_per_task(runs: list[dict[str, Any]], count: int) -> float | None:
+    """Median over rounds of client plus server CPU µs per task. A round's server CPU runs from its
+    start to the start of the same system's next round, so work a burst leaves behind (a worker
+    exporting its spans after the replies) counts where it belongs; the last round, which has no
+    next one, is left out (counted alone, burst only, when it is the only round)."""
+    if not runs or "server_cpu_s" not in runs[0]:
+        return None
+    starts = [run["server_cpu_at_start_s"] for run in runs]
+    server = [b - a for a, b in itertools.pairwise(starts)] or [runs[-1]["server_cpu_s"]]
+    per_task = [(run["client_cpu_s"] + cpu) / count * 1e6 for run, cpu in zip(runs, server, strict=False)]
+    return round(statistics.median(per_task), 2)
 
 
 def throughput(systems: list[System], count: int, warmup: int, rounds: int) -> dict:
@@ -144,6 +164,9 @@ def throughput(systems: list[System], count: int, warmup: int, rounds: int) -> d
             "all_replied_once": all(run["all_replied_once"] for run in runs),
             "per_round": runs,
         }
+        cpu_us = cpu_us_per_task(runs, count)
+        if cpu_us is not None:
+            out[name]["cpu_us_per_task"] = cpu_us
     return out
 
 

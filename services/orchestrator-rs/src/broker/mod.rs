@@ -17,10 +17,13 @@ mod sockets;
 mod workers;
 mod zap;
 
+#[cfg(test)]
+mod tests;
+
 pub use clients::{decode_client, task_policy, BadClientMessage, ClientMessage};
 pub use workers::{decode_worker, BadWorkerMessage, WorkerMessage};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
@@ -139,36 +142,9 @@ impl BrokerHandle {
 
 /// Binds the sockets (so address errors surface here) and starts the broker thread.
 pub fn start(config: BrokerConfig, metrics: Metrics, events: UnboundedSender<Event>) -> anyhow::Result<BrokerHandle> {
-    let ctx = zmq::Context::new();
-    let Sockets { frontend, secure, zap, backend } = sockets::bind(&ctx, &config, &metrics)?;
-    let (wake_tx, wake_rx) = UnixDatagram::pair()?;
-    wake_tx.set_nonblocking(true)?;
-    wake_rx.set_nonblocking(true)?;
-    let (tx, rx) = mpsc::channel();
-    let broker = Broker {
-        _ctx: ctx,
-        frontend,
-        secure,
-        _zap: zap,
-        backend,
-        wake: wake_rx,
-        commands: rx,
-        sched: Scheduler::new(config.policy),
-        task_options: HashMap::new(),
-        catalog: Catalog::default(),
-        standby_ids: HashSet::new(),
-        max_payload: config.max_message_bytes as usize,
-        idle_spin: config.idle_spin,
-        liveness: config.liveness,
-        metrics,
-        events,
-        drained_sent: false,
-        last_load: (Instant::now(), Load::default()),
-        parts: Vec::with_capacity(4),
-        instance: fastrand::u64(..),
-    };
-    let thread = std::thread::Builder::new().name("broker".into()).spawn(move || broker.run())?;
-    Ok(BrokerHandle { commands: tx, wake: wake_tx, thread: Some(thread) })
+    let (broker, mut handle) = Broker::new(config, metrics, events)?;
+    handle.thread = Some(std::thread::Builder::new().name("broker".into()).spawn(move || broker.run())?);
+    Ok(handle)
 }
 
 impl Payload for zmq::Message {
@@ -189,6 +165,8 @@ struct Broker {
     backend: zmq::Socket,
     wake: UnixDatagram,
     commands: mpsc::Receiver<Command>,
+    /// Commands taken from the channel and not applied yet (see `receive_commands`).
+    pending: VecDeque<Command>,
     sched: Scheduler<zmq::Message>,
     task_options: HashMap<String, TaskOptions>,
     catalog: Catalog,
@@ -220,48 +198,46 @@ enum Side {
 }
 
 impl Broker {
+    /// The broker with its sockets bound, and the handle that commands it (no thread yet).
+    fn new(
+        config: BrokerConfig,
+        metrics: Metrics,
+        events: UnboundedSender<Event>,
+    ) -> anyhow::Result<(Broker, BrokerHandle)> {
+        let ctx = zmq::Context::new();
+        let Sockets { frontend, secure, zap, backend } = sockets::bind(&ctx, &config, &metrics)?;
+        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let (tx, rx) = mpsc::channel();
+        let broker = Broker {
+            _ctx: ctx,
+            frontend,
+            secure,
+            _zap: zap,
+            backend,
+            wake: wake_rx,
+            commands: rx,
+            pending: VecDeque::new(),
+            sched: Scheduler::new(config.policy),
+            task_options: HashMap::new(),
+            catalog: Catalog::default(),
+            standby_ids: HashSet::new(),
+            max_payload: config.max_message_bytes as usize,
+            idle_spin: config.idle_spin,
+            liveness: config.liveness,
+            metrics,
+            events,
+            drained_sent: false,
+            last_load: (Instant::now(), Load::default()),
+            parts: Vec::with_capacity(4),
+            instance: fastrand::u64(..),
+        };
+        Ok((broker, BrokerHandle { commands: tx, wake: wake_tx, thread: None }))
+    }
+
     fn run(mut self) {
-        loop {
-            let timeout_ms = self.poll_timeout_ms(Instant::now());
-            let (front, back, wake, secure) = {
-                let mut items = [
-                    self.frontend.as_poll_item(zmq::POLLIN),
-                    self.backend.as_poll_item(zmq::POLLIN),
-                    zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
-                    self.secure.as_ref().unwrap_or(&self.frontend).as_poll_item(zmq::POLLIN),
-                ];
-                let items = &mut items[..if self.secure.is_some() { 4 } else { 3 }];
-                let spun = self.spin_now() && spin_poll(items, self.idle_spin) > 0;
-                if !spun {
-                    if let Err(e) = zmq::poll(items, timeout_ms) {
-                        if e == zmq::Error::EINTR {
-                            continue;
-                        }
-                        error!("poll failed: {e}");
-                        break;
-                    }
-                }
-                let secure = items.get(3).is_some_and(|i| i.is_readable());
-                (items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), secure)
-            };
-            // Results first: each one frees a worker for the tasks that follow.
-            if back {
-                self.drain(Side::Backend);
-            }
-            if front {
-                self.drain(Side::Frontend);
-            }
-            if secure {
-                self.drain(Side::Secure);
-            }
-            if wake && matches!(self.handle_commands(), Flow::Stop) {
-                break;
-            }
-            let now = Instant::now();
-            self.enforce_deadlines(now);
-            self.dispatch(now);
-            self.after_events(now);
-        }
+        while let Flow::Continue = self.turn() {}
         self.answer_queued();
         for origin in self.sched.abandon_in_flight() {
             let text = "the orchestrator stopped its worker while this task ran (grace period over)";
@@ -274,8 +250,64 @@ impl Broker {
         }
     }
 
+    /// One pass of the poll loop: wait for a socket, a command or a deadline, then act on them.
+    fn turn(&mut self) -> Flow {
+        let timeout_ms = self.poll_timeout_ms(Instant::now());
+        let (front, back, wake, secure) = {
+            let mut items = [
+                self.frontend.as_poll_item(zmq::POLLIN),
+                self.backend.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
+                self.secure.as_ref().unwrap_or(&self.frontend).as_poll_item(zmq::POLLIN),
+            ];
+            let items = &mut items[..if self.secure.is_some() { 4 } else { 3 }];
+            let spun = self.spin_now() && spin_poll(items, self.idle_spin) > 0;
+            if !spun {
+                if let Err(e) = zmq::poll(items, timeout_ms) {
+                    if e == zmq::Error::EINTR {
+                        return Flow::Continue;
+                    }
+                    error!("poll failed: {e}");
+                    return Flow::Stop;
+                }
+            }
+            let secure = items.get(3).is_some_and(|i| i.is_readable());
+            (items[0].is_readable(), items[1].is_readable(), items[2].is_readable(), secure)
+        };
+        // Commands before sockets: the tokio side sends a command before it causes the messages
+        // that depend on it (`Standby` goes out before the fork whose `WorkerReady` it names), so
+        // every command sent before a message was produced is in the channel once the message can
+        // be read. Reading the sockets first took a standby for a regular worker whenever both
+        // waited at the same poll (a busy machine keeps this thread off the CPU for the few ms
+        // a fork takes). A message can also arrive while the sockets are being read, after this
+        // look at the channel: `on_ready` looks again for the one command that matters there.
+        // `Stop` still lets this pass read what waits: results of the last tasks are answered.
+        let flow = self.handle_commands(wake);
+        // Results before requests: each one frees a worker for the tasks that follow.
+        if back {
+            self.drain(Side::Backend);
+        }
+        if front {
+            self.drain(Side::Frontend);
+        }
+        if secure {
+            self.drain(Side::Secure);
+        }
+        if matches!(flow, Flow::Stop) {
+            return Flow::Stop;
+        }
+        let now = Instant::now();
+        self.enforce_deadlines(now);
+        self.dispatch(now);
+        self.after_events(now);
+        Flow::Continue
+    }
+
     /// Block until the next time-based duty (retry due, timeout, silence, lifetime), or forever.
     fn poll_timeout_ms(&self, now: Instant) -> i64 {
+        if !self.pending.is_empty() {
+            return 0; // commands taken mid-read wait for the next pass, not for the next message
+        }
         let mut next = self.sched.next_deadline(self.liveness);
         if self.sched.worker_counts().ready > 0 || self.sched.queue_depth() > 0 {
             // keep the load report flowing for the elastic pool (also to grow from zero workers)
@@ -334,10 +366,15 @@ impl Broker {
         send(socket, to, msg, payload)
     }
 
-    fn handle_commands(&mut self) -> Flow {
-        let mut buf = [0u8; 64];
-        while self.wake.recv(&mut buf).is_ok() {}
-        while let Ok(cmd) = self.commands.try_recv() {
+    /// Applies every command sent so far, in order. `woken`: the wake-up socket is readable
+    /// (its bytes are read first, so a command sent after this look still wakes the next poll).
+    fn handle_commands(&mut self, woken: bool) -> Flow {
+        if woken {
+            let mut buf = [0u8; 64];
+            while self.wake.recv(&mut buf).is_ok() {}
+        }
+        self.receive_commands();
+        while let Some(cmd) = self.pending.pop_front() {
             match cmd {
                 Command::WorkerExited { worker_id, how } => self.on_worker_exited(&worker_id, &how),
                 Command::ZygoteLost => self.on_zygote_lost(),
@@ -345,14 +382,27 @@ impl Broker {
                 Command::Catalog(catalog) => self.catalog.set(catalog),
                 Command::SetLimits(limits) => self.sched.set_limits(limits),
                 Command::Retire { worker_id, reason } => self.retire(&worker_id, reason),
-                Command::Standby { worker_id } => {
-                    self.standby_ids.insert(worker_id);
-                }
+                Command::Standby { .. } => {} // applied on receipt
                 Command::Drain => self.answer_queued(),
                 Command::Stop => return Flow::Stop,
             }
         }
         Flow::Continue
+    }
+
+    /// Takes what waits in the command channel into `pending`, behind what is there already.
+    /// `Standby` is applied at once: only `on_ready` reads what it sets, so its place among the
+    /// other commands does not matter, and `on_ready` calls this mid-read without applying the
+    /// rest (a `WorkerExited` would read the backend socket again from inside its own read).
+    fn receive_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Standby { worker_id } => {
+                    self.standby_ids.insert(worker_id);
+                }
+                other => self.pending.push_back(other),
+            }
+        }
     }
 
     /// Stops accepting and answers every queued task with `shutting_down` (it never ran).

@@ -128,6 +128,12 @@ impl Broker {
     }
 
     fn on_ready(&mut self, identity: Vec<u8>, msg: WorkerReady) {
+        if !self.standby_ids.contains(&msg.worker_id) {
+            // Its `Standby` may have been sent after this pass looked at the command channel (a
+            // thread kept off the CPU while reading the sockets outlasts a fork); if it was,
+            // it is in the channel now, since it was sent before the fork.
+            self.receive_commands();
+        }
         let standby = self.standby_ids.remove(&msg.worker_id);
         let answers = self.sched.worker_ready(identity, msg.pid, msg.credits, standby, Instant::now());
         self.answer_all(answers);

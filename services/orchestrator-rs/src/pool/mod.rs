@@ -153,21 +153,11 @@ impl Pool {
     }
 
     /// A worker was recycled (it finishes what it holds, then exits 0). The standby took its
-    /// place if one was ready; fork the next standby, or a replacement if none was.
-    ///
-    /// The broker may have taken our standby for a regular worker: when its `WorkerReady` and
-    /// the `Standby` command that names it are read in the same poll, the ready is handled
-    /// first (a broker thread kept off the CPU for the few ms a fork takes, on a busy machine).
-    /// That worker then already takes tasks: a recycle with no standby promoted while ours is
-    /// ready lets it fill the place rather than forking one more (which grew the pool past
-    /// `--workers`, one worker per occurrence, measured in a long no-op burst), and its own
-    /// recycling leaves nothing to replace.
+    /// place if one was ready; fork the next standby, or a replacement if none was. The broker
+    /// knows a standby before its `WorkerReady` (see the broker's poll loop), so it never takes
+    /// ours for a regular worker: `None` means ours was not ready there (still starting, or gone).
     pub fn on_recycled(&mut self, worker_id: String, promoted: Option<String>, serving: bool) -> Vec<Action> {
         self.live.remove(&worker_id);
-        let was_standby = self.standby.as_deref() == Some(worker_id.as_str());
-        if was_standby {
-            self.standby = None;
-        }
         self.retired.insert(worker_id);
         if !serving {
             return Vec::new();
@@ -178,15 +168,7 @@ impl Pool {
                 self.standby = None;
                 self.live.insert(spare);
             }
-            None if was_standby => {} // never counted as taking tasks here: nothing to replace
-            None => match self.ready_standby() {
-                Some(spare) => {
-                    debug!(worker = %spare, "the broker took the standby for a regular worker");
-                    self.standby = None;
-                    self.live.insert(spare);
-                }
-                None => actions = self.fork(1),
-            },
+            None => actions = self.fork(1),
         }
         actions.extend(self.ensure_standby());
         actions
@@ -195,11 +177,6 @@ impl Pool {
     /// The broker killed this worker (timeout, cancel, silence): its exit is not a crash.
     pub fn on_killed(&mut self, worker_id: String) {
         self.killed.insert(worker_id);
-    }
-
-    /// The standby, once its `WorkerReady` arrived.
-    fn ready_standby(&self) -> Option<String> {
-        self.standby.clone().filter(|id| !self.forking.contains_key(id))
     }
 
     fn wants_standby(&self) -> bool {

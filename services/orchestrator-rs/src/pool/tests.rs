@@ -157,20 +157,13 @@ fn a_recycle_without_a_ready_standby_forks_a_replacement() {
 }
 
 #[test]
-fn a_ready_standby_the_broker_took_for_a_regular_worker_fills_the_place() {
+fn a_recycle_with_no_standby_promoted_forks_a_replacement_even_if_ours_was_ready() {
     let mut p = started(&["--workers", "1", "--max-tasks-per-worker", "5"]);
-    // No standby promoted, but ours is ready: it already takes tasks; no extra worker.
-    assert_eq!(p.on_recycled("worker-001".into(), None, true), vec![standby("worker-003")]);
-    assert_eq!(exit(&mut p, "worker-001", 0, None), vec![]);
-    // It counts as a regular worker now: its death is replaced by a regular worker.
-    p.on_ready("worker-003".into(), 3);
-    assert_eq!(exit(&mut p, "worker-002", 1, None), vec![fork(&["worker-004"])]);
-}
-
-#[test]
-fn a_recycled_standby_leaves_nothing_to_replace() {
-    let mut p = started(&["--workers", "1", "--max-tasks-per-worker", "5"]);
-    assert_eq!(p.on_recycled("worker-002".into(), None, true), vec![standby("worker-003")]);
+    // The broker killed our ready standby (silent); its exit has not reached the pool yet.
+    p.on_killed("worker-002".into());
+    assert_eq!(p.on_recycled("worker-001".into(), None, true), vec![fork(&["worker-003"])]);
+    assert_eq!(exit(&mut p, "worker-002", 1, None), vec![standby("worker-004")]);
+    assert_eq!(exit(&mut p, "worker-001", 0, None), vec![], "the recycled worker's exit is expected");
 }
 
 #[test]

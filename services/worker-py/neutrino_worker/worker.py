@@ -38,8 +38,10 @@ CONNECT_TIMEOUT_S = 10.0
 
 _PR_SET_PDEATHSIG = 1
 # Looked up here, in the zygote: each worker then finds it resolved instead of asking the dynamic
-# linker again (a symbol lookup and a new function object per worker).
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+# linker again (a symbol lookup and a new function object per worker). Without use_errno (prctl's
+# errno is never read): ctypes would save and restore errno around every call through a
+# per-thread dict, which each worker would create and write anew (issue 11).
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 _SIGKILL = int(signal.SIGKILL)
 
 
@@ -158,10 +160,9 @@ def _serve(spec: WorkerSpec, conn: _Connection) -> int:
         return ExitCode.PROTOCOL
     finally:
         # Results already sent are in the kernel's socket buffer: the orchestrator gets them
-        # after close too, so nothing waits here.
+        # after close too, so nothing waits here. The heartbeat thread is not stopped: the
+        # process exits next (os._exit), and takes it along; waking it would only cost a switch.
         dealer.close()
-        if heartbeat is not None:
-            heartbeat.stop()
 
 
 def _answer(spec: WorkerSpec, dealer: zmtp.Dealer, runner: Runner) -> int:

@@ -65,10 +65,9 @@ def open_connection(endpoint: str, routing_id: bytes, timeout_s: float | None = 
         raise ValueError(f"routing id {routing_id!r}: at most 255 bytes, not starting with a zero byte")
     sock = _open(endpoint, timeout_s)
     dealer = Dealer(sock)
-    ready = _command(b"READY", _property(b"Socket-Type", b"DEALER") + _property(b"Identity", routing_id))
     try:
-        hello = GREETING + ready
-        dealer._send_parts([hello], len(hello))
+        greeting = hello(b"DEALER", routing_id)
+        dealer._send_parts([greeting], len(greeting))
     except BaseException:
         sock.close()
         raise
@@ -98,6 +97,14 @@ def _open(endpoint: str, timeout_s: float | None) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     raise ValueError(f"backend endpoint {endpoint!r}: only ipc:// and tcp:// are supported")
+
+
+def hello(socket_type: bytes, routing_id: bytes | None = None) -> bytes:
+    """The greeting and READY command a peer of `socket_type` opens a connection with."""
+    properties = _property(b"Socket-Type", socket_type)
+    if routing_id is not None:
+        properties += _property(b"Identity", routing_id)
+    return GREETING + _command(b"READY", properties)
 
 
 def _command(name: bytes, body: bytes) -> bytes:

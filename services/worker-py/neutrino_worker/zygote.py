@@ -40,6 +40,7 @@ from neutrino_protocol import (
     ZygoteFailed,
     ZygoteReady,
 )
+from neutrino_protocol.payload import pack_catalog
 
 from . import zmtp
 from .catalog import CatalogTimer, build_catalog
@@ -371,7 +372,7 @@ class CatalogChild:
                 status,
                 exc,
             )
-            return ZygoteCatalog(tasks=[], build_ms=0.0, payload=msgpack.packb({}))
+            return ZygoteCatalog(tasks=[], build_ms=0.0, payload=pack_catalog({}))
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):

@@ -170,8 +170,11 @@ struct Broker {
     sched: Scheduler<zmq::Message>,
     task_options: HashMap<String, TaskOptions>,
     catalog: Catalog,
-    /// Ids announced as standbys, until they report ready.
+    /// Ids announced as standbys, until they report ready (or exit first).
     standby_ids: HashSet<String>,
+    /// Retires for ids not ready yet (a standby let go while it starts), applied once they report
+    /// ready, forgotten if they exit first.
+    retire_ids: HashMap<String, RetireReason>,
     max_payload: usize,
     idle_spin: Duration,
     liveness: Option<Duration>,
@@ -223,6 +226,7 @@ impl Broker {
             task_options: HashMap::new(),
             catalog: Catalog::default(),
             standby_ids: HashSet::new(),
+            retire_ids: HashMap::new(),
             max_payload: config.max_message_bytes as usize,
             idle_spin: config.idle_spin,
             liveness: config.liveness,
@@ -391,14 +395,21 @@ impl Broker {
     }
 
     /// Takes what waits in the command channel into `pending`, behind what is there already.
-    /// `Standby` is applied at once: only `on_ready` reads what it sets, so its place among the
-    /// other commands does not matter, and `on_ready` calls this mid-read without applying the
-    /// rest (a `WorkerExited` would read the backend socket again from inside its own read).
+    /// `Standby` (and what `ZygoteLost` does to standbys) is applied at once: only `on_ready` reads
+    /// what it sets, so its place among the other commands does not matter, and `on_ready` calls
+    /// this mid-read without applying the rest (a `WorkerExited` would read the backend socket
+    /// again from inside its own read).
     fn receive_commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Standby { worker_id } => {
                     self.standby_ids.insert(worker_id);
+                }
+                Command::ZygoteLost => {
+                    // The standby forked by the dead zygote never reports ready. Forgotten here,
+                    // in the channel's order: the next zygote's `Standby` may follow in this read.
+                    self.standby_ids.clear();
+                    self.pending.push_back(Command::ZygoteLost);
                 }
                 other => self.pending.push_back(other),
             }

@@ -2,7 +2,7 @@
 //! tokio side and messages from the sockets are acted on.
 
 use neutrino_protocol::{
-    decode_meta, encode_meta, header, parse_header, MessageType, SubmitTask, TaskRejected, WorkerReady,
+    decode_meta, encode_meta, header, parse_header, MessageType, Shutdown, SubmitTask, TaskRejected, WorkerReady,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -77,6 +77,91 @@ fn a_ready_message_read_after_this_passs_commands_still_sees_its_standby_command
     assert!(!broker.sched.is_draining(), "the other commands keep their turn");
     assert!(matches!(broker.turn(), Flow::Continue));
     assert!(broker.sched.is_draining(), "and are applied on the next pass");
+}
+
+fn retiring_only() -> WorkerCounts {
+    WorkerCounts { ready: 0, idle: 0, retiring: 1, standby: 0 }
+}
+
+fn retire_idle(worker_id: &str) -> Command {
+    Command::Retire { worker_id: worker_id.into(), reason: RetireReason::Idle }
+}
+
+/// How many workers the metrics count as retired for being idle (a shrink, or a standby let go).
+fn idle_retirements(broker: &Broker) -> usize {
+    let text = broker.metrics.render();
+    let line = text.lines().find(|l| l.starts_with("neutrino_orchestrator_worker_recycles_total{reason=\"idle\"}"));
+    line.map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// The worker's next message is `Shutdown`.
+fn assert_told_to_shut_down(worker: &zmq::Socket) {
+    wait_readable(worker);
+    let msg = worker.recv_multipart(0).unwrap();
+    assert_eq!(MessageType::from_code(parse_header(&msg[0]).unwrap()), Some(MessageType::Shutdown));
+    let shutdown: Shutdown = decode_meta(&msg[1]).unwrap();
+    assert!(shutdown.graceful);
+}
+
+#[test]
+fn a_standby_retired_while_it_starts_is_retired_once_it_is_ready() {
+    let (mut broker, handle, _events) = broker();
+    // A SIGHUP turned recycling off while the standby forked: its `Retire` comes before its
+    // `WorkerReady`, each in a pass of its own.
+    handle.send(Command::Standby { worker_id: "worker-002".into() });
+    handle.send(retire_idle("worker-002"));
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert_eq!(idle_retirements(&broker), 0, "nothing retired yet");
+    let worker = ready_worker(&broker, "worker-002");
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert_eq!(broker.sched.worker_counts(), retiring_only(), "not left idle as a standby");
+    assert_eq!(idle_retirements(&broker), 1);
+    assert_told_to_shut_down(&worker);
+    assert!(broker.retire_ids.is_empty() && broker.standby_ids.is_empty());
+}
+
+#[test]
+fn a_retire_and_the_ready_message_it_precedes_in_one_poll_retire_the_worker() {
+    let (mut broker, handle, _events) = broker();
+    handle.send(retire_idle("worker-001"));
+    let worker = ready_worker(&broker, "worker-001");
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert_eq!(broker.sched.worker_counts(), retiring_only());
+    assert_eq!(idle_retirements(&broker), 1);
+    assert_told_to_shut_down(&worker);
+}
+
+#[test]
+fn a_retire_for_a_worker_that_exits_before_it_is_ready_is_forgotten() {
+    let (mut broker, handle, _events) = broker();
+    handle.send(Command::Standby { worker_id: "worker-002".into() });
+    handle.send(retire_idle("worker-002"));
+    // It could not start (or could not be forked: the zygote reports that as an exit too).
+    handle.send(Command::WorkerExited { worker_id: "worker-002".into(), how: "exit code 1".into() });
+    handle.send(Command::Standby { worker_id: "worker-003".into() });
+    handle.send(retire_idle("worker-003"));
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert!(!broker.retire_ids.contains_key("worker-002") && !broker.standby_ids.contains("worker-002"));
+    // A lost zygote takes every worker it forked, ready or not; not the next zygote's standby.
+    handle.send(Command::ZygoteLost);
+    handle.send(Command::Standby { worker_id: "worker-004".into() });
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert!(broker.retire_ids.is_empty());
+    assert_eq!(broker.standby_ids, HashSet::from(["worker-004".to_owned()]));
+    assert_eq!(idle_retirements(&broker), 0);
+}
+
+#[test]
+fn a_second_retire_for_a_retiring_worker_is_not_counted_again() {
+    let (mut broker, handle, _events) = broker();
+    handle.send(retire_idle("worker-001"));
+    let worker = ready_worker(&broker, "worker-001");
+    assert!(matches!(broker.turn(), Flow::Continue));
+    handle.send(retire_idle("worker-001"));
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert_eq!(idle_retirements(&broker), 1);
+    assert!(broker.retire_ids.is_empty(), "a known worker's retire is never remembered");
+    assert_told_to_shut_down(&worker);
 }
 
 #[test]

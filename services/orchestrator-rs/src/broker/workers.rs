@@ -135,8 +135,11 @@ impl Broker {
             self.receive_commands();
         }
         let standby = self.standby_ids.remove(&msg.worker_id);
-        let answers = self.sched.worker_ready(identity, msg.pid, msg.credits, standby, Instant::now());
+        let answers = self.sched.worker_ready(identity.clone(), msg.pid, msg.credits, standby, Instant::now());
         self.answer_all(answers);
+        if let Some(reason) = self.retire_ids.remove(&msg.worker_id) {
+            self.retire_known(&identity, reason);
+        }
         let _ = self.events.send(Event::WorkerReady { worker_id: msg.worker_id, pid: msg.pid });
     }
 
@@ -267,9 +270,23 @@ impl Broker {
         let _ = self.events.send(Event::Recycled { worker_id: name(worker), reason, promoted });
     }
 
+    /// `Command::Retire`. A worker not ready yet (a standby let go by a reload while it starts)
+    /// is retired when it is (`on_ready`): dropping the command left it idle as a standby until
+    /// shutdown, while the pool counted it as retired. Its exit forgets it (`on_worker_exited`):
+    /// the pool retires only workers whose exit it has not handled, so that exit is still to come
+    /// (or `ZygoteLost`), even for one this thread already removed (killed, unreachable).
     pub(super) fn retire(&mut self, worker_id: &str, reason: RetireReason) {
-        if self.sched.retire(worker_id.as_bytes(), reason) {
-            debug!(worker = %worker_id, reason = reason.as_str(), "retiring");
+        if self.sched.knows(worker_id.as_bytes()) {
+            self.retire_known(worker_id.as_bytes(), reason);
+        } else {
+            debug!(worker = %worker_id, reason = reason.as_str(), "retiring once it is ready");
+            self.retire_ids.insert(worker_id.to_owned(), reason);
+        }
+    }
+
+    fn retire_known(&mut self, worker: &[u8], reason: RetireReason) {
+        if self.sched.retire(worker, reason) {
+            debug!(worker = %name(worker), reason = reason.as_str(), "retiring");
             if reason == RetireReason::Idle {
                 self.metrics.recycled(reason);
             }
@@ -295,10 +312,16 @@ impl Broker {
             warn!(worker = %worker_id, tasks = answers.len(), "worker exited while running tasks");
         }
         self.answer_all(answers);
+        // One that exits before it is ready (it could not start, or not be forked) never reports
+        // ready: what waited for that is forgotten.
+        self.standby_ids.remove(worker_id);
+        self.retire_ids.remove(worker_id);
     }
 
     pub(super) fn on_zygote_lost(&mut self) {
         self.drain(Side::Backend);
+        // The workers still starting died too (`standby_ids`: see `receive_commands`).
+        self.retire_ids.clear();
         for worker in self.sched.worker_ids() {
             let why = format!("worker {} died with its zygote", name(&worker));
             let answers = self.sched.worker_failed(&worker, Failure::WorkerDied(why), Instant::now());

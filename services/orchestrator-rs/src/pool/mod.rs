@@ -118,6 +118,10 @@ impl Pool {
     }
 
     pub fn on_ready(&mut self, worker_id: String, pid: u32) {
+        if self.retired.contains(&worker_id) {
+            // A standby that a reload let go while it started: the broker retires it now.
+            return info!("Worker {worker_id} ready (pid={pid}); retired already, it exits");
+        }
         let standby = self.standby.as_deref() == Some(worker_id.as_str());
         if !standby && !self.forking.contains_key(&worker_id) {
             // Its exit was handled first (the broker read this ready message while draining
@@ -156,27 +160,44 @@ impl Pool {
     /// place if one was ready; fork the next standby, or a replacement if none was. The broker
     /// knows a standby before its `WorkerReady` (see the broker's poll loop), so it never takes
     /// ours for a regular worker: `None` means ours was not ready there (still starting, or gone).
+    /// A worker not live here any more (its exit came first and was replaced, or we retired it
+    /// first and gave up its place) is not replaced again, nor remembered as retired.
     pub fn on_recycled(&mut self, worker_id: String, promoted: Option<String>, serving: bool) -> Vec<Action> {
-        self.live.remove(&worker_id);
-        self.retired.insert(worker_id);
+        let was_live = self.live.remove(&worker_id);
+        if was_live {
+            self.retired.insert(worker_id);
+        }
         if !serving {
             return Vec::new();
         }
         let mut actions = Vec::new();
         match promoted {
+            // The broker put it to work whatever we knew of the recycled worker.
             Some(spare) => {
                 self.standby = None;
                 self.live.insert(spare);
             }
-            None => actions = self.fork(1),
+            None if was_live => actions = self.fork(1),
+            None => {}
         }
         actions.extend(self.ensure_standby());
         actions
     }
 
     /// The broker killed this worker (timeout, cancel, silence): its exit is not a crash.
+    /// One whose exit came first is forgotten already: nothing to remember.
     pub fn on_killed(&mut self, worker_id: String) {
-        self.killed.insert(worker_id);
+        if self.knows(&worker_id) {
+            self.killed.insert(worker_id);
+        }
+    }
+
+    /// A worker asked for and not exited yet (starting, live, the standby, or retiring).
+    fn knows(&self, worker_id: &str) -> bool {
+        self.live.contains(worker_id)
+            || self.forking.contains_key(worker_id)
+            || self.retired.contains(worker_id)
+            || self.standby.as_deref() == Some(worker_id)
     }
 
     fn wants_standby(&self) -> bool {
@@ -205,7 +226,13 @@ impl Pool {
             return self.fork(1);
         }
         if let Some((worker_id, idle_for)) = load.longest_idle {
-            if idle_for >= self.config.worker_idle_timeout() && self.target > min && self.live.len() as u32 > min {
+            // The load report may name a worker whose exit we handled since: it is not ours to
+            // retire (the broker would wait for it to report ready, forever).
+            if idle_for >= self.config.worker_idle_timeout()
+                && self.target > min
+                && self.live.len() as u32 > min
+                && self.live.contains(&worker_id)
+            {
                 self.target -= 1;
                 info!("Shrinking the pool to {} workers ({worker_id} idle for {idle_for:.0?})", self.target);
                 return vec![self.retire(worker_id)];
@@ -340,6 +367,9 @@ impl Pool {
         }
         if !self.wants_standby() {
             if let Some(worker_id) = self.standby.take() {
+                // Still starting: no longer a regular worker on its way either (`capacity`). The
+                // broker retires it once it is ready, and its exit is expected.
+                self.forking.remove(&worker_id);
                 self.retired.insert(worker_id.clone());
                 actions.push(Action::Retire { worker_id, reason: RetireReason::Idle });
             }

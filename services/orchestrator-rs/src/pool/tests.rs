@@ -245,3 +245,50 @@ fn a_reload_grows_or_shrinks_the_pool_and_turns_the_standby_on_or_off() {
     assert!(matches!(&actions[0], Action::Retire { worker_id, .. } if worker_id != "worker-004"));
     assert_eq!(actions[1], retire("worker-004"), "no recycling: the standby is retired");
 }
+
+#[test]
+fn a_standby_let_go_by_a_reload_while_it_starts_never_joins_the_pool() {
+    let config = |flags: &[&str]| {
+        Config::try_parse_from(["neutrino-orchestrator", "--app", "app:app"].iter().chain(flags)).unwrap()
+    };
+    let mut p = pool(&["--workers", "1", "--max-workers", "2", "--max-tasks-per-worker", "5"]);
+    assert_eq!(p.start(), vec![fork(&["worker-001"]), standby("worker-002")]);
+    p.on_ready("worker-001".into(), 1);
+    // Recycling off while the standby forks: it is retired, not a regular worker on its way.
+    let actions = p.reload(&config(&["--workers", "1", "--max-workers", "2"]));
+    assert_eq!(actions, vec![retire("worker-002")]);
+    assert_eq!(p.capacity(), 1);
+    let waiting = Load { queue_depth: 3, ready: 1, idle: 0, longest_idle: None };
+    assert_eq!(p.on_load(waiting), vec![fork(&["worker-003"])], "its fork does not hold growth back");
+    p.on_ready("worker-002".into(), 2);
+    assert!(!p.live.contains("worker-002"), "the broker retires it once ready");
+    assert_eq!(exit(&mut p, "worker-002", 0, None), vec![], "its exit is expected");
+    assert!(p.retired.is_empty() && p.forking.len() == 1, "{:?}", p.forking);
+}
+
+#[test]
+fn a_load_report_naming_a_worker_that_already_exited_retires_nothing() {
+    let mut p = started(&["--workers", "3", "--min-workers", "1", "--worker-idle-timeout", "5"]);
+    assert_eq!(exit(&mut p, "worker-001", 1, None), vec![fork(&["worker-004"])]);
+    // Sent by the broker before it heard of that exit.
+    assert_eq!(p.on_load(idle("worker-001", 10)), vec![]);
+    assert_eq!(p.target, 3);
+    assert!(p.retired.is_empty());
+}
+
+#[test]
+fn news_of_a_worker_that_already_exited_is_not_remembered_or_replaced_twice() {
+    let mut p = started(&["--workers", "1", "--max-tasks-per-worker", "5"]);
+    // worker-001 crashed right after its last result; the pool heard of the exit first.
+    assert_eq!(exit(&mut p, "worker-001", 1, None), vec![fork(&["worker-003"])]);
+    p.on_killed("worker-001".into());
+    assert!(p.killed.is_empty());
+    // The broker recycled it on that result, with no ready standby: no second replacement.
+    assert_eq!(p.on_recycled("worker-001".into(), None, true), vec![]);
+    assert!(p.retired.is_empty());
+    // With the standby promoted there, the pool follows: a new standby, no replacement.
+    let mut p = started(&["--workers", "1", "--max-tasks-per-worker", "5"]);
+    exit(&mut p, "worker-001", 1, None);
+    assert_eq!(p.on_recycled("worker-001".into(), Some("worker-002".into()), true), vec![standby("worker-004")]);
+    assert!(p.live.contains("worker-002") && p.retired.is_empty());
+}

@@ -146,9 +146,10 @@ impl<P: Payload> Scheduler<P> {
         answers
     }
 
-    /// Puts a ready standby to work (a worker was just recycled); returns its identity.
+    /// Puts a ready standby to work (a worker was just recycled); returns its identity. A
+    /// retiring standby (let go by a reload) is on its way out, not a spare.
     pub fn promote_standby(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let (id, w) = self.workers.iter_mut().find(|(_, w)| w.standby)?;
+        let (id, w) = self.workers.iter_mut().find(|(_, w)| w.standby && w.retiring.is_none())?;
         w.standby = false;
         w.ready_at = now;
         w.idle_since = now;
@@ -165,6 +166,11 @@ impl<P: Payload> Scheduler<P> {
             w.rss_kb = rss;
         }
         w.check_limits(limits, now)
+    }
+
+    /// Whether this worker reported ready and has not been removed since.
+    pub fn knows(&self, identity: &[u8]) -> bool {
+        self.workers.contains_key(identity)
     }
 
     pub fn worker_ids(&self) -> Vec<Vec<u8>> {

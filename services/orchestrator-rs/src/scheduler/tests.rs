@@ -346,6 +346,15 @@ fn a_standby_takes_no_tasks_until_promoted() {
 }
 
 #[test]
+fn a_retiring_standby_is_never_promoted() {
+    let (mut s, now) = (sched(1, 10), Instant::now());
+    s.worker_ready(b"spare".to_vec(), 11, 8, true, now);
+    assert!(s.retire(b"spare", RetireReason::Idle));
+    assert_eq!(s.promote_standby(now), None);
+    assert_eq!(s.worker_counts(), WorkerCounts { ready: 0, idle: 0, retiring: 1, standby: 0 });
+}
+
+#[test]
 fn rss_and_lifetime_limits_retire_workers() {
     let (mut s, now) = (sched(1, 10), Instant::now());
     s.set_limits(Limits { max_rss_kb: 1000, max_lifetime: Some(Duration::from_secs(10)), ..Limits::default() });

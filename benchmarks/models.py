@@ -14,11 +14,19 @@ takes CPU from the servers. Measurements alternate between the systems round by 
 noise hits each alike, and each ratio is also given round by round (`per_round`: the two
 measurements of a round ran one after the other), for its spread. A Neutrino server's rows carry
 `batch_mean`, the mean inputs per predict call during that measurement (from its /metrics).
+
+Every row also carries `server_cpu_us` and `client_cpu_us`: the CPU time (user + system, all
+threads, predict's included) the server process and the generator spent per answered request in
+the counted window, read from /proc at its ends. Throughput on a shared machine swings with what
+else runs; CPU per request much less, and it is what a CPU-bound server's throughput follows:
+`ratios.batched_vs_hand_batcher_server_cpu_per_request` is its median batched / hand batcher
+ratio over the rounds (below 1: the Neutrino server spends less per request).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -39,36 +47,65 @@ from _procs import free_tcp_port, log  # noqa: E402
 
 
 async def _generate(
-    client: str, url: str, body: bytes, connections: int, warmup_s: float, duration_s: float
+    client: str, url: str, body: bytes, connections: int, warmup_s: float, duration_s: float, pid: int
 ) -> dict[str, Any]:
     from _http_load import generate_client, generate_requests, post_bytes
 
     start_at = time.time() + warmup_s
+    cpu = asyncio.get_running_loop().create_task(_cpu_in_window(pid, start_at, duration_s))
     if client == "aiohttp":
         out = await generate_client(url, body, "application/json", b'"outputs"', connections, start_at, duration_s)
     else:
         request = post_bytes(url, body, "application/json")
         out = await generate_requests(url, request, b'"outputs"', connections, start_at, duration_s)
+    server_cpu_s, client_cpu_s = await cpu
     lat = sorted(out["latencies_ns"])
     pick = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0) if lat else (lambda q: None)
+    per_request = (lambda cpu_s: round(cpu_s / out["ok"] * 1e6, 1)) if out["ok"] else (lambda cpu_s: None)
     return {
         "ok": out["ok"],
         "rps": round(out["ok"] / out["measured_s"], 1),
         "p50_us": pick(0.5),
         "p99_us": pick(0.99),
+        "server_cpu_us": per_request(server_cpu_s),
+        "client_cpu_us": per_request(client_cpu_s),
         "bad_status": out["bad_status"],
         "errors": out["errors"],
     }
 
 
+async def _cpu_in_window(pid: int, start_at: float, duration_s: float) -> tuple[float, float]:
+    """CPU seconds the server `pid` (all its threads: predict's too) and this generator spent in
+    the counted window, sampled at its ends from a task beside the load."""
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    server, client = _process_cpu_s(pid), time.process_time()
+    await asyncio.sleep(duration_s)
+    return _process_cpu_s(pid) - server, time.process_time() - client
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, from /proc (Linux); 0.0 where there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()  # after the command name: state ppid ... utime (12th) stime
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    url: str, body: bytes, connections: int, warmup_s: float, duration_s: float, client: str = "raw"
+    url: str, body: bytes, connections: int, warmup_s: float, duration_s: float, pid: int, client: str = "raw"
 ) -> dict[str, Any]:
-    """One measurement, from a generator process of its own; `batch_mean` added for a Neutrino server."""
+    """One measurement of the server `pid`, from a generator process of its own; `batch_mean` added
+    for a Neutrino server."""
     batches = _batch_counts(url)
     cmd = [sys.executable, __file__, "_load", client, url, body.decode(), str(connections), str(warmup_s)]
     out = subprocess.run(
-        [*cmd, str(duration_s)], capture_output=True, text=True, timeout=duration_s + warmup_s + 60, check=True
+        [*cmd, str(duration_s), str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=duration_s + warmup_s + 60,
+        check=True,
     )
     row: dict[str, Any] = json.loads(out.stdout)
     if batches is not None and (after := _batch_counts(url)) is not None:
@@ -122,8 +159,8 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         from _http_load import run
 
-        client, url, body, conns, warm, dur = sys.argv[2:8]
-        print(json.dumps(run(_generate(client, url, body.encode(), int(conns), float(warm), float(dur)))))
+        client, url, body, conns, warm, dur, pid = sys.argv[2:9]
+        print(json.dumps(run(_generate(client, url, body.encode(), int(conns), float(warm), float(dur), int(pid)))))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -189,14 +226,19 @@ def main() -> int:
         for r in range(args.rounds):
             order = list(systems) if r % 2 == 0 else list(reversed(systems))
             for key in order:
-                results[key].append(measure(urls[key], systems[key][2], args.connections, args.warmup, args.duration))
+                results[key].append(
+                    measure(urls[key], systems[key][2], args.connections, args.warmup, args.duration, procs[key].pid)
+                )
                 log(f"round {r + 1} {key}: {results[key][-1]['rps']} req/s p50 {results[key][-1]['p50_us']} us")
             for key in batch_pair if r % 2 == 0 else reversed(batch_pair):
-                row = measure(urls[key], digits_body, args.client_connections, args.warmup, args.duration, "aiohttp")
+                pid = procs[key].pid
+                row = measure(
+                    urls[key], digits_body, args.client_connections, args.warmup, args.duration, pid, "aiohttp"
+                )
                 from_client[key].append(row)
                 log(f"round {r + 1} {key} from aiohttp's client: {row['rps']} req/s p50 {row['p50_us']} us")
             for key in ("noop_neutrino", "noop_floor") if r % 2 == 0 else ("noop_floor", "noop_neutrino"):
-                latency[key].append(measure(urls[key], noop_body, 1, args.warmup, args.duration))
+                latency[key].append(measure(urls[key], noop_body, 1, args.warmup, args.duration, procs[key].pid))
                 log(f"round {r + 1} {key} 1 connection: p50 {latency[key][-1]['p50_us']} us")
             for kind in oip_targets if r % 2 == 0 else reversed(oip_targets):
                 row = measure_oip(kind, oip_targets[kind], args.oip_concurrency, args.warmup, args.duration)
@@ -215,24 +257,32 @@ def main() -> int:
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return round(statistics.median(row[key] for row in rows), 1)
 
-    summary = {
-        k: {"rps": med(v, "rps"), "p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v}
-        for k, v in results.items()
-    }
-    one = {k: {"p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v} for k, v in latency.items()}
-    client = {
-        k: {"rps": med(v, "rps"), "p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v}
-        for k, v in from_client.items()
-    }
-
-    def per_round(rows: dict[str, list[dict[str, Any]]]) -> list[float]:
-        """batched / hand batcher, round by round (the two ran back to back)."""
-        pairs = zip(rows["digits_batched"], rows["digits_hand_batcher"], strict=True)
-        return [round(b["rps"] / h["rps"], 2) if h["rps"] else 0.0 for b, h in pairs]
-
     def med_seen(rows: list[dict[str, Any]], key: str) -> float | None:  # None: every call failed (see rounds)
         seen = [row[key] for row in rows if row[key] is not None]
         return round(statistics.median(seen), 1) if seen else None
+
+    def loaded(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "rps": med(rows, "rps"),
+            "p50_us": med(rows, "p50_us"),
+            "p99_us": med(rows, "p99_us"),
+            "server_cpu_us": med_seen(rows, "server_cpu_us"),
+            "rounds": rows,
+        }
+
+    summary = {k: loaded(v) for k, v in results.items()}
+    one = {k: {"p50_us": med(v, "p50_us"), "p99_us": med(v, "p99_us"), "rounds": v} for k, v in latency.items()}
+    client = {k: loaded(v) for k, v in from_client.items()}
+
+    def per_round(rows: dict[str, list[dict[str, Any]]], key: str = "rps") -> list[float | None]:
+        """batched / hand batcher, round by round (the two ran back to back)."""
+        pairs = zip(rows["digits_batched"], rows["digits_hand_batcher"], strict=True)
+        return [round(b[key] / h[key], 2) if b[key] is not None and h[key] else None for b, h in pairs]
+
+    def cpu_ratio(rows: dict[str, list[dict[str, Any]]]) -> float | None:
+        """Median of the rounds' batched / hand batcher server CPU per request (below 1: cheaper)."""
+        seen = [r for r in per_round(rows, "server_cpu_us") if r is not None]
+        return round(statistics.median(seen), 2) if seen else None
 
     oip = {
         k: {"rps": med(v, "rps"), "p50_us": med_seen(v, "p50_us"), "p99_us": med_seen(v, "p99_us"), "rounds": v}
@@ -260,6 +310,8 @@ def main() -> int:
             "batched_vs_hand_batcher_per_round": per_round(results),
             "batched_vs_hand_batcher_aiohttp_client": round(cb / ch, 2) if ch else None,
             "batched_vs_hand_batcher_aiohttp_client_per_round": per_round(from_client),
+            "batched_vs_hand_batcher_server_cpu_per_request": cpu_ratio(results),
+            "batched_vs_hand_batcher_server_cpu_per_request_aiohttp_client": cpu_ratio(from_client),
             "noop_p50_vs_floor": round(overhead, 2),
             "rest_binary_vs_rest_json": vs_rest_json("rest_binary"),
             "grpc_vs_rest_json": vs_rest_json("grpc"),

@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 from neutrino._http_limits import answer_and_close
+from pydantic_core import from_json
 
 from . import openapi, tracing, typed, v2
 from .batcher import Batcher, DeadlineExceeded, QueueFull
@@ -385,9 +386,20 @@ def loads(body: bytes) -> Any:
     numbers beyond a float's range as infinite; none of these could be answered in JSON (a 500
     `bad_output` later), so they are a 400 here. The range check calls Python once per number,
     which doubles the parse time of an image's worth of floats, so it runs only on bodies that
-    could hold such a number."""
+    could hold such a number.
+
+    Other bodies go to pydantic-core's parser first: an image's worth of floats in 2 µs where
+    Python's takes 12, a tenth of a request's CPU on the server. Where it parses a body it gives
+    what Python's parser does; what it refuses (a BOM, UTF-16, a lone surrogate, nesting deeper
+    than 200, and every malformed body) goes to Python's, for the same value or the same error."""
     shapes = body.translate(_NUMBER_SHAPES)
-    decoder = _CHECKED_DECODER if b"0e" in shapes or _FLOAT_DIGITS in shapes else _DECODER
+    if b"0e" in shapes or _FLOAT_DIGITS in shapes:
+        decoder = _CHECKED_DECODER
+    else:
+        try:
+            return from_json(body, allow_inf_nan=False)
+        except ValueError:
+            decoder = _DECODER
     return decoder.decode(body.decode(json.detect_encoding(body), "surrogatepass"))  # what json.loads does
 
 

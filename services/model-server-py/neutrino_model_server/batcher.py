@@ -89,6 +89,11 @@ class Batcher:
         self.on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._wake: asyncio.Future[None] | None = None
+        # Queued inputs at which an arrival wakes the loop: 1 while it waits for an input, the batch's
+        # target while it waits for company (rules 3, 4); None while it waits for a predict slot, which
+        # only a batch's end gives. Woken by every arrival instead, it woke 0.65 times per request
+        # (about 2.5 µs each) under the trickle of arrivals from aiohttp's client, 0.23 times now.
+        self._want: int | None = 1
         self._running = 0
         self._batches: set[asyncio.Task[None]] = set()
         # The last batch to end: its inputs and its callers (requests), for rule 3.
@@ -150,7 +155,8 @@ class Batcher:
             fut: asyncio.Future[Any] = loop.create_future()
             self._queue.append(_Item(value, fut, now, deadline, link, i == 0))
             futures.append(fut)
-        self._poke()
+        if self._want is not None and len(self._queue) >= self._want:
+            self._poke()
         return futures
 
     def _arm(self) -> None:
@@ -197,12 +203,14 @@ class Batcher:
                 # Both at once: while the loop waits for an input, an inline call (rule 7) may take the slot.
                 while not self._queue or self._running >= self.max_concurrency:
                     waited = waited or not self._queue
+                    self._want = None if self._queue else 1
                     await self._sleep_until_poked()
                 if self.max_batch_size > 1:
                     idle = waited and self._running == 0
                     # Idle, a batch goes at once, or waits for as many inputs as the last one had (rule 3).
                     target = (self._last_size if self._company_due() else 0) if idle else self.max_batch_size
                     until = self._queue[0].arrived + self.batch_wait_s
+                    self._want = target
                     while len(self._queue) < target:
                         left = until - time.monotonic()
                         if left <= 0:

@@ -47,6 +47,13 @@ DTYPES: dict[str, Any] = {
     "BYTES": object,
 }
 _BY_DTYPE = {np.dtype(t): name for name, t in DTYPES.items() if name != "BYTES"}
+_NP_DTYPES = {name: np.dtype(t) for name, t in DTYPES.items() if name != "BYTES"}
+# Element types each datatype takes from JSON or gRPC, exactly; a subclass (or anything else) goes to
+# `_check_elements`'s isinstance loop, which decides.
+_ELEMENT_TYPES: dict[str, set[type]] = {
+    name: {str, bytes} if name == "BYTES" else {bool} if name == "BOOL" else {int} if "INT" in name else {int, float}
+    for name in DTYPES
+}
 DEFAULT_OUTPUT = "output-0"
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
@@ -279,6 +286,8 @@ def _text_where_utf8(items: list[Any]) -> np.ndarray[Any, Any]:
 
 
 def _check_elements(name: str, datatype: str, raw: np.ndarray[Any, Any]) -> None:
+    if set(map(type, raw)) <= _ELEMENT_TYPES[datatype]:  # the usual case, in a third of the loop's time
+        return
     if datatype == "BYTES":
         ok = all(isinstance(v, (str, bytes)) for v in raw)
         what = "strings"
@@ -351,6 +360,9 @@ def _output(name: str, values: list[Any], declared: str | None) -> Tensor:
             raise ValueError(f"output {name!r}: declared {declared}, but predict returned strings")
         return Tensor(name, "BYTES", _text_where_utf8(items).reshape(arr.shape))
     datatype = declared if declared in DTYPES else _BY_DTYPE.get(arr.dtype, "BYTES")
+    dtype = _NP_DTYPES.get(datatype)  # None for BYTES (never compared: numpy's float64 equals None)
+    if dtype is not None and arr.dtype == dtype:  # the datatype already: nothing to cast or check
+        return Tensor(name, datatype, arr)
     if datatype == "BYTES":  # numbers declared as BYTES: their text
         return Tensor(name, datatype, _text_where_utf8([str(v) for v in arr.ravel().tolist()]).reshape(arr.shape))
     with np.errstate(over="ignore", invalid="ignore"):

@@ -44,6 +44,35 @@ def sample(datatype: str, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
     return np.array(values[:n], dtype=dtype).reshape(shape)
 
 
+# -- element types and output datatypes (no server) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "datatype, good, bad",
+    [
+        ("FP32", [1, 2.5], [1.0, True]),  # a bool is not a number
+        ("INT64", [1, 2, 3], [1, 2.0]),
+        ("BOOL", [True, False], [True, 1]),
+        ("BYTES", ["a", b"b"], ["a", 1]),
+    ],
+)
+def test_elements_of_another_type_are_refused(datatype: str, good: list[Any], bad: list[Any]) -> None:
+    assert v2.tensor_from_values("x", datatype, [len(good)], good).array.tolist() == [
+        v.decode() if isinstance(v, bytes) else v for v in good
+    ]
+    with pytest.raises(v2.InferError, match="data must be"):
+        v2.tensor_from_values("x", datatype, [len(bad)], bad)
+
+
+def test_outputs_take_their_declared_datatype() -> None:
+    (digits,) = v2.tensors_from_outputs([7, 3], (), {"digit": "INT64"})
+    assert (digits.datatype, digits.array.dtype, digits.array.tolist()) == ("INT64", np.int64, [7, 3])
+    (text,) = v2.tensors_from_outputs([1.5, 2.0], (), {"out": "BYTES"})  # float64 numbers, declared BYTES
+    assert (text.datatype, text.array.tolist()) == ("BYTES", ["1.5", "2.0"])
+    (narrow,) = v2.tensors_from_outputs([1.5, 2.0], (), {"out": "FP32"})
+    assert (narrow.datatype, narrow.array.dtype) == ("FP32", np.float32)
+
+
 # -- the raw layout, against tritonclient's own code (no server) ----------------------------------
 
 

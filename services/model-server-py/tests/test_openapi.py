@@ -12,6 +12,7 @@ class of finding the schemathesis run (test_schemathesis_model_server.py) had or
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -92,6 +93,29 @@ def test_json_that_is_not_rfc_8259_or_not_finite_is_refused(body: bytes) -> None
     assert api.loads(b'{"inputs": [1.5e308, 12345678901234567890123]}') == {
         "inputs": [1.5e308, 12345678901234567890123]
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [0.0, 6.0, 16.0, -1, 12345678901234567890123]}',  # pydantic-core's parser reads these
+        b'{"a": 1, "a": [true, null, "caf\xc3\xa9", "\\u00e9\\ud83d\\ude00"]}',  # the last key wins, as in Python's
+        b'\xef\xbb\xbf{"inputs": 1}',  # the rest it refuses, and Python's parser reads: a UTF-8 BOM,
+        '{"inputs": "x"}'.encode("utf-16"),  # UTF-16,
+        b'{"inputs": "\\ud800"}',  # a lone surrogate,
+        b'{"inputs": ' + b"[" * 300 + b"]" * 300 + b"}",  # nesting deeper than 200
+    ],
+)
+def test_json_reads_as_pythons_parser_reads_it(body: bytes) -> None:
+    assert repr(api.loads(body)) == repr(json.loads(body))
+
+
+@pytest.mark.parametrize("body", [b"", b"[1,]", b'{"inputs": 01}', b'"\xff"', b'{"inputs": [1]} x'])
+def test_malformed_json_is_refused_with_pythons_message(body: bytes) -> None:
+    with pytest.raises(ValueError) as python:
+        json.loads(body)
+    with pytest.raises(ValueError, match=re.escape(str(python.value))):
+        api.loads(body)
 
 
 def test_the_infer_example_fits_the_declared_inputs() -> None:

@@ -273,9 +273,18 @@ class SubmitEncoder:
         self._suffix = meta[5:]
 
     def frames(self, task_id: int, payload: bytes) -> list[bytes]:
+        """The frames of one task, carrying the caller's current span (SPEC.md §4.5) if any."""
         meta = self._prefix + pack_uint(task_id) + self._suffix
         trace = _tracing.outgoing()
-        if trace is not None:  # the caller's span goes along (SPEC.md §4.5)
+        if trace is not None:
+            meta = _tracing.with_trace(meta, trace)
+        return [_SUBMIT_HEADER, meta, payload]
+
+    def frames_traced(self, task_id: int, payload: bytes, trace: tuple[str, str | None] | None) -> list[bytes]:
+        """The frames of one task with an explicit `(traceparent, tracestate)` (or none), for a
+        sender that keeps each task's trace itself (the gateway, one per run)."""
+        meta = self._prefix + pack_uint(task_id) + self._suffix
+        if trace is not None:
             meta = _tracing.with_trace(meta, trace)
         return [_SUBMIT_HEADER, meta, payload]
 

@@ -60,6 +60,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # packed once: a map of 3 and the key "id"; then "status": "succeeded" and the key "result".
 _SUCCESS_HEAD = b"\x83" + msgpack.packb("id")
 _SUCCESS_MIDDLE = msgpack.packb("status") + msgpack.packb("succeeded") + msgpack.packb("result")
+# The same answer in JSON, `{"id":<id>,"status":"succeeded","result":<result>}`, as json_bytes writes it.
+_JSON_SUCCESS_HEAD = b'{"id":'
+_JSON_SUCCESS_MIDDLE = b',"status":"succeeded","result":'
 
 
 class Api:
@@ -358,10 +361,10 @@ class Api:
             # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
             body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or payload.NONE)
             return web.Response(body=body, content_type=MSGPACK)
-        return web.Response(
-            body=json_bytes({"id": run.id, "status": "succeeded", "result": _result(run)}),
-            content_type="application/json",
-        )
+        # A task that returns nothing (None, msgpack nil) needs no decoding and no encoder.
+        result = b"null" if run.result is None or run.result == payload.NONE else json_bytes(_result(run))
+        body = _JSON_SUCCESS_HEAD + json_bytes(run.id) + _JSON_SUCCESS_MIDDLE + result + b"}"
+        return web.Response(body=body, content_type="application/json")
 
     def _failure(self, run: Run) -> ApiError:
         error = run.error or {}

@@ -62,7 +62,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
 
 def wants_msgpack(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
-    if any(kind in accept for kind in MSGPACK_TYPES):
+    if MSGPACK_TYPES[0] in accept or MSGPACK_TYPES[1] in accept:
         return True
     return (not accept or accept == "*/*") and request.content_type in MSGPACK_TYPES
 
@@ -75,7 +75,7 @@ def respond(request: web.Request, body: dict[str, Any], status: int = 200) -> we
 
 
 def json_bytes(body: Any) -> bytes:
-    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+    return _JSON.encode(body).encode()
 
 
 def number(
@@ -124,6 +124,8 @@ def pack_kwargs(kwargs: dict[str, Any]) -> bytes:
     Checked against the published schema first, an integer outside 64 bits can only be left where the
     schema says `number` (integers and open values are bounded there, catalog.py): it goes as the
     float it also is, as JSON readers take a number that wide."""
+    if not kwargs:
+        return _NO_ARGS
     try:
         return payload.pack_args((), kwargs)
     except TypeError as exc:
@@ -134,6 +136,9 @@ def pack_kwargs(kwargs: dict[str, Any]) -> bytes:
         return payload.pack_args((), kwargs)
     except TypeError as exc:
         _refuse(kwargs, exc)
+
+
+_NO_ARGS = payload.pack_args((), {})  # a call with no arguments, the common case of many tasks
 
 
 def _refuse(kwargs: dict[str, Any], exc: TypeError) -> NoReturn:
@@ -177,6 +182,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# One encoder for every answer: json.dumps with options makes a new one per call.
+_JSON = json.JSONEncoder(default=_json_default, separators=(",", ":"))
 
 
 def _query_error(name: str, message: str, type_: str) -> ApiError:

@@ -12,6 +12,51 @@ from neutrino import _tracing
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+class Done:
+    """Set once the run's outcome is on disk, as an asyncio.Event would be. `wait` has a time limit
+    that costs one timer: asyncio.timeout around Event.wait adds a context manager object and its
+    two coroutines to every HTTP request that waits for its run."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for `set()`; True when it was set."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout_s, _time_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if not self._set:
+                self._waiters.remove(waiter)
+        return self._set
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass(slots=True, eq=False)
 class Run:
     """One run: what to call, where it stands, and how it ended."""
@@ -44,7 +89,7 @@ class Run:
     finishing: bool = False  # its outcome is staged but not on disk yet: nobody is told until it is
     finish_failed: bool = False  # writing that outcome failed at least once (logged once)
     rejected: bool = False  # every pod refused it while only POSTs waited on it: they answer 429
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Done = field(default_factory=Done)
 
     @property
     def finished(self) -> bool:

@@ -165,11 +165,7 @@ class Runs:
         """Wait up to `wait_s` for `run` to finish; True when it has."""
         if run.finished or wait_s <= 0:
             return run.finished
-        try:
-            async with asyncio.timeout(wait_s):
-                await run.done.wait()
-        except TimeoutError:
-            pass
+        await run.done.wait(wait_s)
         return run.finished
 
     async def wait_for_post(self, run: Run, wait_s: float) -> bool:
@@ -361,7 +357,8 @@ class Runs:
         self.store.stage_finish(run, status, attempts, result, error, finished_at, expires_at)
         outcome = metrics.OK if status == "succeeded" else (error or {}).get("kind", status)
         metrics.run_finished(run.task, outcome, finished_at - run.created_at)
-        log.debug("run %s (%s) finished: %s", run.id, run.task, outcome, extra=log_fields(run))
+        if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the line's level check
+            log.debug("run %s (%s) finished: %s", run.id, run.task, outcome, extra=log_fields(run))
 
         def written(failure: BaseException | None) -> None:
             if failure is not None:

@@ -68,6 +68,7 @@ class RunStore:
         self._db.execute("PRAGMA busy_timeout=200")
         self._db.executescript(SCHEMA)
         _migrate(self._db)
+        self._cursor = self._db.cursor()  # one for every write: Connection.execute makes one per call
         # (sql, params, keep): `keep` statements are written again when a write fails (see the top).
         self._staged: list[tuple[str, tuple[Any, ...], bool]] = []
         self._callbacks: list[Callable[[BaseException | None], None]] = []
@@ -191,11 +192,23 @@ class RunStore:
         staged, self._staged = self._staged, []
         if not staged:
             return
-        execute = self._db.execute
+        cursor = self._cursor
+        execute = cursor.execute
         try:
             execute("BEGIN IMMEDIATE")
-            for sql, params, _keep in staged:
-                execute(sql, params)
+            # Consecutive statements of one kind (a burst of inserts, of outcomes) go as one
+            # executemany: the same statements in the same order, for less per-statement overhead.
+            start, end = 0, len(staged)
+            while start < end:
+                sql = staged[start][0]
+                stop = start + 1
+                while stop < end and staged[stop][0] == sql:
+                    stop += 1
+                if stop - start == 1:
+                    execute(sql, staged[start][1])
+                else:
+                    cursor.executemany(sql, [entry[1] for entry in staged[start:stop]])
+                start = stop
             execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:

@@ -1,0 +1,175 @@
+"""The per-run shortcuts give what the general code gives: SubmitTask frames from cached parts, the
+JSON success answer spliced by hand, the packed empty arguments, a run's `done` with a time limit,
+and writes of one kind grouped into one executemany."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from neutrino_gateway import bodies, pod
+from neutrino_gateway.api import _JSON_SUCCESS_HEAD, _JSON_SUCCESS_MIDDLE
+from neutrino_gateway.run import Done, Run
+from neutrino_gateway.store import RunStore
+from neutrino_protocol import SubmitTask, payload
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("wire_id", [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**40])
+def test_submit_frames_are_the_bytes_submit_task_encodes(wire_id: int) -> None:
+    options = itertools.product(
+        ["noop", "a" * 40, "tâche"],
+        [None, 0.5, 30.0, 1e-9],
+        [None, 0, 3, 2**31],
+        [None, TRACEPARENT],
+        [None, "neutrino=0123abcd", "neutrino=ab,vendor=" + "x" * 300],
+    )
+    for task, timeout_s, retries, traceparent, tracestate in options:
+        body = b"\x92\x90\x81\xa1x\x01"
+        expected = SubmitTask(
+            id=wire_id,
+            task=task,
+            timeout_s=timeout_s,
+            retries=retries,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            payload=body,
+        ).encode()
+        got = pod.submit_frames(wire_id, task, timeout_s, retries, traceparent, tracestate, body)
+        assert got == expected, (task, timeout_s, retries, traceparent, tracestate)
+
+
+def test_submit_frames_past_the_cache_bound_are_still_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pod, "_encoders", {})
+    monkeypatch.setattr(pod, "_ENCODERS_MAX", 2)
+    for timeout_s in (1.0, 2.0, 3.0, 4.0):
+        got = pod.submit_frames(7, "noop", timeout_s, None, TRACEPARENT, None, b"\xc0")
+        assert (
+            got == SubmitTask(id=7, task="noop", timeout_s=timeout_s, traceparent=TRACEPARENT, payload=b"\xc0").encode()
+        )
+    assert len(pod._encoders) == 2
+
+
+@pytest.mark.parametrize(
+    "result", [None, payload.NONE, b"", payload.pack_result(42), payload.pack_result({"a": [1, b"\x00", "é"]})]
+)
+def test_the_json_success_answer_is_the_one_json_bytes_writes(result: bytes | None) -> None:
+    run_id = "0193f2c4d5e67a8b9c0d1e2f3a4b5c6d"
+    value: Any = payload.unpack_result(result) if result else None
+    whole = bodies.json_bytes({"id": run_id, "status": "succeeded", "result": value})
+    spliced_result = b"null" if result is None or result == payload.NONE else bodies.json_bytes(value)
+    spliced = _JSON_SUCCESS_HEAD + bodies.json_bytes(run_id) + _JSON_SUCCESS_MIDDLE + spliced_result + b"}"
+    assert spliced == whole
+    assert json.loads(whole)["id"] == run_id
+
+
+def test_json_bytes_is_compact_json_with_bytes_as_base64() -> None:
+    body = {"a": [1, 2.5, None, True], "b": b"\x00\xff", "c": "é"}
+    assert bodies.json_bytes(body) == json.dumps({**body, "b": "AP8="}, separators=(",", ":")).encode()
+    with pytest.raises(TypeError):
+        bodies.json_bytes({"x": object()})
+
+
+def test_no_arguments_pack_as_the_empty_call() -> None:
+    assert bodies.pack_kwargs({}) == payload.pack_args((), {})
+
+
+def test_done_wakes_its_waiters_or_lets_them_go_after_the_time_limit() -> None:
+    async def main() -> None:
+        done = Done()
+        assert await done.wait(0.01) is False
+        assert done._waiters == []  # a waiter that gave up is not kept
+        waiters = [asyncio.ensure_future(done.wait(5.0)) for _ in range(3)]
+        await asyncio.sleep(0)
+        done.set()
+        assert await asyncio.gather(*waiters) == [True, True, True]
+        assert done.is_set() and await done.wait(5.0) is True
+        # A cancelled waiter (a request past its deadline) leaves nothing behind.
+        other = Done()
+        task = asyncio.ensure_future(other.wait(5.0))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert other._waiters == []
+
+    asyncio.run(main())
+
+
+def test_grouped_writes_keep_their_order(tmp_path: Path) -> None:
+    """Inserts and outcomes interleaved in one transaction: each run's outcome follows its insert."""
+    store = RunStore(tmp_path / "runs.db")
+    now = time.time()
+    runs = [
+        Run(
+            id=f"r{i}",
+            task="add",
+            payload=b"\x92\x90\x80",
+            timeout_s=None,
+            retries=None,
+            created_at=now,
+            expires_at=now + 60,
+        )
+        for i in range(6)
+    ]
+    for run in runs[:3]:
+        store.stage_insert(run)
+    for run in runs[:2]:
+        store.stage_finish(run, "succeeded", 1, b"\xc0", None, now, now + 60)
+    store.stage_insert(runs[3])
+    store.stage_delete(runs[0])
+    for run in runs[4:]:
+        store.stage_insert(run)
+    assert store.flush() is None
+    assert store.get("r0") is None
+    assert [store.get(f"r{i}").status for i in range(1, 6)] == ["succeeded", "queued", "queued", "queued", "queued"]  # type: ignore[union-attr]
+    store.close()
+
+
+class _Sink:
+    """The pod's RunEvents and CatalogEvents, hearing nothing of interest here."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+def test_a_pod_sends_a_turns_runs_at_its_end_and_not_those_handed_back_meanwhile() -> None:
+    import zmq
+    from neutrino_protocol import decode
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    async def main() -> list[Any]:
+        link = pod.Pod(f"tcp://127.0.0.1:{port}", ctx, _Sink(), _Sink(), 60.0, 60.0)
+        link.start()
+        try:
+            for wire_id in (1, 2, 3):
+                link.submit(wire_id, object(), "noop", b"\x92\x90\x80", None, None, TRACEPARENT, None)
+            del link.in_flight[2]  # handed back before the turn ended (as a lost pod's runs are)
+            await asyncio.sleep(0)  # the end of the turn: the sends
+            received = []
+            while len(received) < 3:  # the first ping and two runs
+                assert router.poll(5000), f"only {received} arrived"
+                received.append(decode(router.recv_multipart()[1:]))
+            assert not router.poll(100)
+            return received
+        finally:
+            link.close()
+
+    try:
+        messages = asyncio.run(main())
+    finally:
+        router.close(linger=0)
+        ctx.term()
+    submitted = [m for m in messages if isinstance(m, SubmitTask)]
+    assert sorted(type(m).__name__ for m in messages) == ["Ping", "SubmitTask", "SubmitTask"]
+    assert [m.id for m in submitted] == [1, 3]
+    assert submitted[0].traceparent == TRACEPARENT and submitted[0].payload == b"\x92\x90\x80"

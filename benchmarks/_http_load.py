@@ -183,6 +183,20 @@ class _Counts:
         if self.recording:
             self.errors[what] = self.errors.get(what, 0) + 1
 
+    def report(self, connections: int, warmup_missed: bool, measured_s: float, cpu_s: float) -> dict[str, Any]:
+        """What a generator prints: the counts of the measured window, with how it went."""
+        return {
+            "connections": connections,
+            "warmup_missed": warmup_missed,
+            "measured_s": measured_s,
+            "ok": self.ok,
+            "bad_status": {str(k): v for k, v in sorted(self.bad_status.items())},
+            "not_succeeded": self.not_succeeded,
+            "errors": self.errors,
+            "generator_cpu_s": round(cpu_s, 3),
+            "latencies_ns": self.samples,
+        }
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: send, read the whole answer, send again, until told to stop."""
@@ -284,17 +298,7 @@ async def generate_requests(
             await asyncio.gather(*closed)
     for transport in transports:
         transport.abort()  # whatever did not answer in time
-    return {
-        "connections": connections,
-        "warmup_missed": warmup_missed,
-        "measured_s": measured_s,
-        "ok": counts.ok,
-        "bad_status": {str(k): v for k, v in sorted(counts.bad_status.items())},
-        "not_succeeded": counts.not_succeeded,
-        "errors": counts.errors,
-        "generator_cpu_s": round(cpu_s, 3),
-        "latencies_ns": counts.samples,
-    }
+    return counts.report(connections, warmup_missed, measured_s, cpu_s)
 
 
 async def generate_client(
@@ -338,17 +342,7 @@ async def generate_client(
         cpu_start = time.process_time()
         await asyncio.gather(*(worker(session) for _ in range(connections)))
         cpu_s = time.process_time() - cpu_start
-    return {
-        "connections": connections,
-        "warmup_missed": warmup_missed,
-        "measured_s": duration_s,
-        "ok": counts.ok,
-        "bad_status": {str(k): v for k, v in sorted(counts.bad_status.items())},
-        "not_succeeded": counts.not_succeeded,
-        "errors": counts.errors,
-        "generator_cpu_s": round(cpu_s, 3),
-        "latencies_ns": counts.samples,
-    }
+    return counts.report(connections, warmup_missed, duration_s, cpu_s)
 
 
 # ---------------------------------------------------------------- wrk

@@ -131,6 +131,7 @@ def test_model_routes_need_the_token(echo: ServerProcess, gateway: Callable[...,
             error = reply.json["error"]  # the protocol's shape under /v2, the gateway's elsewhere
             message = error if path.startswith("/v2/") else error["message"]
             assert isinstance(message, str) and "token" in message.lower(), (path, error)
+            assert path.startswith("/v2/") or error["type"] == "unauthorized", (path, error)
         assert gw.request(method, path, body).status != 401, path
     client = triton.InferenceServerClient(f"127.0.0.1:{gw.port}")
     with pytest.raises(triton.InferenceServerException, match=r"\[401\] send Authorization: Bearer"):

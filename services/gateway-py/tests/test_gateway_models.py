@@ -214,25 +214,6 @@ def test_url_templates_and_the_sdk_environment_find_replicas(
     assert reply.status == 503 and "neutrino-model-digits.invalid" in error_message(reply), reply.body
 
 
-def test_model_routes_need_the_token(replicas: list[ServerProcess], gateways: Callable[..., Gateway]) -> None:
-    gw = gateways(*models_flag(replicas[0].url))
-    for method, path in [
-        ("POST", "/v1/models/echo/predict"),
-        ("GET", "/v2/models/echo"),
-        ("GET", "/v2/models/echo/ready"),
-        ("POST", "/v2/models/echo/infer"),
-        ("GET", "/v2/models/echo/versions/1"),
-        ("GET", "/v2/models/echo/versions/1/ready"),
-        ("POST", "/v2/models/echo/versions/1/infer"),
-        ("GET", "/v2/health/live"),
-        ("GET", "/v2/health/ready"),
-    ]:
-        reply = gw.request(method, path, {"inputs": 1} if method == "POST" else None, auth=False)
-        assert reply.status == 401 and "Authorization: Bearer" in error_message(reply), path
-        if path.startswith("/v1/"):
-            assert reply.json["error"]["type"] == "unauthorized"
-
-
 def test_killing_a_replica_under_load_loses_no_call(gateways: Callable[..., Gateway]) -> None:
     with model_replicas(ECHO_APP, "echo", 2, app_dir=HERE, cwd=ROOT) as servers:
         gw = gateways(*models_flag(*(s.url for s in servers)))

@@ -274,11 +274,7 @@ class SubmitEncoder:
 
     def frames(self, task_id: int, payload: bytes) -> list[bytes]:
         """The frames of one task, carrying the caller's current span (SPEC.md §4.5) if any."""
-        meta = self._prefix + pack_uint(task_id) + self._suffix
-        trace = _tracing.outgoing()
-        if trace is not None:
-            meta = _tracing.with_trace(meta, trace)
-        return [_SUBMIT_HEADER, meta, payload]
+        return self.frames_traced(task_id, payload, _tracing.outgoing())
 
     def frames_traced(self, task_id: int, payload: bytes, trace: tuple[str, str | None] | None) -> list[bytes]:
         """The frames of one task with an explicit `(traceparent, tracestate)` (or none), for a

@@ -252,6 +252,16 @@ def phase_report(names: list[str], bursts: dict[str, list[dict[str, Any]]], task
                 }
             )
     report["cpu_ms_per_recycle_by_round"] = per_round
+    report["cpu_ms_per_recycle_paired"] = (
+        {
+            role: round(statistics.median(r[role] for r in per_round), 3)
+            for role in ("total", "zygote_and_workers", "orchestrator", "zygote", "workers")
+        }
+        if per_round
+        else None
+    )
+    for name in names:
+        report[name]["cpu_s_by_round"] = [run["cpu_s"] for run in bursts[name]]
     faults = [
         {role: round((r["faults"][role] - p["faults"][role]) / r["recycles"], 1) for role in ("zygote", "workers")}
         for p, r in zip(bursts["plain"], bursts["recycled"], strict=False)
@@ -260,15 +270,36 @@ def phase_report(names: list[str], bursts: dict[str, list[dict[str, Any]]], task
     report["faults_per_recycle"] = (
         {role: statistics.median(f[role] for f in faults) for role in ("zygote", "workers")} if faults else None
     )
-    report["cpu_ms_per_recycle"] = (
-        {
-            role: round(statistics.median(r[role] for r in per_round), 3)
-            for role in ("total", "zygote_and_workers", "orchestrator", "zygote", "workers")
-        }
-        if per_round
-        else None
-    )
+    report["cpu_ms_per_recycle"] = median_bursts_per_recycle(bursts["plain"], bursts["recycled"])
     return report
+
+
+CPU_SUMS = {"total": ("orchestrator", "zygote", "workers"), "zygote_and_workers": ("zygote", "workers")}
+
+
+def median_bursts_per_recycle(plain: list[dict[str, Any]], recycled: list[dict[str, Any]]) -> dict[str, float] | None:
+    """What one recycle cost, by role: the recycling system's median burst CPU minus the plain
+    system's median burst CPU (same tasks), over the median recycles of a burst.
+
+    Not the median of each round's difference: a plain burst's CPU per task moves with its own
+    rate (at a lower rate, more wake-ups per task; on a busy machine 0.03 to 0.07 ms per no-op task
+    between rounds of one run), and subtracting one disturbed burst from its pair moved the
+    orchestrator's share of a recycle by up to 2 ms either way. The median of each side drops one
+    disturbed burst per three, on either side alike (`cpu_ms_per_recycle_paired` keeps the
+    per-round estimate beside it). `total` and `zygote_and_workers` are medians of the bursts' sums."""
+    recycles = [run["recycles"] for run in recycled]
+    if not plain or not recycled or not statistics.median(recycles):
+        return None
+
+    def median_cpu(runs: list[dict[str, Any]], roles: tuple[str, ...]) -> float:
+        return statistics.median(sum(run["cpu_s"][role] for role in roles) for run in runs)
+
+    per_recycle = statistics.median(recycles)
+    sums = {**CPU_SUMS, **{role: (role,) for role in ("orchestrator", "zygote", "workers")}}
+    return {
+        name: round((median_cpu(recycled, roles) - median_cpu(plain, roles)) * 1000 / per_recycle, 3)
+        for name, roles in sums.items()
+    }
 
 
 def recycling(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:

@@ -19,7 +19,11 @@ fn main() -> std::process::ExitCode {
         tracing::error!("{e}");
         return code(ExitCode::Usage);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread for the control plane (zygote link, pool, signals, metrics): its events come a
+    // few per worker start, and a second thread only added a cross-thread wake-up to each of them
+    // (the zygote's reader task handing a message to the supervisor). The hot path, the ZeroMQ
+    // broker, has a thread of its own (broker/mod.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");

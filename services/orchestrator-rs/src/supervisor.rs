@@ -208,7 +208,7 @@ impl Supervisor<'_> {
                 Action::Fork(worker_ids) => self.fork(worker_ids).await,
                 Action::Standby(worker_id) => {
                     // The broker first: it must know the standby before its `WorkerReady`.
-                    self.broker.send(Command::Standby { worker_id: worker_id.clone() });
+                    self.broker.send_quiet(Command::Standby { worker_id: worker_id.clone() });
                     self.fork(vec![worker_id]).await;
                 }
                 Action::Retire { worker_id, reason } => self.broker.send(Command::Retire { worker_id, reason }),

@@ -9,7 +9,7 @@ use neutrino_protocol::{
     control_payload_follows, decode_control, decode_meta, encode_control, ErrorInfo, Message, MessageType, Shutdown,
     ZygoteFailed, ZygoteReady, CONTROL_MAX_BYTES, CONTROL_MAX_PAYLOAD_BYTES,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
@@ -103,7 +103,9 @@ impl Zygote {
         };
         let (reader, writer) = stream.into_split();
         let (tx, messages) = mpsc::channel(64);
-        tokio::spawn(read_messages(reader, tx));
+        // Buffered: a message is a length and a body, two reads unbuffered; one read takes both,
+        // and whatever else the zygote wrote meanwhile.
+        tokio::spawn(read_messages(BufReader::new(reader), tx));
         let mut zygote = Zygote { child, pid, writer, messages };
         let ControlMessage { code, meta, .. } =
             zygote.recv().await?.ok_or_else(|| anyhow!("the zygote closed the control link at start"))?;

@@ -67,5 +67,7 @@ def traced(run: Run) -> Run:
 
 
 def flush() -> None:
-    """The worker's buffered spans exported before it exits: `os._exit` skips the SDK's own `atexit`."""
-    _tracing.flush()
+    """The worker's buffered spans exported before it exits: `os._exit` skips the SDK's own `atexit`.
+    Tracing off, nothing else is looked at (each exiting worker would copy those pages)."""
+    if _tracing.ON:
+        _tracing.flush()

@@ -12,7 +12,6 @@ heartbeat is due.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; see _shed_zygote
-import contextlib
 import ctypes
 import gc
 import logging
@@ -200,7 +199,14 @@ def _answer(spec: WorkerSpec, dealer: zmtp.Dealer, runner: Runner) -> int:
 
 
 def _flush() -> None:
+    """What a task printed, and its spans, written out before `os._exit` (which skips both).
+
+    Plain try/except around each flush, not `contextlib.suppress`: every recycled worker runs this
+    once, and each object it touches is a page copied from the zygote (the context manager's
+    class, instance and methods were half of this function's copy-on-write faults, issue 11)."""
     tracing.flush()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
+        except Exception:  # closed, replaced or None (a task's doing): nothing to write there
+            continue

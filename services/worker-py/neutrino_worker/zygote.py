@@ -309,9 +309,12 @@ class Zygote:
                 data = os.read(self._wake_r, 512)
             except BlockingIOError:
                 return signals
-            if not data:
-                return signals
             signals.update(data)
+            if len(data) < 512:
+                # Read up to what the pipe held: a byte written since wakes the next poll() (it
+                # reports the pipe while it is readable), without one more read ending in
+                # BlockingIOError each SIGCHLD, i.e. each recycled worker.
+                return signals
 
 
 class CatalogChild:

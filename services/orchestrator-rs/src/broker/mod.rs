@@ -132,6 +132,14 @@ impl BrokerHandle {
         }
     }
 
+    /// Queues a command without waking the broker: for `Standby`, which nothing reads before the
+    /// standby's `WorkerReady`, whose handling looks at the channel first (`Broker::on_ready`).
+    /// Under recycling it is sent once per replaced worker; its wake-up was a broker turn (and a
+    /// thread switch on an idle pod) of its own.
+    pub fn send_quiet(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+    }
+
     pub fn stop(mut self) {
         self.send(Command::Stop);
         if let Some(t) = self.thread.take() {

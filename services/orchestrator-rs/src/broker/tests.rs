@@ -66,6 +66,16 @@ fn a_standby_whose_ready_message_comes_in_the_same_poll_as_its_command_is_a_stan
 }
 
 #[test]
+fn a_standby_command_sent_without_a_wake_up_is_seen_by_its_ready_message() {
+    let (mut broker, handle, _events) = broker();
+    // The supervisor queues `Standby` quietly: only the worker's `WorkerReady` wakes the broker.
+    handle.send_quiet(Command::Standby { worker_id: "worker-002".into() });
+    let _worker = ready_worker(&broker, "worker-002");
+    assert!(matches!(broker.turn(), Flow::Continue));
+    assert_eq!(broker.sched.worker_counts(), standby_only(), "it takes no tasks");
+}
+
+#[test]
 fn a_ready_message_read_after_this_passs_commands_still_sees_its_standby_command() {
     let (mut broker, handle, _events) = broker();
     // Sent while the broker reads its sockets: after it looked at the command channel.

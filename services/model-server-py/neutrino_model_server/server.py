@@ -66,13 +66,7 @@ class ModelServer:
             max_queue=config.max_queue,
         )
         self.api = Api(config, self.served, self.batcher)
-        metrics = self.api.metrics
-
-        def on_batch(size: int, seconds: float) -> None:
-            metrics.batch_size.observe(size)
-            metrics.predict_seconds.observe(seconds)
-
-        self.batcher.on_batch = on_batch
+        self.batcher.on_batch = self.api.metrics.batch
         self.bound: list[tuple[str, int]] = []
         self.grpc_address = ""  # host:port, once gRPC listens
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Coroutine
@@ -238,4 +239,46 @@ async def test_deadlines_are_kept_inline_queued_and_in_a_running_batch() -> None
     assert time.monotonic() - t0 > 0.44 and rec.batches[-1] == [4, 5]
     assert not long.done()  # failed at its deadline, not when the batch ended
     assert await long == [50] and await blocker == [90]
+    loop_task.cancel()
+
+
+@in_loop
+async def test_an_inline_call_cancelled_by_its_caller_is_cancelled_not_past_its_deadline() -> None:
+    """Rule 8 inline: the deadline timer's cancel is told from another's (a client that hung up), and
+    either way the predict slot is given back."""
+    rec = Recorder()
+    rec.release.clear()
+    batcher = Batcher(rec, max_batch_size=4, batch_wait_s=0.0, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+    inline = asyncio.ensure_future(batcher.call([1], far()))  # idle: inline, predict hangs
+    await asyncio.sleep(0)
+    assert rec.batches == [[1]]
+    inline.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await inline
+    rec.release.set()
+    assert await asyncio.wait_for(batcher.call([2], far()), 1.0) == [20]  # the slot is free again
+    loop_task.cancel()
+
+
+@in_loop
+async def test_an_inline_predict_that_swallows_the_deadline_cancel_leaves_no_cancel_behind() -> None:
+    """An async predict that catches the deadline timer's cancel and answers anyway: its answer is
+    given, and the caller's task is not left cancelling (as `asyncio.timeout` leaves it)."""
+
+    async def stubborn(values: list[Any]) -> list[Any]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return [v * 10 for v in values]
+
+    batcher = Batcher(stubborn, max_batch_size=1, batch_wait_s=0.0, max_concurrency=1, max_queue=100)
+    loop_task = await started(batcher)
+
+    async def caller() -> tuple[list[Any], int]:
+        out = await batcher.call([3], time.monotonic() + 0.05)
+        task = asyncio.current_task()
+        assert task is not None
+        return out, task.cancelling()
+
+    assert await caller() == ([30], 0)
     loop_task.cancel()

@@ -6,6 +6,12 @@ Servers, all started as subprocesses and up at once (idle while another is measu
   aiohttp HTTP round trip costs on this machine;
 - the gateway: `python -m neutrino_gateway --no-auth` (temp SQLite db) in front of one orchestrator
   (`examples.quickstart.app:app`, `--workers` workers, tcp://127.0.0.1 frontend);
+- the pass-through floor (`floor_passthrough`, this script's `--serve-passthrough`, its own process):
+  the least a Python HTTP -> ZeroMQ gateway can do per run, in front of the same orchestrator:
+  an aiohttp handler that sends each request as one SubmitTask from the SDK's SubmitEncoder over
+  a DEALER (a loop turn's messages sent together, as the gateway does), awaits the reply (a future
+  resolved by the socket's reader) and answers a body shaped like the gateway's; no run record,
+  no validation, no metrics, no trace context;
 - after the main measurements, a second gateway with `--auth-token` on the same orchestrator, for
   the latency a bearer-token check adds.
 
@@ -22,6 +28,7 @@ Run from the repository root (build the orchestrator first: `cargo build --relea
 
     uv run python benchmarks/gateway.py --json          # one JSON document on stdout
     uv run python benchmarks/gateway.py --only floor    # the floor alone, readable summary
+    uv run python benchmarks/gateway.py --only gateway  # the gateway and the pass-through floor
 
 Progress goes to stderr. Every process started is stopped by pid on exit, Ctrl-C included.
 """
@@ -61,6 +68,11 @@ LOAD_START_S = 1.0  # time a Python generator process gets to start and connect 
 AUTH_TOKEN = "bench-token-0123456789"
 TASK_PATH = "/v1/tasks/noop"
 FLOOR_SHAPE = "aiohttp web.Application, one process, one route, constant body, no access log"
+PASSTHROUGH_SHAPE = (
+    "aiohttp web.Application, one process, one route, no access log; each request one SubmitTask "
+    "(SubmitEncoder, no trace) on a DEALER, a loop turn's sends together, the reply decoded and a future "
+    "resolved by the socket's reader; constant-shaped body"
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- servers
@@ -121,6 +133,109 @@ def start_floor(procs: Processes, workdir: Path) -> dict[str, Any]:
         "log_path": log_path,
         "sessions": {"floor": proc.pid},
         "info": {"setup": FLOOR_SHAPE, "loop": loop},
+    }
+
+
+def serve_passthrough(endpoint: str) -> None:
+    """The pass-through floor's server (`--serve-passthrough ENDPOINT`): see the module's docstring."""
+    import asyncio
+    import itertools
+
+    import msgpack
+    import neutrino_protocol
+    import zmq
+    from _http_load import FLOOR_ID, MSGPACK
+    from _http_load import run as run_loop
+    from aiohttp import web
+    from neutrino._frontend import NO_ARGS, SubmitEncoder, recv_ready, send_nowait
+
+    answer = {"id": FLOOR_ID, "status": "succeeded", "result": None}
+    bodies = {"json": json.dumps(answer, separators=(",", ":")).encode(), "msgpack": msgpack.packb(answer)}
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.DEALER)
+    for option, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+        sock.setsockopt(option, value)
+    sock.connect(endpoint)
+    fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+    ids = itertools.count(1)
+    encoders: dict[str, SubmitEncoder] = {}
+    waiting: dict[int, asyncio.Future[bool]] = {}
+    outbox: list[list[bytes]] = []
+
+    def drain() -> None:
+        for frames in recv_ready(sock):
+            msg = neutrino_protocol.decode(frames)
+            future = waiting.pop(getattr(msg, "id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(type(msg) is neutrino_protocol.TaskReply and msg.status == "ok")
+
+    def flush() -> None:
+        sends, outbox[:] = list(outbox), []
+        for frames in sends:
+            send_nowait(sock, frames)
+        drain()  # a send can consume the FD's edge
+
+    async def run_task(request: web.Request) -> web.Response:
+        await request.read()
+        name = request.match_info["name"]
+        encoder = encoders.get(name) or encoders.setdefault(name, SubmitEncoder(name))
+        wire_id = next(ids)
+        future = asyncio.get_running_loop().create_future()
+        waiting[wire_id] = future
+        outbox.append(encoder.frames_traced(wire_id, NO_ARGS, None))
+        if len(outbox) == 1:
+            asyncio.get_running_loop().call_soon(flush)
+        if not await future:
+            return web.Response(status=500, body=b'{"error":"the task failed"}', content_type="application/json")
+        if request.content_type == MSGPACK or MSGPACK in request.headers.get("Accept", ""):
+            return web.Response(body=bodies["msgpack"], content_type=MSGPACK)
+        return web.Response(body=bodies["json"], content_type="application/json")
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, drain)
+        app = web.Application()
+        app.router.add_post("/v1/tasks/{name}", run_task)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        print(f"passthrough listening on http://{bound[0]}:{bound[1]} ({loop_name()})", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        loop.remove_reader(fd)
+        await runner.cleanup()
+
+    try:
+        run_loop(serve())
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def start_passthrough(procs: Processes, workdir: Path, endpoint: str) -> dict[str, Any]:
+    log_path = workdir / "floor_passthrough.log"
+    with log_path.open("ab") as stderr:
+        proc = procs.spawn(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-passthrough", endpoint],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+    match = wait_for_line(proc, log_path, r"passthrough listening on (http://[\d.]+:\d+) \((\w+)\)", LISTEN_TIMEOUT_S)
+    url, loop = match.group(1), match.group(2)
+    log(f"floor_passthrough: listening on {url} (pid {proc.pid}, {loop})")
+    return {
+        "name": "floor_passthrough",
+        "proc": proc,
+        "url": url,
+        "log_path": log_path,
+        "sessions": {"floor_passthrough": proc.pid},
+        "info": {"setup": PASSTHROUGH_SHAPE, "loop": loop, "orchestrator": endpoint},
     }
 
 
@@ -449,7 +564,7 @@ def gateway_missing(binary: Path) -> str | None:
 
 
 def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, Any]:
-    report: dict[str, Any] = {"floor": {"error": "skipped (--only)"}, "gateway": {"error": "skipped (--only)"}}
+    report: dict[str, Any] = {name: {"error": "skipped (--only)"} for name in ("floor", "floor_passthrough", "gateway")}
     servers = []
     orch = None
     gateway: dict[str, Any] | None = None
@@ -476,6 +591,14 @@ def run(opts: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
                 extra_args=opts.orchestrator_arg,
             )
             log(f"orchestrator: started {' '.join(orch.argv)}")
+            try:
+                passthrough = start_passthrough(procs, workdir, orch.endpoint)
+                passthrough["sessions"]["orchestrator_and_workers"] = orch.proc.pid
+                servers.append(passthrough)
+                report["floor_passthrough"] = dict(passthrough["info"])
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                report["floor_passthrough"] = {"error": f"could not start: {type(exc).__name__}: {exc}"}
             try:
                 started = start_gateway(procs, workdir, orch.endpoint, "gateway")
                 started["sessions"]["orchestrator_and_workers"] = orch.proc.pid
@@ -529,8 +652,18 @@ def compare(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     ratios: dict[str, Any] = {}
     for enc in ENCODINGS:
         for key, field in (("latency", "p50"), ("throughput", "requests_per_s")):
-            ours, floor = get("gateway", enc, key, field), get("floor", enc, key, field)
-            ratios[f"{enc}_{key}_{field}_vs_floor"] = round(ours / floor, 2) if ours and floor else None
+            ours = get("gateway", enc, key, field)
+            for floor_name, suffix in (("floor", "floor"), ("floor_passthrough", "passthrough")):
+                floor = get(floor_name, enc, key, field)
+                ratios[f"{enc}_{key}_{field}_vs_{suffix}"] = round(ours / floor, 2) if ours and floor else None
+        # The server's own process only: the orchestrator and its workers do the same work behind both.
+        ours_cpu, floor_cpu = (
+            (report.get(name, {}).get(enc, {}).get("throughput") or {}).get("cpu_us_per_run", {}).get(name)
+            for name in ("gateway", "floor_passthrough")
+        )
+        ratios[f"{enc}_cpu_us_per_run_vs_passthrough"] = (
+            round(ours_cpu / floor_cpu, 2) if ours_cpu and floor_cpu else None
+        )
     p50s = [get("gateway", enc, "latency", "p50") for enc in ENCODINGS]
     rates = [get("gateway", enc, "throughput", "requests_per_s") for enc in ENCODINGS]
     targets = {
@@ -552,13 +685,13 @@ def compare(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def print_summary(report: dict[str, Any], out: Any) -> None:
     print(f"generator: {report['generator']}", file=out)
-    for name in ("floor", "gateway"):
+    for name in ("floor", "floor_passthrough", "gateway"):
         half = report.get(name, {})
         if "error" in half:
-            print(f"{name:8} ERROR {half['error']}", file=out)
+            print(f"{name:17} ERROR {half['error']}", file=out)
         for enc in ENCODINGS:
             lat, thr = half.get(enc, {}).get("latency"), half.get(enc, {}).get("throughput")
-            line = f"{name:8} {enc:7}"
+            line = f"{name:17} {enc:7}"
             if lat:
                 line += f" p50 {lat['p50']:7.1f} µs  p99 {lat['p99']:7.1f} µs  max {lat['max']:8.1f} µs"
             if thr:
@@ -617,6 +750,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--serve-passthrough"] and len(args) == 2:  # the pass-through floor's own process
+        serve_passthrough(args[1])
+        return 0
     opts = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_interrupt)
     started, cpu_before = time.perf_counter(), cpu_seconds()

@@ -63,6 +63,10 @@ _SUCCESS_MIDDLE = msgpack.packb("status") + msgpack.packb("succeeded") + msgpack
 # The same answer in JSON, `{"id":<id>,"status":"succeeded","result":<result>}`, as json_bytes writes it.
 _JSON_SUCCESS_HEAD = b'{"id":'
 _JSON_SUCCESS_MIDDLE = b',"status":"succeeded","result":'
+# Their headers as `content_type=` makes them, without parsing the type for each answer.
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_MSGPACK_HEADERS = {"Content-Type": MSGPACK}
+_NO_QUERY: dict[str, str] = {}
 
 
 class Api:
@@ -75,6 +79,7 @@ class Api:
         self._tokens = [token.encode() for token in config.auth_tokens]
         self._openapi: tuple[int, bytes] | None = None
         self.dashboard = dashboard.Dashboard(config, runs, pool)
+        self._deadlines = Deadlines(config.request_deadline_s)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -107,10 +112,17 @@ class Api:
                 self._check_origin(request)
             if not self.config.no_auth and request.path not in OPEN_PATHS:
                 self._check_token(request)
-            async with asyncio.timeout(self.config.request_deadline_s):
+            task = self._deadlines.start()
+            try:
                 if request.method == "POST" and request.body_exists:  # the routes that read a body
                     await self._read_body(request)
                 response = await handler(request)
+            except asyncio.CancelledError:
+                if not self._deadlines.passed(task):
+                    raise
+                raise TimeoutError from None
+            finally:
+                self._deadlines.end(task)
         except ApiError as exc:
             response = self._error(request, exc)
         except web.HTTPRequestEntityTooLarge:
@@ -205,7 +217,7 @@ class Api:
             if not self.catalog.known:
                 raise errors.unavailable("the task list is not known yet: no task pod has answered; retry shortly")
             raise errors.not_found("unknown_task", f"no task named {name!r}; GET /v1/tasks lists the tasks")
-        query = request.query
+        query = request.query if request.query_string else _NO_QUERY  # the usual call: nothing to parse
         wait_s = number(query, "wait", self.config.default_wait_s, minimum=0.0, maximum=self.config.max_wait_s)
         if "respond-async" in request.headers.get("Prefer", ""):
             wait_s = 0.0
@@ -232,7 +244,8 @@ class Api:
                 409, "idempotency_conflict", f"Idempotency-Key {key!r} was used for task {run.task!r}; use a new key"
             )
         if run is None:
-            run = await self.runs.submit(name, body, timeout_s, retries, key, tracing.run_context(request.headers))
+            # Sent once on disk; wait_for_post answers nothing before that (one wake-up for both).
+            run = self.runs.submit_nowait(name, body, timeout_s, retries, key, tracing.given_context(request.headers))
         finished = await self.runs.wait_for_post(run, wait_s)  # every answer below carries the run id
         if not finished:
             response = respond(request, self._record(run), 202)
@@ -360,11 +373,8 @@ class Api:
         if wants_msgpack(request):
             # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
             body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or payload.NONE)
-            return web.Response(body=body, content_type=MSGPACK)
-        # A task that returns nothing (None, msgpack nil) needs no decoding and no encoder.
-        result = b"null" if run.result is None or run.result == payload.NONE else json_bytes(_result(run))
-        body = _JSON_SUCCESS_HEAD + json_bytes(run.id) + _JSON_SUCCESS_MIDDLE + result + b"}"
-        return web.Response(body=body, content_type="application/json")
+            return web.Response(body=body, headers=_MSGPACK_HEADERS)
+        return web.Response(body=json_success(run.id, run.result), headers=_JSON_HEADERS)
 
     def _failure(self, run: Run) -> ApiError:
         error = run.error or {}
@@ -396,6 +406,69 @@ class Api:
                 error.pop("traceback", None)
             record["error"] = error
         return record
+
+
+class Deadlines:
+    """`--request-deadline` for every request in flight, with one timer for all of them: what
+    asyncio.timeout does per request (an object, a timer made and cancelled, two coroutine calls)
+    for the cost of a dict entry. Every request has the same deadline from when it starts, so the
+    requests in the order they started are in the order their deadlines pass, and only the
+    first one needs a timer.
+
+    `start()` in the request's task, `end(task)` in a `finally`; a request past its deadline is
+    cancelled as asyncio.timeout would, and `passed(task)` tells that CancelledError from others."""
+
+    __slots__ = ("_expired", "_running", "_seconds", "_timer")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._running: dict[asyncio.Task[Any], float] = {}  # in start order, so in deadline order
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> asyncio.Task[Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        deadline = loop.time() + self._seconds
+        self._running[task] = deadline
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire, loop)
+        return task
+
+    def end(self, task: asyncio.Task[Any]) -> None:
+        self._running.pop(task, None)
+        if self._expired:
+            self._expired.discard(task)
+
+    def passed(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the CancelledError `task` is handling is its deadline's, and only its (asyncio.timeout's rule)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() == 0
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for task, deadline in list(self._running.items()):
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._expire, loop)
+                return
+            del self._running[task]
+            if not task.done():
+                self._expired.add(task)
+                task.cancel()
+
+
+def json_success(run_id: str, result: bytes | None) -> bytes:
+    """The JSON success answer, `{"id":<id>,"status":"succeeded","result":<result>}` as json_bytes
+    writes it, spliced from constant parts (tests compare the two)."""
+    # A task that returns nothing (None, msgpack nil, no bytes) needs no decoding and no encoder.
+    value = b"null" if not result or result == payload.NONE else json_bytes(payload.unpack_result(result))
+    # A run id is hex (runs.new_run_id): JSON as it is, in quotes; json_bytes for any other.
+    quoted = b'"' + run_id.encode() + b'"' if run_id.isalnum() and run_id.isascii() else json_bytes(run_id)
+    return _JSON_SUCCESS_HEAD + quoted + _JSON_SUCCESS_MIDDLE + value + b"}"
 
 
 def _result(run: Run) -> Any:

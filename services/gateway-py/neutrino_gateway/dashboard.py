@@ -202,6 +202,7 @@ class Dashboard:
 def _finished_by_outcome() -> dict[str, float]:
     """Runs finished since the gateway started, by outcome (summed over tasks), from its own counter."""
     counts: dict[str, float] = collections.defaultdict(float)
+    metrics.publish()
     for family in metrics.RUNS_FINISHED.collect():
         for sample in family.samples:
             if sample.name.endswith("_total"):

@@ -83,8 +83,15 @@ class PodPool:
     def usable(self) -> list[Pod]:
         return [pod for pod in self.pods.values() if pod.usable]
 
+    def any_usable(self) -> bool:
+        """`bool(usable())` without the list (asked once per run)."""
+        return any(pod.usable for pod in self.pods.values())
+
     def choose(self, exclude: set[str] | frozenset[str] = frozenset()) -> Pod | None:
         """The less loaded of two usable pods picked at random (not in `exclude`); None if none is usable."""
+        if len(self.pods) == 1 and not exclude:  # one orchestrator: no list, no draw
+            (only,) = self.pods.values()
+            return only if only.usable else None
         pods = [pod for pod in self.pods.values() if pod.usable and pod.address not in exclude]
         if len(pods) <= 1:
             return pods[0] if pods else None

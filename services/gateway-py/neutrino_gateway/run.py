@@ -89,6 +89,8 @@ class Run:
     finishing: bool = False  # its outcome is staged but not on disk yet: nobody is told until it is
     finish_failed: bool = False  # writing that outcome failed at least once (logged once)
     rejected: bool = False  # every pod refused it while only POSTs waited on it: they answer 429
+    unwritten: bool = False  # accepted by Runs.submit_nowait, its first write not made yet: not sent, id not given out
+    write_error: BaseException | None = None  # that write failed: nothing was accepted (the POSTs' 503)
     done: Done = field(default_factory=Done)
 
     @property

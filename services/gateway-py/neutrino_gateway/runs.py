@@ -1,7 +1,8 @@
 """Runs from acceptance to outcome: record, dispatch to a task pod, re-dispatch, finish, cancel, recover.
 
 The rules, in one place:
-- A run is written to the store before it is sent anywhere (`submit` returns once it is on disk).
+- A run is written to the store before it is sent anywhere (`submit` returns once it is on disk;
+  `submit_nowait` returns at once and the write's callback sends it), and before its id is answered.
 - A pod's `busy`/`draining` rejection, or a `shutting_down` answer (the run never started), sends
   the run to another pod; that spends no attempt. When every usable pod refused: a caller still
   waiting for the first answer gets 429 and the run is forgotten (it never ran, so the
@@ -105,16 +106,38 @@ class Runs:
         idempotency_key: str | None,
         trace: tuple[str, str | None] | None = None,
     ) -> Run:
-        """Record a run and send it; raises ApiError 503 when no task pod is usable. `trace`: its W3C
-        `(traceparent, tracestate)` (tracing.run_context); a new trace without one."""
-        if not self.pool.usable():
+        """Record a run and send it; returns once it is on disk. Raises ApiError 503 when no task pod
+        is usable, the store's error when the write failed. `trace`: its W3C `(traceparent,
+        tracestate)` (tracing.given_context); a new trace without one."""
+        run = self.submit_nowait(task, kwargs, timeout_s, retries, idempotency_key, trace)
+        if run.unwritten:
+            await self.store.commit(GROUP_COMMIT_S)  # the flush its insert is in (raises its error)
+        if run.write_error is not None:
+            raise run.write_error
+        return run
+
+    def submit_nowait(
+        self,
+        task: str,
+        kwargs: dict[str, Any],
+        timeout_s: float | None,
+        retries: int | None,
+        idempotency_key: str | None,
+        trace: tuple[str, str | None] | None = None,
+    ) -> Run:
+        """`submit` without waiting for the write: the run is sent once it is on disk, by the write's
+        callback (no wake-up of the caller in between). Until then `run.unwritten`; a write that
+        fails forgets the run, sets `run.write_error` and its `done` (wait_for_post raises it)."""
+        if not self.pool.any_usable():
             raise unavailable("no task pod is reachable; check that the orchestrators are running")
         if len(self.active) >= self.max_active:
             # Every unfinished run is held in memory (and those the pods refused wait here): a bound.
             raise busy(1)
         now = time.time()
+        # One draw of random bytes for the run id and, when the run starts a trace, the trace's ids.
+        random = os.urandom(16 if trace is not None else 40)
         run = Run(
-            id=new_run_id(),
+            id=new_run_id(random[:16]),
             task=task,
             payload=pack_kwargs(kwargs),
             timeout_s=timeout_s,
@@ -123,26 +146,35 @@ class Runs:
             expires_at=now + self.run_ttl_s,
             idempotency_key=idempotency_key,
         )
-        run.traceparent, tracestate = trace or (_tracing.new_traceparent(), None)
+        # Without a trace: a new unsampled one, as _tracing.new_traceparent makes it.
+        run.traceparent, tracestate = trace or (f"00-{random[16:32].hex()}-{random[32:].hex()}-00", None)
         run.tracestate = tracing.with_run(tracestate, run.id)
         tracing.run_created(run)
         # Registered before the write, so a second request with the same key in the meantime finds it.
         self.active[run.id] = run
         if idempotency_key is not None:
             self.keys[idempotency_key] = run
+        run.unwritten = True
         self.store.stage_insert(run)
-        try:
-            if len(self.active) == 1:
-                # Nothing else in flight to share a transaction with: write now.
-                if (error := self.store.flush()) is not None:
-                    raise error
-            else:
-                await self.store.commit(GROUP_COMMIT_S)
-        except BaseException:
-            self._forget(run)
-            raise
-        metrics.run_accepted(run.task)
-        self._dispatch(run)
+
+        def written(error: BaseException | None) -> None:
+            run.unwritten = False
+            if error is not None:  # nothing was accepted: whoever waits on the run hears the error
+                self._forget(run)
+                run.write_error = error
+                run.done.set()
+                return
+            metrics.run_accepted(run.task)
+            if not (run.finished or run.finishing):
+                self._dispatch(run)
+
+        self.store.after_commit(written)
+        if len(self.active) == 1:
+            # Nothing else in flight to share a transaction with: write now.
+            if (error := self.store.flush()) is not None:
+                raise error
+        else:
+            self.store.flush_soon(GROUP_COMMIT_S)
         return run
 
     def get(self, run_id: str) -> Run | None:
@@ -177,8 +209,12 @@ class Runs:
         run.http_waiting += waiting
         try:
             finished = await self.wait(run, wait_s)
+            if run.unwritten:  # (submit_nowait) the answer names a run that is on disk
+                await self.store.commit(GROUP_COMMIT_S)
         finally:
             run.http_waiting -= waiting
+        if run.write_error is not None:
+            raise run.write_error
         if run.rejected:
             raise busy(1)
         run.seen = True
@@ -394,12 +430,13 @@ class Runs:
                 log.info("expired %d finished runs past their TTL", removed)
 
 
-def new_run_id() -> str:
+def new_run_id(random: bytes | None = None) -> str:
     """A UUIDv7 (RFC 9562) in hex: 48 bits of Unix milliseconds, then 74 random bits (unguessable,
     as run ids must be: they are the key to a run's result). Time-ordered, so the runs table's
     primary-key index grows at its end and a commit writes its last pages, not one random page per
-    run as with a UUIDv4: about a third less SQLite CPU per run once the table holds 60,000 runs."""
-    raw = bytearray(os.urandom(16))
+    run as with a UUIDv4: about a third less SQLite CPU per run once the table holds 60,000 runs.
+    `random`: 16 bytes from os.urandom (drawn here without it)."""
+    raw = bytearray(os.urandom(16) if random is None else random)
     raw[:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
     raw[6] = 0x70 | raw[6] & 0x0F  # version 7
     raw[8] = 0x80 | raw[8] & 0x3F  # variant 10 (RFC 9562)

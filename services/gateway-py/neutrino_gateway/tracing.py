@@ -47,15 +47,24 @@ def middlewares() -> list[Any]:
 
 def run_context(headers: Mapping[str, str]) -> tuple[str, str | None]:
     """`(traceparent, tracestate)` for a run a request starts (see the module's docstring)."""
+    return given_context(headers) or (_tracing.new_traceparent(), None)
+
+
+def given_context(headers: Mapping[str, str]) -> tuple[str, str | None] | None:
+    """run_context's answer when it is not a new trace: the request span's, or the caller's; None
+    when the run starts a trace of its own (runs.py draws its ids with the run id's)."""
     if _tracing.ON:
         from neutrino import _otel
 
         current = _otel.current_context()
         if current is not None:
             return current
-    incoming = headers.get("traceparent", "").strip()
+    incoming = headers.get("traceparent")
+    if incoming is None:
+        return None
+    incoming = incoming.strip()
     if _tracing.parse(incoming) is None:
-        return _tracing.new_traceparent(), None
+        return None
     return incoming, headers.get("tracestate")
 
 

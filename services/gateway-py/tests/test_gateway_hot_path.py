@@ -1,6 +1,7 @@
 """The per-run shortcuts give what the general code gives: SubmitTask frames from cached parts, the
 JSON success answer spliced by hand, the packed empty arguments, a run's `done` with a time limit,
-and writes of one kind grouped into one executemany."""
+writes of one kind grouped into one executemany, one timer for every request's deadline, and
+metrics counted in plain numbers until they are read."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from neutrino_gateway import bodies, pod
-from neutrino_gateway.api import _JSON_SUCCESS_HEAD, _JSON_SUCCESS_MIDDLE
+from neutrino_gateway import bodies, metrics, pod
+from neutrino_gateway.api import Deadlines, json_success
 from neutrino_gateway.run import Done, Run
 from neutrino_gateway.store import RunStore
 from neutrino_protocol import SubmitTask, payload
@@ -59,13 +60,11 @@ def test_submit_frames_past_the_cache_bound_are_still_right(monkeypatch: pytest.
 @pytest.mark.parametrize(
     "result", [None, payload.NONE, b"", payload.pack_result(42), payload.pack_result({"a": [1, b"\x00", "é"]})]
 )
-def test_the_json_success_answer_is_the_one_json_bytes_writes(result: bytes | None) -> None:
-    run_id = "0193f2c4d5e67a8b9c0d1e2f3a4b5c6d"
+@pytest.mark.parametrize("run_id", ["0193f2c4d5e67a8b9c0d1e2f3a4b5c6d", "old", 'a "quoted" é id'])
+def test_the_json_success_answer_is_the_one_json_bytes_writes(result: bytes | None, run_id: str) -> None:
     value: Any = payload.unpack_result(result) if result else None
     whole = bodies.json_bytes({"id": run_id, "status": "succeeded", "result": value})
-    spliced_result = b"null" if result is None or result == payload.NONE else bodies.json_bytes(value)
-    spliced = _JSON_SUCCESS_HEAD + bodies.json_bytes(run_id) + _JSON_SUCCESS_MIDDLE + spliced_result + b"}"
-    assert spliced == whole
+    assert json_success(run_id, result) == whole
     assert json.loads(whole)["id"] == run_id
 
 
@@ -173,3 +172,71 @@ def test_a_pod_sends_a_turns_runs_at_its_end_and_not_those_handed_back_meanwhile
     assert sorted(type(m).__name__ for m in messages) == ["Ping", "SubmitTask", "SubmitTask"]
     assert [m.id for m in submitted] == [1, 3]
     assert submitted[0].traceparent == TRACEPARENT and submitted[0].payload == b"\x92\x90\x80"
+
+
+def test_deadlines_cancel_only_the_requests_past_theirs_and_say_so() -> None:
+    """Deadlines: one timer for every request in flight, asyncio.timeout's outcome for each."""
+
+    async def request(deadlines: Deadlines, sleep_s: float) -> str:
+        task = deadlines.start()
+        try:
+            await asyncio.sleep(sleep_s)
+            return "answered"
+        except asyncio.CancelledError:
+            if not deadlines.passed(task):
+                raise
+            return "deadline"
+        finally:
+            deadlines.end(task)
+
+    async def main() -> None:
+        deadlines = Deadlines(0.05)
+        quick, slow = request(deadlines, 0.0), request(deadlines, 5.0)
+        started = time.monotonic()
+        assert await asyncio.gather(quick, slow) == ["answered", "deadline"]
+        assert 0.04 < time.monotonic() - started < 2.0
+        # Requests started later are timed from their own start, by the same timer.
+        first = asyncio.ensure_future(request(deadlines, 5.0))
+        await asyncio.sleep(0.03)
+        second = asyncio.ensure_future(request(deadlines, 5.0))
+        assert await first == "deadline"
+        assert not second.done()  # 0.03 s younger: not past its deadline yet
+        assert await second == "deadline"
+        # A cancel from elsewhere is not a deadline: it stays a cancel.
+        other = asyncio.ensure_future(request(deadlines, 5.0))
+        await asyncio.sleep(0)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+        assert deadlines._running == {} and deadlines._expired == set()
+
+    asyncio.run(main())
+
+
+def test_metrics_counted_per_run_read_as_prometheus_observed_them() -> None:
+    """observe_request / run_finished add to plain numbers; any read of the registry publishes them:
+    the samples are those Counter.inc and Histogram.observe would have made."""
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+    reference = CollectorRegistry()
+    requests = Counter("ref_requests_total", "", ["route", "code"], registry=reference)
+    latency = Histogram("ref_request_seconds", "", ["route"], buckets=metrics.TIME_BUCKETS_S, registry=reference)
+    route = "/test/hot-path/{name}"
+    seconds = [0.0, 1e-6, 2e-6, 0.00025, 0.0003, 0.001, 59.9, 60.0, 61.0, 1e9]
+    for value in seconds:
+        metrics.observe_request(route, 200, value)
+        requests.labels(route, "200").inc()
+        latency.labels(route).observe(value)
+
+    def samples(registry: CollectorRegistry, prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name.removeprefix(prefix), tuple(sorted(sample.labels.items()))): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.labels.get("route") == route and not sample.name.endswith("_created")
+        }
+
+    ours = samples(REGISTRY, "neutrino_gateway_")
+    assert ours == samples(reference, "ref_") and ours
+    metrics.observe_request(route, 200, 0.5)  # counted again after a read: the next read adds it
+    assert samples(REGISTRY, "neutrino_gateway_")[("requests_total", (("code", "200"), ("route", route)))] == 11

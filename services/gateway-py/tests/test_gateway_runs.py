@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class FakePool:
 
     def usable(self) -> list[FakePod]:
         return [pod for pod in self.pods.values() if pod.usable]
+
+    def any_usable(self) -> bool:
+        return bool(self.usable())
 
     def choose(self, exclude: frozenset[str] = frozenset()) -> FakePod | None:
         pods = [pod for pod in self.usable() if pod.address not in exclude]
@@ -137,6 +141,40 @@ def test_a_run_is_on_disk_before_it_is_sent(tmp_path: Path) -> None:
         assert (run.status, run.pod, run.wire_id, run.dispatches) == ("running", "tcp://a:1", wire_id, 1)
         stored = runs.store.get(run.id)
         assert stored is not None and stored.status == "queued" and stored.payload == packed
+
+    play(tmp_path, scenario)
+
+
+def test_a_run_submitted_without_waiting_is_sent_by_its_write_and_answered_after_it(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        sent = pool.pods["tcp://a:1"].sent
+        await submit(runs)  # in flight: the next run's write waits for company
+        run = runs.submit_nowait("add", {"x": 2}, None, 0, None)
+        assert run.unwritten and len(sent) == 1 and runs.store.get(run.id) is None
+        assert await runs.wait_for_post(run, 0) is False  # a 202 names a run on disk
+        assert not run.unwritten and runs.store.get(run.id) is not None
+        assert sent[-1][1] is run and run.status == "running"
+        pool.reply(run)
+        assert await runs.wait_for_post(run, 5.0) is True
+
+    play(tmp_path, scenario)
+
+
+def test_a_failed_first_write_is_the_posts_error_and_nothing_is_kept(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        sent = pool.pods["tcp://a:1"].sent
+        await submit(runs)  # in flight: the next run's write is grouped, not made at once
+        blocker = sqlite3.connect(runs.store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held past the store's busy timeout
+        try:
+            run = runs.submit_nowait("add", {"x": 2}, None, 0, "k1")
+            with pytest.raises(sqlite3.OperationalError):
+                await runs.wait_for_post(run, 5.0)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert run.id not in runs.active and runs.by_idempotency_key("k1") is None
+        assert len(sent) == 1 and not run.unwritten and runs.store.get(run.id) is None
 
     play(tmp_path, scenario)
 

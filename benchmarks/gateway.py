@@ -118,21 +118,25 @@ def wait_readyz(base_url: str, proc: subprocess.Popen[bytes], timeout_s: float =
 
 
 def start_floor(procs: Processes, workdir: Path) -> dict[str, Any]:
-    log_path = workdir / "floor.log"
+    return start_listener(procs, workdir, "floor", [sys.executable, str(HTTP_LOAD), "floor"], {"setup": FLOOR_SHAPE})
+
+
+def start_listener(procs: Processes, workdir: Path, name: str, argv: list[str], info: dict[str, Any]) -> dict[str, Any]:
+    """Start one of the floors, which logs `<name> listening on URL (LOOP)` once it serves."""
+    log_path = workdir / f"{name}.log"
     with log_path.open("ab") as stderr:
-        proc = procs.spawn(
-            [sys.executable, str(HTTP_LOAD), "floor"], stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
-        )
-    match = wait_for_line(proc, log_path, r"floor listening on (http://[\d.]+:\d+) \((\w+)\)", LISTEN_TIMEOUT_S)
+        proc = procs.spawn(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    word = name.removeprefix("floor_")  # "floor", "passthrough"
+    match = wait_for_line(proc, log_path, rf"{word} listening on (http://[\d.]+:\d+) \((\w+)\)", LISTEN_TIMEOUT_S)
     url, loop = match.group(1), match.group(2)
-    log(f"floor: listening on {url} (pid {proc.pid}, {loop})")
+    log(f"{name}: listening on {url} (pid {proc.pid}, {loop})")
     return {
-        "name": "floor",
+        "name": name,
         "proc": proc,
         "url": url,
         "log_path": log_path,
-        "sessions": {"floor": proc.pid},
-        "info": {"setup": FLOOR_SHAPE, "loop": loop},
+        "sessions": {name: proc.pid},
+        "info": {**info, "loop": loop},
     }
 
 
@@ -217,26 +221,10 @@ def serve_passthrough(endpoint: str) -> None:
 
 
 def start_passthrough(procs: Processes, workdir: Path, endpoint: str) -> dict[str, Any]:
-    log_path = workdir / "floor_passthrough.log"
-    with log_path.open("ab") as stderr:
-        proc = procs.spawn(
-            [sys.executable, str(Path(__file__).resolve()), "--serve-passthrough", endpoint],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    match = wait_for_line(proc, log_path, r"passthrough listening on (http://[\d.]+:\d+) \((\w+)\)", LISTEN_TIMEOUT_S)
-    url, loop = match.group(1), match.group(2)
-    log(f"floor_passthrough: listening on {url} (pid {proc.pid}, {loop})")
-    return {
-        "name": "floor_passthrough",
-        "proc": proc,
-        "url": url,
-        "log_path": log_path,
-        "sessions": {"floor_passthrough": proc.pid},
-        "info": {"setup": PASSTHROUGH_SHAPE, "loop": loop, "orchestrator": endpoint},
-    }
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-passthrough", endpoint]
+    return start_listener(
+        procs, workdir, "floor_passthrough", argv, {"setup": PASSTHROUGH_SHAPE, "orchestrator": endpoint}
+    )
 
 
 def start_gateway(

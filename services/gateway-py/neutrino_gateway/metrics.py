@@ -7,13 +7,11 @@ Names, labels and units follow docs/metrics.md, the one vocabulary of every Neut
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from neutrino._metrics import Counted, Publisher
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .pod import Pod
@@ -27,18 +25,7 @@ TIME_BUCKETS_S = (
 OK = "ok"  # the `outcome` of a run that succeeded; any other is the kind of its error
 
 
-class _Publisher(Collector):
-    """Registered ahead of the metrics, so a collection of the registry publishes before it reads them."""
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> list[Metric]:
-        publish()
-        return []
-
-
-REGISTRY.register(_Publisher())
+REGISTRY.register(Publisher(lambda: publish()))  # ahead of the metrics: a scrape publishes first (below)
 REQUESTS = Counter("neutrino_gateway_requests_total", "HTTP requests answered", ["route", "code"])
 LATENCY = Histogram(
     "neutrino_gateway_request_seconds",
@@ -117,59 +104,21 @@ def observe_pods(pods: Iterable[Pod]) -> None:
 
 # -- counted per request and per run, published at scrape time -------------------------------------
 #
-# prometheus-client takes a lock per `inc()` and walks the bucket list in Python per `observe()`
-# (a few µs a run, with five of them per run). The hot path adds to plain numbers here instead, and
-# `publish()` moves what was counted since the last call into the metrics above when something
-# reads them (a scrape, through the collector registered below; the dashboard): the same names,
-# labels and values on /metrics, counted once per scrape instead of once per request.
+# Five of prometheus-client's locked updates per run; the hot path adds to plain numbers instead
+# (neutrino._metrics), and `publish()` moves them into the metrics above when something reads them
+# (a scrape, through the Publisher registered above; the dashboard): the same names, labels and
+# values on /metrics.
 
-_BOUNDS = (*TIME_BUCKETS_S, float("inf"))
-
-
-class _Counted:
-    """What one labelled counter, and the histogram beside it if any, gained since the last `publish()`."""
-
-    __slots__ = ("buckets", "count", "counter", "histogram", "sum")
-
-    def __init__(self, counter: Counter, histogram: Histogram | None) -> None:
-        self.counter = counter
-        self.histogram = histogram
-        self.count = 0
-        self.sum = 0.0
-        self.buckets = [0] * len(_BOUNDS)
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        self.sum += seconds
-        # The first bound at or above `seconds`: the bucket Histogram.observe would count it in.
-        self.buckets[bisect.bisect_left(_BOUNDS, seconds)] += 1
-
-    def publish(self) -> None:
-        if not self.count:
-            return
-        count, self.count = self.count, 0
-        self.counter.inc(count)
-        if self.histogram is not None:
-            seconds, self.sum = self.sum, 0.0
-            buckets, self.buckets = self.buckets, [0] * len(_BOUNDS)
-            # Histogram has no call that adds counts it did not observe one at a time; its values
-            # are these (prometheus-client's own structure: one value per bound, then the sum).
-            self.histogram._sum.inc(seconds)
-            for value, n in zip(self.histogram._buckets, buckets, strict=True):
-                if n:
-                    value.inc(n)
-
-
-_request_counts: dict[tuple[str, int], _Counted] = {}
-_accepted_counts: dict[str, _Counted] = {}
-_finished_counts: dict[tuple[str, str], _Counted] = {}
+_request_counts: dict[tuple[str, int], Counted] = {}
+_accepted_counts: dict[str, Counted] = {}
+_finished_counts: dict[tuple[str, str], Counted] = {}
 
 
 def observe_request(route: str, status: int, seconds: float) -> None:
     """Count one answered request."""
     counted = _request_counts.get((route, status))
     if counted is None:
-        counted = _Counted(REQUESTS.labels(route, str(status)), LATENCY.labels(route))
+        counted = Counted(REQUESTS.labels(route, str(status)), LATENCY.labels(route))
         _request_counts[(route, status)] = counted
     counted.add(seconds)
 
@@ -178,14 +127,14 @@ def run_accepted(task: str) -> None:
     """Count one run accepted."""
     counted = _accepted_counts.get(task)
     if counted is None:
-        counted = _accepted_counts[task] = _Counted(RUNS_ACCEPTED.labels(task), None)
-    counted.count += 1
+        counted = _accepted_counts[task] = Counted(RUNS_ACCEPTED.labels(task))
+    counted.inc()
 
 
 def run_finished(task: str, outcome: str, seconds: float) -> None:
     counted = _finished_counts.get((task, outcome))
     if counted is None:
-        counted = _Counted(RUNS_FINISHED.labels(task, outcome), RUN_SECONDS.labels(task))
+        counted = Counted(RUNS_FINISHED.labels(task, outcome), RUN_SECONDS.labels(task))
         _finished_counts[(task, outcome)] = counted
     counted.add(seconds)
 

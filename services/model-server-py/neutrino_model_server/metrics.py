@@ -3,18 +3,16 @@ in tests). Queue depth and in-flight requests are read when scraped, so they cos
 Names, labels and units follow docs/metrics.md, the vocabulary every Neutrino service shares.
 
 Requests and batches are counted in plain Python numbers and moved into the Prometheus metrics when
-/metrics is read (the gateway's metrics.py does the same): a `Histogram.observe` takes a lock per
+/metrics is read (neutrino._metrics, as the gateway does): a `Histogram.observe` takes a lock per
 value and walks the bounds, some 2 µs, and a request made three of them (its own time, and its
 batch's size and predict time), a tenth of a no-op request's CPU on the server."""
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
+from neutrino._metrics import Counted, Publisher
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 # Upper bounds of every time histogram, in seconds: 1, 2.5 and 5 per decade from 1 µs to 10 s, then
 # 25 and 60 s; the orchestrator and the gateway use the same ladder, so quantiles compare.
@@ -25,60 +23,11 @@ TIME_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-class _Counted:
-    """What one histogram (and the counter beside it, if any) gained since the last `publish()`."""
-
-    __slots__ = ("bounds", "buckets", "count", "counter", "histogram", "sum")
-
-    def __init__(self, histogram: Histogram, bounds: Sequence[float], counter: Counter | None = None) -> None:
-        self.histogram = histogram
-        self.counter = counter
-        self.bounds = (*bounds, float("inf"))
-        self.count = 0
-        self.sum = 0.0
-        self.buckets = [0] * len(self.bounds)
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        # The first bound at or above `value`: the bucket Histogram.observe would count it in.
-        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
-
-    def publish(self) -> None:
-        if not self.count:
-            return
-        count, self.count = self.count, 0
-        if self.counter is not None:
-            self.counter.inc(count)
-        total, self.sum = self.sum, 0.0
-        buckets, self.buckets = self.buckets, [0] * len(self.bounds)
-        # Histogram has no call that adds counts it did not observe one at a time; its values are
-        # these (prometheus-client's own structure: one value per bound, +Inf's included, then the sum).
-        self.histogram._sum.inc(total)
-        for value, n in zip(self.histogram._buckets, buckets, strict=True):
-            if n:
-                value.inc(n)
-
-
-class _Publisher(Collector):
-    """Registered ahead of the metrics, so a collection of the registry publishes before it reads them."""
-
-    def __init__(self, publish: Callable[[], None]) -> None:
-        self._publish = publish
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> list[Metric]:
-        self._publish()
-        return []
-
-
 class Metrics:
     def __init__(self, model: str, queued: Callable[[], float], in_flight: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        r.register(_Publisher(self.publish))
+        r.register(Publisher(self.publish))  # ahead of the metrics: a scrape publishes first
         self.requests = Counter(
             "neutrino_model_requests", "Requests answered, by HTTP status code", ["model", "route", "code"], registry=r
         )
@@ -106,16 +55,16 @@ class Metrics:
         )
         flight.labels(model).set_function(in_flight)
         self._model = model
-        self._requests: dict[tuple[str, int], _Counted] = {}
-        self._batch_size = _Counted(batch_size, BATCH_BUCKETS)
-        self._predict_seconds = _Counted(predict_seconds, TIME_BUCKETS_S)
+        self._requests: dict[tuple[str, int], Counted] = {}
+        self._batch_size = Counted(histogram=batch_size)
+        self._predict_seconds = Counted(histogram=predict_seconds)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request (`status`: its HTTP status code, the `code` label)."""
         counted = self._requests.get((route, status))
         if counted is None:
             counter = self.requests.labels(self._model, route, str(status))
-            counted = _Counted(self.latency.labels(self._model, route), TIME_BUCKETS_S, counter)
+            counted = Counted(counter, self.latency.labels(self._model, route))
             self._requests[(route, status)] = counted
         counted.add(seconds)
 

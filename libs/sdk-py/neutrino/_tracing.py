@@ -115,10 +115,12 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return None if parsed is None else parsed[0]
 
 
-def new_traceparent(sampled: bool = False) -> str:
+def new_traceparent(sampled: bool = False, ids: bytes | None = None) -> str:
     """A `traceparent` for a new trace (random ids), for runs a non-tracing gateway starts: their
-    logs and records still share one trace id. Not sampled: no span was recorded for it."""
-    ids = os.urandom(24)  # an all-zero id (invalid) has odds of 2**-64: not worth a branch
+    logs and records still share one trace id. Not sampled: no span was recorded for it. `ids`: 24
+    bytes from os.urandom the caller drew already (the gateway draws them with a run id's)."""
+    if ids is None:
+        ids = os.urandom(24)  # an all-zero id (invalid) has odds of 2**-64: not worth a branch
     return f"00-{ids[:16].hex()}-{ids[16:].hex()}-{'01' if sampled else '00'}"
 
 

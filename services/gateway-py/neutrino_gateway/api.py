@@ -28,7 +28,16 @@ from neutrino_protocol import payload
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import dashboard, docs, errors, metrics, openapi, tracing
-from .bodies import MSGPACK, integer, json_bytes, number, read_object, respond, wants_msgpack
+from .bodies import (
+    JSON_HEADERS,
+    MSGPACK_HEADERS,
+    integer,
+    json_bytes,
+    number,
+    read_object,
+    respond,
+    wants_msgpack,
+)
 from .catalog import Catalog
 from .config import Config
 from .errors import ApiError
@@ -63,9 +72,6 @@ _SUCCESS_MIDDLE = msgpack.packb("status") + msgpack.packb("succeeded") + msgpack
 # The same answer in JSON, `{"id":<id>,"status":"succeeded","result":<result>}`, as json_bytes writes it.
 _JSON_SUCCESS_HEAD = b'{"id":'
 _JSON_SUCCESS_MIDDLE = b',"status":"succeeded","result":'
-# Their headers as `content_type=` makes them, without parsing the type for each answer.
-_JSON_HEADERS = {"Content-Type": "application/json"}
-_MSGPACK_HEADERS = {"Content-Type": MSGPACK}
 _NO_QUERY: dict[str, str] = {}
 
 
@@ -245,7 +251,7 @@ class Api:
             )
         if run is None:
             # Sent once on disk; wait_for_post answers nothing before that (one wake-up for both).
-            run = self.runs.submit_nowait(name, body, timeout_s, retries, key, tracing.given_context(request.headers))
+            run = self.runs.submit_nowait(name, body, timeout_s, retries, key, tracing.run_context(request.headers))
         finished = await self.runs.wait_for_post(run, wait_s)  # every answer below carries the run id
         if not finished:
             response = respond(request, self._record(run), 202)
@@ -373,8 +379,8 @@ class Api:
         if wants_msgpack(request):
             # The result's bytes go out as the worker packed them: a 3-entry map spliced by hand.
             body = _SUCCESS_HEAD + msgpack.packb(run.id) + _SUCCESS_MIDDLE + (run.result or payload.NONE)
-            return web.Response(body=body, headers=_MSGPACK_HEADERS)
-        return web.Response(body=json_success(run.id, run.result), headers=_JSON_HEADERS)
+            return web.Response(body=body, headers=MSGPACK_HEADERS)
+        return web.Response(body=json_success(run.id, run.result), headers=JSON_HEADERS)
 
     def _failure(self, run: Run) -> ApiError:
         error = run.error or {}
@@ -451,7 +457,8 @@ class Deadlines:
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         now = loop.time()
-        for task, deadline in list(self._running.items()):
+        while self._running:
+            task, deadline = next(iter(self._running.items()))  # the oldest: the first to pass
             if deadline > now:
                 self._timer = loop.call_at(deadline, self._expire, loop)
                 return

@@ -24,6 +24,9 @@ from .catalog import INT_MAX, INT_MIN
 from .errors import ApiError
 
 MSGPACK = "application/msgpack"
+# An answer's headers as `content_type=` makes them, without parsing the type for each answer.
+JSON_HEADERS = {"Content-Type": "application/json"}
+MSGPACK_HEADERS = {"Content-Type": MSGPACK}
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 FORM = "application/x-www-form-urlencoded"
 # A query parameter declared as a number: what JSON Schema calls one, written out in decimal. Not
@@ -70,13 +73,8 @@ def wants_msgpack(request: web.Request) -> bool:
 def respond(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
     """`body` as JSON or msgpack, as the request negotiated."""
     if wants_msgpack(request):
-        return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, headers=_MSGPACK_HEADERS)
-    return web.Response(body=json_bytes(body), status=status, headers=_JSON_HEADERS)
-
-
-# What `content_type=` sets, without parsing the type for each answer.
-_JSON_HEADERS = {"Content-Type": "application/json"}
-_MSGPACK_HEADERS = {"Content-Type": MSGPACK}
+        return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, headers=MSGPACK_HEADERS)
+    return web.Response(body=json_bytes(body), status=status, headers=JSON_HEADERS)
 
 
 def json_bytes(body: Any) -> bytes:

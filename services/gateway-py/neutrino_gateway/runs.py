@@ -1,8 +1,8 @@
 """Runs from acceptance to outcome: record, dispatch to a task pod, re-dispatch, finish, cancel, recover.
 
 The rules, in one place:
-- A run is written to the store before it is sent anywhere (`submit` returns once it is on disk;
-  `submit_nowait` returns at once and the write's callback sends it), and before its id is answered.
+- A run is written to the store before it is sent anywhere (`submit_nowait` returns at once and
+  the write's callback sends it), and before its id is answered (`wait_for_post` waits for it).
 - A pod's `busy`/`draining` rejection, or a `shutting_down` answer (the run never started), sends
   the run to another pod; that spends no attempt. When every usable pod refused: a caller still
   waiting for the first answer gets 429 and the run is forgotten (it never ran, so the
@@ -97,25 +97,6 @@ class Runs:
 
     # -- the API's entry points -------------------------------------------------------------
 
-    async def submit(
-        self,
-        task: str,
-        kwargs: dict[str, Any],
-        timeout_s: float | None,
-        retries: int | None,
-        idempotency_key: str | None,
-        trace: tuple[str, str | None] | None = None,
-    ) -> Run:
-        """Record a run and send it; returns once it is on disk. Raises ApiError 503 when no task pod
-        is usable, the store's error when the write failed. `trace`: its W3C `(traceparent,
-        tracestate)` (tracing.given_context); a new trace without one."""
-        run = self.submit_nowait(task, kwargs, timeout_s, retries, idempotency_key, trace)
-        if run.unwritten:
-            await self.store.commit(GROUP_COMMIT_S)  # the flush its insert is in (raises its error)
-        if run.write_error is not None:
-            raise run.write_error
-        return run
-
     def submit_nowait(
         self,
         task: str,
@@ -125,9 +106,11 @@ class Runs:
         idempotency_key: str | None,
         trace: tuple[str, str | None] | None = None,
     ) -> Run:
-        """`submit` without waiting for the write: the run is sent once it is on disk, by the write's
-        callback (no wake-up of the caller in between). Until then `run.unwritten`; a write that
-        fails forgets the run, sets `run.write_error` and its `done` (wait_for_post raises it)."""
+        """Record a run and send it once it is on disk, by the write's callback (no wake-up of the
+        caller in between). Until then `run.unwritten`; a write that fails forgets the run, sets
+        `run.write_error` and its `done` (wait_for_post raises it). Raises ApiError 503 when no task
+        pod is usable, 429 when the gateway holds too many runs. `trace`: the run's W3C
+        `(traceparent, tracestate)` (tracing.run_context); a new trace without one."""
         if not self.pool.any_usable():
             raise unavailable("no task pod is reachable; check that the orchestrators are running")
         if len(self.active) >= self.max_active:
@@ -146,8 +129,7 @@ class Runs:
             expires_at=now + self.run_ttl_s,
             idempotency_key=idempotency_key,
         )
-        # Without a trace: a new unsampled one, as _tracing.new_traceparent makes it.
-        run.traceparent, tracestate = trace or (f"00-{random[16:32].hex()}-{random[32:].hex()}-00", None)
+        run.traceparent, tracestate = trace or (_tracing.new_traceparent(ids=random[16:]), None)
         run.tracestate = tracing.with_run(tracestate, run.id)
         tracing.run_created(run)
         # Registered before the write, so a second request with the same key in the meantime finds it.
@@ -209,7 +191,7 @@ class Runs:
         run.http_waiting += waiting
         try:
             finished = await self.wait(run, wait_s)
-            if run.unwritten:  # (submit_nowait) the answer names a run that is on disk
+            if run.unwritten:  # the answer names a run that is on disk
                 await self.store.commit(GROUP_COMMIT_S)
         finally:
             run.http_waiting -= waiting

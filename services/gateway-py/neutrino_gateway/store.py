@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import operator
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -198,17 +200,12 @@ class RunStore:
             execute("BEGIN IMMEDIATE")
             # Consecutive statements of one kind (a burst of inserts, of outcomes) go as one
             # executemany: the same statements in the same order, for less per-statement overhead.
-            start, end = 0, len(staged)
-            while start < end:
-                sql = staged[start][0]
-                stop = start + 1
-                while stop < end and staged[stop][0] == sql:
-                    stop += 1
-                if stop - start == 1:
-                    execute(sql, staged[start][1])
+            for sql, group in itertools.groupby(staged, key=operator.itemgetter(0)):
+                params = [entry[1] for entry in group]
+                if len(params) == 1:
+                    execute(sql, params[0])
                 else:
-                    cursor.executemany(sql, [entry[1] for entry in staged[start:stop]])
-                start = stop
+                    cursor.executemany(sql, params)
             execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:

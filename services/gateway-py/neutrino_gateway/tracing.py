@@ -45,14 +45,10 @@ def middlewares() -> list[Any]:
     return [_otel.server_middleware(lambda request: request.path.startswith(TRACED_PATHS))]
 
 
-def run_context(headers: Mapping[str, str]) -> tuple[str, str | None]:
-    """`(traceparent, tracestate)` for a run a request starts (see the module's docstring)."""
-    return given_context(headers) or (_tracing.new_traceparent(), None)
-
-
-def given_context(headers: Mapping[str, str]) -> tuple[str, str | None] | None:
-    """run_context's answer when it is not a new trace: the request span's, or the caller's; None
-    when the run starts a trace of its own (runs.py draws its ids with the run id's)."""
+def run_context(headers: Mapping[str, str]) -> tuple[str, str | None] | None:
+    """`(traceparent, tracestate)` for a run a request starts (see the module's docstring): the
+    request span's, or the caller's; None when the run starts a trace of its own (runs.py draws its
+    ids with the run id's)."""
     if _tracing.ON:
         from neutrino import _otel
 

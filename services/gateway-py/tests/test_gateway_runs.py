@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from neutrino import _tracing
 from neutrino_gateway import runs as runs_module
 from neutrino_gateway.catalog import Catalog
 from neutrino_gateway.errors import ApiError
@@ -122,7 +123,13 @@ def play(tmp_path: Path, scenario: Scenario, *pods: str, catalog: Catalog | None
 
 
 async def submit(runs: Runs, retries: int | None = 0, key: str | None = None, **kwargs: Any) -> Run:
-    return await runs.submit("add", kwargs or {"x": 1}, None, retries, key)
+    """A run accepted and on disk (as a POST's answer finds it), not waited for any further."""
+    run = runs.submit_nowait("add", kwargs or {"x": 1}, None, retries, key)
+    if run.unwritten:
+        await runs.store.commit()
+    if run.write_error is not None:
+        raise run.write_error
+    return run
 
 
 async def finished(runs: Runs, run: Run) -> Run:
@@ -141,6 +148,17 @@ def test_a_run_is_on_disk_before_it_is_sent(tmp_path: Path) -> None:
         assert (run.status, run.pod, run.wire_id, run.dispatches) == ("running", "tcp://a:1", wire_id, 1)
         stored = runs.store.get(run.id)
         assert stored is not None and stored.status == "queued" and stored.payload == packed
+
+    play(tmp_path, scenario)
+
+
+def test_a_run_without_a_callers_trace_starts_one_of_its_own(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        first, second = await submit(runs), await submit(runs)
+        for run in (first, second):
+            trace_id, _, flags = _tracing.parse(run.traceparent) or ("", "", -1)
+            assert flags == 0 and trace_id not in run.id  # unsampled, its ids not the run id's bytes
+        assert first.traceparent != second.traceparent
 
     play(tmp_path, scenario)
 

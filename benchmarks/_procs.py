@@ -60,15 +60,18 @@ def session_members(sid: int) -> list[int]:
 def session_cpu_s(sid: int) -> float:
     """CPU seconds (user + system, all threads) that the live processes of session `sid` have used:
     a server and every process it started, read from /proc (clock-tick resolution)."""
-    ticks = 0
-    for pid in session_members(sid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue  # exited between the listing and the read
-        fields = stat[stat.rfind(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu_s(pid) for pid in session_members(sid))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process `pid` has used, from /proc (clock-tick
+    resolution); 0.0 when it is gone (exited between a listing and the read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (14, 15 of proc(5))
 
 
 def children_of(ppid: int) -> list[int]:

@@ -55,7 +55,7 @@ import aiohttp
 from _http_load import KeepAliveClient, loop_name, parse_wrk, wrk_script
 from _machine import cpu_seconds, other_load
 from _neutrino import Orchestrator, log_problems
-from _procs import Processes, log, session_members
+from _procs import Processes, log, session_cpu_s
 from dispatch import machine_info, raise_interrupt, summarize_us
 from lifecycle import orchestrator_info
 
@@ -73,7 +73,6 @@ PASSTHROUGH_SHAPE = (
     "(SubmitEncoder, no trace) on a DEALER, a loop turn's sends together, the reply decoded and a future "
     "resolved by the socket's reader; constant-shaped body"
 )
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- servers
 
@@ -290,19 +289,6 @@ def timed_calls(
     if not samples:
         raise RuntimeError(f"no request of {requests} succeeded: {errors}; e.g. {examples}")
     return samples, errors, examples
-
-
-def session_cpu_s(sid: int) -> float:
-    """CPU seconds (user + system) of the live processes in session `sid`, from /proc."""
-    total = 0
-    for pid in session_members(sid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def children_cpu_s() -> float:

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _procs import free_tcp_port, log  # noqa: E402
+from _procs import free_tcp_port, log, process_cpu_s  # noqa: E402
 
 
 async def _generate(
@@ -78,19 +78,9 @@ async def _cpu_in_window(pid: int, start_at: float, duration_s: float) -> tuple[
     """CPU seconds the server `pid` (all its threads: predict's too) and this generator spent in
     the counted window, sampled at its ends from a task beside the load."""
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    server, client = _process_cpu_s(pid), time.process_time()
+    server, client = process_cpu_s(pid), time.process_time()
     await asyncio.sleep(duration_s)
-    return _process_cpu_s(pid) - server, time.process_time() - client
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far, from /proc (Linux); 0.0 where there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()  # after the command name: state ppid ... utime (12th) stime
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_s(pid) - server, time.process_time() - client
 
 
 def measure(

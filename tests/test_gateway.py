@@ -518,14 +518,57 @@ def test_a_run_that_cannot_be_recorded_is_not_sent(gateway: Gateway, tmp_path: P
     lock = sqlite3.connect(gateway.db, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
-        reply = gateway.request("POST", "/v1/tasks/record", {"path": str(tmp_path / "ran"), "token": "x"})
+        # Asynchronous: the id would go out before the outcome, so the run is written first.
+        body = {"path": str(tmp_path / "ran"), "token": "x"}
+        reply = gateway.request("POST", "/v1/tasks/record?wait=0", body)
         assert reply.status == 503 and reply.json["error"]["type"] == "store_unavailable", reply.body
         assert reply.headers["Retry-After"]
+        # Synchronous, once a write has failed: refused the same way, not run.
+        reply = gateway.request("POST", "/v1/tasks/record", body)
+        assert reply.status == 503 and reply.json["error"]["type"] == "store_unavailable", reply.body
     finally:
         lock.execute("ROLLBACK")
         lock.close()
     assert not (tmp_path / "ran").exists(), "a run that is not on disk must not run"
     assert gateway.request("POST", "/v1/tasks/add", {"x": 1, "y": 2}).json["result"] == 3
+
+
+def test_a_sync_runs_outcome_is_answered_only_once_it_is_on_disk(gateway: Gateway, tmp_path: Path) -> None:
+    """A sync POST without a key is sent at once and written once, with its outcome: while the store
+    cannot be written, the task runs but its caller hears nothing; once it can, the answer comes
+    and the run is on disk, as GET shows."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    ran = tmp_path / "ran"
+    lock = sqlite3.connect(gateway.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            answer = pool.submit(gateway.request, "POST", "/v1/tasks/record", {"path": str(ran), "token": "y"})
+            wait_until(ran.exists, 30, "the sync run ran")
+            assert not answer.done(), "an outcome must not be answered before it is on disk"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        reply = answer.result(timeout=30)  # the store tries the write again every second
+    assert reply.status == 200 and reply.json["status"] == "succeeded", reply.body
+    assert ran.read_text() == "y\n"
+    stored = gateway.request("GET", f"/v1/runs/{reply.json['id']}").json
+    assert stored["status"] == "succeeded" and stored["task"] == "record"
+
+
+def test_a_sync_run_whose_wait_ends_first_is_on_disk_before_its_202(gateway: Gateway) -> None:
+    import sqlite3
+
+    reply = gateway.request("POST", "/v1/tasks/sleep?wait=0.2", {"seconds": 1.5})
+    assert reply.status == 202, reply.body
+    run_id = reply.json["id"]
+    # On disk, unfinished: a gateway that restarted now would find it and deal with it.
+    with contextlib.closing(sqlite3.connect(gateway.db)) as db:
+        assert db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone() == ("running",)
+    final = gateway.request("GET", f"/v1/runs/{run_id}?wait=30").json
+    assert final["status"] == "succeeded" and final["result"] == 1.5
 
 
 def test_odd_requests_get_the_documented_errors(gateway: Gateway) -> None:

@@ -250,8 +250,18 @@ class Api:
                 409, "idempotency_conflict", f"Idempotency-Key {key!r} was used for task {run.task!r}; use a new key"
             )
         if run is None:
-            # Sent once on disk; wait_for_post answers nothing before that (one wake-up for both).
-            run = self.runs.submit_nowait(name, body, timeout_s, retries, key, tracing.run_context(request.headers))
+            # A run whose id may go out before its outcome is sent once on disk (wait_for_post
+            # answers nothing before that: one wake-up for both); a sync call's without a key is
+            # sent at once and written with its outcome (runs.py).
+            run = self.runs.submit_nowait(
+                name,
+                body,
+                timeout_s,
+                retries,
+                key,
+                tracing.run_context(request.headers),
+                write_first=key is not None or wait_s <= 0,
+            )
         finished = await self.runs.wait_for_post(run, wait_s)  # every answer below carries the run id
         if not finished:
             response = respond(request, self._record(run), 202)

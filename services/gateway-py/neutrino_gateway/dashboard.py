@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -120,8 +121,13 @@ class Dashboard:
     # -- GET /v1/runs ---------------------------------------------------------------------------
 
     def recent(self, limit: int) -> list[Run]:
-        """The runs created last, newest first; one still in flight as the gateway knows it now."""
-        return [self.runs.active.get(run.id, run) for run in self.runs.store.recent(limit)]
+        """The runs created last, newest first; one still in flight as the gateway knows it now,
+        including sync runs not on disk yet (runs.py writes those with their outcome)."""
+        runs = [self.runs.active.get(run.id, run) for run in self.runs.store.recent(limit)]
+        unstored = [run for run in self.runs.active.values() if not run.stored]
+        # The store's rows come in the order they were first written, which puts a sync run that
+        # was written with its outcome after runs created during it: sorted by creation here.
+        return heapq.nlargest(limit, runs + unstored, key=lambda run: run.created_at)
 
     # -- GET /v1/status -------------------------------------------------------------------------
 

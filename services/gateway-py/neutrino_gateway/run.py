@@ -89,7 +89,8 @@ class Run:
     finishing: bool = False  # its outcome is staged but not on disk yet: nobody is told until it is
     finish_failed: bool = False  # writing that outcome failed at least once (logged once)
     rejected: bool = False  # every pod refused it while only POSTs waited on it: they answer 429
-    unwritten: bool = False  # accepted by Runs.submit_nowait, its first write not made yet: not sent, id not given out
+    unwritten: bool = False  # its first write (its insert, or a sync run's outcome) not made yet: its id not given out
+    stored: bool = True  # its row is on disk or staged; False: a sync POST's run, written with its outcome (runs.py)
     write_error: BaseException | None = None  # that write failed: nothing was accepted (the POSTs' 503)
     done: Done = field(default_factory=Done)
 

@@ -1,8 +1,15 @@
 """Runs from acceptance to outcome: record, dispatch to a task pod, re-dispatch, finish, cancel, recover.
 
 The rules, in one place:
-- A run is written to the store before it is sent anywhere (`submit_nowait` returns at once and
-  the write's callback sends it), and before its id is answered (`wait_for_post` waits for it).
+- A run is written to the store before its id is answered (`wait_for_post` waits for it). One
+  whose id may go out before its outcome (`?wait=0`, an Idempotency-Key) is written before it is
+  sent anywhere (`submit_nowait` returns at once and the write's callback sends it). A sync POST's
+  run without a key is sent at once and written once, with its outcome, unless its wait ends
+  first (then it is written before the 202), or the store's last write failed (then it is refused
+  like any other, not run). Until then only its caller, who has no id, knows of
+  it: a gateway that dies meanwhile answers that caller with a broken connection, as it would
+  before the first write, and such a run is not recovered. That is a sync call's contract (an
+  HTTP request to any server), and it spares each sync run one of its two writes.
 - A pod's `busy`/`draining` rejection, or a `shutting_down` answer (the run never started), sends
   the run to another pod; that spends no attempt. When every usable pod refused: a caller still
   waiting for the first answer gets 429 and the run is forgotten (it never ran, so the
@@ -105,12 +112,16 @@ class Runs:
         retries: int | None,
         idempotency_key: str | None,
         trace: tuple[str, str | None] | None = None,
+        write_first: bool = True,
     ) -> Run:
         """Record a run and send it once it is on disk, by the write's callback (no wake-up of the
         caller in between). Until then `run.unwritten`; a write that fails forgets the run, sets
-        `run.write_error` and its `done` (wait_for_post raises it). Raises ApiError 503 when no task
-        pod is usable, 429 when the gateway holds too many runs. `trace`: the run's W3C
-        `(traceparent, tracestate)` (tracing.run_context); a new trace without one."""
+        `run.write_error` and its `done` (wait_for_post raises it). With `write_first` false (a
+        sync POST without a key, see the top) it is sent at once and written with its outcome.
+        Raises ApiError 503 when no task pod is usable, 429 when the gateway holds too many runs.
+        `trace`: the run's W3C `(traceparent, tracestate)` (tracing.run_context); a new trace
+        without one."""
+        assert write_first or idempotency_key is None, "a keyed run is found by its key: it is written first"
         if not self.pool.any_usable():
             raise unavailable("no task pod is reachable; check that the orchestrators are running")
         if len(self.active) >= self.max_active:
@@ -136,6 +147,11 @@ class Runs:
         self.active[run.id] = run
         if idempotency_key is not None:
             self.keys[idempotency_key] = run
+        if not write_first and not self.store.failing:  # a failing store refuses runs first (a 503)
+            run.stored = False
+            metrics.run_accepted(run.task)
+            self._dispatch(run)
+            return run
         run.unwritten = True
         self.store.stage_insert(run)
 
@@ -190,8 +206,17 @@ class Runs:
         waiting = wait_s > 0
         run.http_waiting += waiting
         try:
-            finished = await self.wait(run, wait_s)
-            if run.unwritten:  # the answer names a run that is on disk
+            if waiting and not run.finished:  # Runs.wait, without its coroutine on every POST
+                await run.done.wait(wait_s)
+            finished = run.finished
+            if not run.stored and not run.rejected:
+                # A sync run whose wait ended first: the 202 names a run on disk. It is in flight
+                # already, so this write is kept until made (as an outcome is), and its outcome's
+                # update follows it.
+                run.stored = True
+                self.store.stage_insert(run, keep=True)
+                await self.store.commit(GROUP_COMMIT_S)
+            elif run.unwritten:  # the answer names a run that is on disk
                 await self.store.commit(GROUP_COMMIT_S)
         finally:
             run.http_waiting -= waiting
@@ -256,6 +281,10 @@ class Runs:
             # The caller is still waiting for its first answer and nothing ran: tell it to come back.
             run.rejected = True
             self._forget(run)
+            if not run.stored:  # nothing on disk to take back
+                run.done.set()
+                metrics.RUNS_REJECTED.labels(run.task).inc()
+                return
             self.store.stage_delete(run)
             self.store.after_commit(lambda _error: run.done.set())
             self.store.flush_soon()
@@ -372,7 +401,10 @@ class Runs:
         finished_at = time.time()
         expires_at = finished_at + self.run_ttl_s
         attempts += run.attempts
+        first_write = not run.stored  # a sync run's row comes with its outcome (see the top)
         self.store.stage_finish(run, status, attempts, result, error, finished_at, expires_at)
+        if first_write:
+            run.stored = run.unwritten = True  # a 202 that names it waits for this write
         outcome = metrics.OK if status == "succeeded" else (error or {}).get("kind", status)
         metrics.run_finished(run.task, outcome, finished_at - run.created_at)
         if log.isEnabledFor(logging.DEBUG):  # its fields cost more than the line's level check
@@ -393,7 +425,7 @@ class Runs:
                 return
             run.status, run.attempts, run.result, run.error = status, attempts, result, error
             run.finished_at, run.expires_at = finished_at, expires_at
-            run.pod, run.wire_id, run.finishing = None, None, False
+            run.pod, run.wire_id, run.finishing, run.unwritten = None, None, False, False
             self._forget(run)
             run.done.set()
 

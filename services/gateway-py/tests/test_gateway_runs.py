@@ -197,6 +197,85 @@ def test_a_failed_first_write_is_the_posts_error_and_nothing_is_kept(tmp_path: P
     play(tmp_path, scenario)
 
 
+def statements(store: RunStore) -> list[str]:
+    """The writes `store` makes from now on, by their first words (`INSERT`, `UPDATE`, `DELETE`)."""
+    seen: list[str] = []
+    store._db.set_trace_callback(lambda sql: seen.append(sql.split(" (")[0].split(" SET")[0]))
+    return seen
+
+
+def test_a_sync_run_is_sent_at_once_and_written_once_with_its_outcome(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        writes = statements(runs.store)
+        run = runs.submit_nowait("add", {"x": 2}, None, 0, None, write_first=False)
+        ((_, sent, _),) = pool.pods["tcp://a:1"].sent  # sent before any write
+        assert sent is run and not run.stored and runs.store.get(run.id) is None
+        post = asyncio.ensure_future(runs.wait_for_post(run, 5.0))
+        await asyncio.sleep(0)  # the POST is waiting
+        pool.reply(run, payload=b"\x2a")
+        assert await post is True
+        stored = runs.store.get(run.id)
+        assert stored is not None and (stored.status, stored.result, stored.attempts) == ("succeeded", b"\x2a", 1)
+        assert stored.started_at == run.started_at and stored.traceparent == run.traceparent
+        assert [sql for sql in writes if sql.startswith(("INSERT", "UPDATE", "DELETE"))] == ["INSERT INTO runs"]
+
+    play(tmp_path, scenario)
+
+
+def test_a_sync_run_whose_wait_ends_first_is_written_before_its_id_goes_out(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        writes = statements(runs.store)
+        run = runs.submit_nowait("add", {"x": 2}, None, 0, None, write_first=False)
+        assert await runs.wait_for_post(run, 0.01) is False  # the 202 names a run on disk
+        stored = runs.store.get(run.id)
+        assert stored is not None and stored.status == "running" and not run.unwritten
+        pool.reply(run)
+        assert await runs.wait_for_post(run, 5.0) is True
+        assert runs.store.get(run.id).status == "succeeded"  # type: ignore[union-attr]
+        assert [sql for sql in writes if sql.startswith(("INSERT", "UPDATE"))] == ["INSERT INTO runs", "UPDATE runs"]
+
+    play(tmp_path, scenario)
+
+
+def test_a_sync_run_refused_everywhere_is_a_429_and_writes_nothing(tmp_path: Path) -> None:
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        writes = statements(runs.store)
+        run = runs.submit_nowait("add", {"x": 2}, None, 0, None, write_first=False)
+        post = asyncio.ensure_future(runs.wait_for_post(run, 5.0))
+        await asyncio.sleep(0)
+        pool.reject(run, "busy")
+        pool.reject(run, "busy")
+        with pytest.raises(ApiError) as rejected:
+            await post
+        assert rejected.value.status == 429 and runs.get(run.id) is None
+        assert not [sql for sql in writes if sql.startswith(("INSERT", "UPDATE", "DELETE"))]
+
+    play(tmp_path, scenario, "tcp://a:1", "tcp://b:1")
+
+
+def test_a_sync_run_after_a_failed_write_is_written_first(tmp_path: Path) -> None:
+    """A store that cannot be written refuses new runs (503) rather than running them: a sync run
+    too, once a write has failed, until one succeeds again."""
+
+    async def scenario(runs: Runs, pool: FakePool) -> None:
+        blocker = sqlite3.connect(runs.store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held past the store's busy timeout
+        try:
+            with pytest.raises(sqlite3.OperationalError):  # a lone run is written at once
+                runs.submit_nowait("add", {"x": 1}, None, 0, None)
+            with pytest.raises(sqlite3.OperationalError):
+                runs.submit_nowait("add", {"x": 2}, None, 0, None, write_first=False)
+            assert not pool.pods["tcp://a:1"].sent and not runs.active
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await submit(runs)  # a write that succeeds
+        run = runs.submit_nowait("add", {"x": 3}, None, 0, None, write_first=False)
+        assert not run.stored
+
+    play(tmp_path, scenario)
+
+
 def test_no_usable_pod_is_503_and_a_full_gateway_is_429(tmp_path: Path) -> None:
     async def scenario(runs: Runs, pool: FakePool) -> None:
         await submit(runs)

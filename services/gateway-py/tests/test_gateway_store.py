@@ -96,3 +96,27 @@ def test_a_failed_write_reaches_every_waiter(tmp_path: Path) -> None:
     asyncio.run(main())
     assert store.get("next") is not None
     store.close()
+
+
+def test_the_wal_is_copied_into_the_file_off_the_event_loop(tmp_path: Path) -> None:
+    """The store turns SQLite's own checkpoints off (they ran in the committing connection, on the
+    event loop) and its Checkpointer thread copies the WAL into the file instead."""
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    empty = path.stat().st_size
+
+    async def main() -> None:
+        for i in range(2000):
+            store.stage_insert(new_run(f"r{i}"))
+        await store.commit()
+
+    asyncio.run(main())
+    wal = path.with_name("runs.db-wal")
+    assert wal.stat().st_size > 100_000 and path.stat().st_size == empty  # in the WAL only
+    deadline = time.monotonic() + 30
+    while path.stat().st_size == empty:  # the checkpointer's next round (every CHECKPOINT_EVERY_S)
+        assert time.monotonic() < deadline, "the WAL was not checkpointed within 30 s"
+        time.sleep(0.05)
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM runs").fetchone() == (2000,)
+    store.close()

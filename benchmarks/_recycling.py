@@ -57,6 +57,9 @@ REPO = Path(__file__).resolve().parent.parent
 RECYCLE_APP_WORKERS = 2
 RECYCLE_FLAG = "--max-tasks-per-worker"
 RECYCLE_LINE = "Recycling worker"
+# The end of a recycling line when a ready standby took the worker's place at once; without it, a
+# replacement was forked and the worker's slot waits for it.
+STANDBY_TOOK_OVER = "takes its place"
 READY_LINE = re.compile(r"Worker worker-(\d+) ready! \(([\d.]+) ms from fork request\)")
 
 
@@ -210,14 +213,21 @@ class Measured:
             time.sleep(0.02)  # polling the log: the orchestrator has no other signal for it
         return True
 
+    def recycle_counts(self) -> tuple[int, int]:
+        """Recycles logged so far, and how many of them had a ready standby take the worker's place."""
+        lines = [line for line in self.log_text().splitlines() if RECYCLE_LINE in line]
+        return len(lines), sum(STANDBY_TOOK_OVER in line for line in lines)
+
     def burst(self, count: int, task: str, args: tuple[Any, ...]) -> dict[str, Any]:
-        recycles, (cpu, faults) = self.log_text().count(RECYCLE_LINE), session_usage(self.sid)
+        (recycles, standby), (cpu, faults) = self.recycle_counts(), session_usage(self.sid)
         run = self.system.burst(count) if task == "noop" else task_burst(self.client, count, task, args)
         time.sleep(0.05)  # let the last recycled worker exit and be reaped, so its CPU is counted
         cpu_after, faults_after = session_usage(self.sid)
         run["cpu_s"] = {role: round(cpu_after[role] - cpu[role], 4) for role in cpu}
         run["faults"] = {role: faults_after[role] - faults[role] for role in faults}
-        run["recycles"] = self.log_text().count(RECYCLE_LINE) - recycles
+        recycles_after, standby_after = self.recycle_counts()
+        run["recycles"] = recycles_after - recycles
+        run["recycles_without_ready_standby"] = run["recycles"] - (standby_after - standby)
         return run
 
 
@@ -232,6 +242,8 @@ def phase_report(names: list[str], bursts: dict[str, list[dict[str, Any]]], task
             "rounds_tasks_per_s": rates,
             "all_replied_once": bool(runs) and all(run["all_replied_once"] for run in runs),
             "recycles_by_round": [run["recycles"] for run in runs],
+            # Recycles that found no ready standby: that worker's slot waited for a fork.
+            "recycles_without_ready_standby_by_round": [run["recycles_without_ready_standby"] for run in runs],
             "cpu_ms_per_task_by_round": [round(sum(run["cpu_s"].values()) * 1000 / tasks, 4) for run in runs],
         }
     plain, recycled = report["plain"]["tasks_per_s"], report["recycled"]["tasks_per_s"]

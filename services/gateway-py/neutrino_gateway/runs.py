@@ -6,10 +6,10 @@ The rules, in one place:
   sent anywhere (`submit_nowait` returns at once and the write's callback sends it). A sync POST's
   run without a key is sent at once and written once, with its outcome, unless its wait ends
   first (then it is written before the 202), or the store's last write failed (then it is refused
-  like any other, not run). Until then only its caller, who has no id, knows of
-  it: a gateway that dies meanwhile answers that caller with a broken connection, as it would
-  before the first write, and such a run is not recovered. That is a sync call's contract (an
-  HTTP request to any server), and it spares each sync run one of its two writes.
+  like any other, not run). Until then only its caller, who has no id, knows of it: a gateway
+  that dies meanwhile answers that caller with a broken connection, as it would before the first
+  write, and such a run is not recovered. That is a sync call's contract (an HTTP request to any
+  server), and it spares each sync run one of its two writes.
 - A pod's `busy`/`draining` rejection, or a `shutting_down` answer (the run never started), sends
   the run to another pod; that spends no attempt. When every usable pod refused: a caller still
   waiting for the first answer gets 429 and the run is forgotten (it never ran, so the

@@ -196,6 +196,9 @@ class Catalog:
     def get(self, name: str) -> TaskInfo | None:
         return self.tasks.get(name)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.tasks
+
     def update(self, source: str, entries: dict[str, Any]) -> None:
         changed = False
         for name, entry in entries.items():

@@ -240,3 +240,60 @@ def test_metrics_counted_per_run_read_as_prometheus_observed_them() -> None:
     assert ours == samples(reference, "ref_") and ours
     metrics.observe_request(route, 200, 0.5)  # counted again after a read: the next read adds it
     assert samples(REGISTRY, "neutrino_gateway_")[("requests_total", (("code", "200"), ("route", route)))] == 11
+
+
+def test_the_shortcut_takes_known_names_past_the_router_and_leaves_the_rest_to_it() -> None:
+    """`api.shortcut` against a real aiohttp app and server: a POST for a name it takes reaches the
+    handler with the route's match info and without the router or the app's middleware; every
+    other request goes the usual way. It also pins the aiohttp internal it relies on: the
+    AppRunner's server calls the application's `_handle`."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from neutrino_gateway.api import shortcut
+
+    seen: list[tuple[str, str]] = []
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(("middleware", request.path))
+        return await handler(request)
+
+    async def routed(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=f"routed {request.match_info['name']}")
+
+    async def direct(request: web.Request) -> web.StreamResponse:
+        route = request.match_info.route
+        assert route.method == "POST" and route.resource is not None
+        seen.append(("direct", route.resource.canonical))
+        return web.Response(text=f"direct {request.match_info['name']} {request.app is app}")
+
+    app = web.Application(middlewares=[middleware])
+    app.router.add_post("/v1/tasks/{name}", routed)
+    resolved: list[str] = []
+    resolve = app.router.resolve
+
+    async def counting_resolve(request: web.Request) -> Any:
+        resolved.append(request.path)
+        return await resolve(request)
+
+    app.router.resolve = counting_resolve  # type: ignore[method-assign]
+    shortcut(app, "POST", "/v1/tasks/", {"add"}.__contains__, direct)
+
+    async def main() -> None:
+        async with TestClient(TestServer(app)) as client:
+            reply = await client.post("/v1/tasks/add", data=b"{}")
+            assert (reply.status, await reply.text()) == (200, "direct add True")
+            assert seen == [("direct", "/v1/tasks/{name}")] and resolved == []
+            for method, path, headers, status in [
+                ("POST", "/v1/tasks/other", {}, 200),  # a name it does not take
+                ("POST", "/v1/tasks/add", {"Expect": "100-continue"}, 200),
+                ("GET", "/v1/tasks/add", {}, 405),
+                ("POST", "/v1/tasks/add/", {}, 404),
+            ]:
+                seen.clear()
+                reply = await client.request(method, path, data=b"{}", headers=headers)
+                assert reply.status == status, (method, path)
+                assert ("direct", "/v1/tasks/{name}") not in seen and path in resolved, (method, path)
+            assert await (await client.post("/v1/tasks/other")).text() == "routed other"
+
+    asyncio.run(main())

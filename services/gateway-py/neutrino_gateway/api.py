@@ -16,14 +16,12 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
-from aiohttp import hdrs, web
-from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from aiohttp import web
 from neutrino._http_limits import answer_and_close
 from neutrino_protocol import payload
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,11 +39,13 @@ from .bodies import (
 )
 from .catalog import Catalog
 from .config import Config
+from .deadlines import Deadlines
 from .errors import ApiError
 from .models import ModelProxy
 from .pool import PodPool
 from .run import Run
 from .runs import Runs
+from .shortcut import Handler, shortcut
 
 log = logging.getLogger("neutrino.gateway")
 
@@ -65,7 +65,6 @@ _KEY = re.compile(openapi.IDEMPOTENCY_KEY_PATTERN)  # what /openapi.json declare
 # `too_large`: the task pod refused the arguments as over its --max-message-bytes.
 STATUS_OF_KIND = {"bad_arguments": 422, "unknown_task": 404, "cancelled": 409, "too_large": 413}
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The constant parts of a msgpack success answer, `{"id": <id>, "status": "succeeded", "result": <result>}`,
 # packed once: a map of 3 and the key "id"; then "status": "succeeded" and the key "result".
 _SUCCESS_HEAD = b"\x83" + msgpack.packb("id")
@@ -428,93 +427,6 @@ class Api:
                 error.pop("traceback", None)
             record["error"] = error
         return record
-
-
-def shortcut(app: web.Application, method: str, prefix: str, takes: Callable[[str], bool], handler: Handler) -> None:
-    """Send `method prefix<name>` requests for which `takes(name)` straight to `handler`, past
-    aiohttp's router and middleware chain, with the match info the router would have given them.
-
-    For the gateway's hot route: resolving the URL, then wrapping the handler in the middlewares
-    and aiohttp's own current-app fixer, cost about 10 µs of the ~120 µs of CPU a run takes at 64
-    connections (measured, issue 15), so `handler` does the middleware's work itself. Any other
-    request goes the usual way, as does one with an `Expect` header (aiohttp answers 100-continue
-    on that way) or a name `takes` refuses (a 404 from the usual route). It replaces the
-    application's request handler, `Application._handle`, which aiohttp's AppRunner hands to its
-    server: tests/test_gateway_hot_path.py pins that."""
-    (route,) = [
-        route
-        for route in app.router.routes()
-        if route.method == method and route.resource is not None and route.resource.canonical == prefix + "{name}"
-    ]
-    usual = app._handle
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        path = request.path
-        if request.method == method and path.startswith(prefix) and hdrs.EXPECT not in request.headers:
-            name = path[len(prefix) :]
-            if takes(name):
-                match_info = UrlMappingMatchInfo({"name": name}, route)
-                match_info.add_app(app)
-                match_info.freeze()
-                request._match_info = match_info
-                return await handler(request)
-        return await usual(request)
-
-    app._handle = handle  # type: ignore[method-assign]
-
-
-class Deadlines:
-    """`--request-deadline` for every request in flight, with one timer for all of them: what
-    asyncio.timeout does per request (an object, a timer made and cancelled, two coroutine calls)
-    for the cost of a dict entry. Every request has the same deadline from when it starts, so the
-    requests in the order they started are in the order their deadlines pass, and only the
-    first one needs a timer.
-
-    `start()` in the request's task, `end(task)` in a `finally`; a request past its deadline is
-    cancelled as asyncio.timeout would, and `passed(task)` tells that CancelledError from others."""
-
-    __slots__ = ("_expired", "_running", "_seconds", "_timer")
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._running: dict[asyncio.Task[Any], float] = {}  # in start order, so in deadline order
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> asyncio.Task[Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = task.get_loop()
-        deadline = loop.time() + self._seconds
-        self._running[task] = deadline
-        if self._timer is None:
-            self._timer = loop.call_at(deadline, self._expire, loop)
-        return task
-
-    def end(self, task: asyncio.Task[Any]) -> None:
-        self._running.pop(task, None)
-        if self._expired:
-            self._expired.discard(task)
-
-    def passed(self, task: asyncio.Task[Any]) -> bool:
-        """Whether the CancelledError `task` is handling is its deadline's, and only its (asyncio.timeout's rule)."""
-        if task not in self._expired:
-            return False
-        self._expired.discard(task)
-        return task.uncancel() == 0
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        now = loop.time()
-        while self._running:
-            task, deadline = next(iter(self._running.items()))  # the oldest: the first to pass
-            if deadline > now:
-                self._timer = loop.call_at(deadline, self._expire, loop)
-                return
-            del self._running[task]
-            if not task.done():
-                self._expired.add(task)
-                task.cancel()
 
 
 def json_success(run_id: str, result: bytes | None) -> bytes:

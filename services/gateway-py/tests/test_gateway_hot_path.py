@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from neutrino_gateway import bodies, metrics, pod
-from neutrino_gateway.api import Deadlines, json_success
+from neutrino_gateway.api import json_success
+from neutrino_gateway.deadlines import Deadlines
 from neutrino_gateway.run import Done, Run
 from neutrino_gateway.store import RunStore
 from neutrino_protocol import SubmitTask, payload
@@ -249,7 +250,7 @@ def test_the_shortcut_takes_known_names_past_the_router_and_leaves_the_rest_to_i
     AppRunner's server calls the application's `_handle`."""
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
-    from neutrino_gateway.api import shortcut
+    from neutrino_gateway.shortcut import shortcut
 
     seen: list[tuple[str, str]] = []
 

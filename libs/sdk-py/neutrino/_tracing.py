@@ -85,15 +85,16 @@ def with_trace(meta: bytes, trace: tuple[str, str | None]) -> bytes:
     cached = _last_trace
     if cached is None or cached[0] is not trace:
         traceparent, tracestate = trace
-        extra = msgpack.packb("traceparent") + msgpack.packb(traceparent)
+        extra = _TRACEPARENT + msgpack.packb(traceparent)
         if tracestate is not None:
-            extra += msgpack.packb("tracestate") + msgpack.packb(tracestate)
+            extra += _TRACESTATE + msgpack.packb(tracestate)
         cached = _last_trace = (trace, 1 if tracestate is None else 2, extra)
     if not 0x80 <= meta[0] <= 0x8F - cached[1]:
         raise ValueError(f"SubmitTask meta does not start with a fixmap of room for {cached[1]} more fields")
     return bytes((meta[0] + cached[1],)) + meta[1:] + cached[2]
 
 
+_TRACEPARENT, _TRACESTATE = msgpack.packb("traceparent"), msgpack.packb("tracestate")  # the keys, packed once
 _last_trace: tuple[tuple[str, str | None], int, bytes] | None = None
 
 

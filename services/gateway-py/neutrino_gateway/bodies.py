@@ -51,7 +51,7 @@ async def read_object(request: web.Request) -> dict[str, Any]:
         "",
     ) or request.content_type.endswith("+json"):
         try:
-            body = json.loads(raw)
+            body = _json_loads(raw)
         except (ValueError, RecursionError) as exc:
             raise errors.bad_request(f"the body is not valid JSON: {exc}") from None
     elif request.content_type == FORM and (body := _json_object(raw)) is not None:
@@ -61,6 +61,16 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise errors.bad_request(f"the body must be an object of the task's named arguments, not {type(body).__name__}")
     return body
+
+
+def _json_loads(raw: bytes) -> Any:
+    """json.loads(raw), without its look at the bytes for UTF-16 or UTF-32 when they are UTF-8 (the
+    only encoding RFC 8259 allows between systems): some 0.6 µs of a ~1 µs `{}`. Anything else
+    (another encoding, a BOM, bad JSON) goes to json.loads itself, for its answer and its error."""
+    try:
+        return _JSON_DECODE(raw.decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return json.loads(raw)
 
 
 def wants_msgpack(request: web.Request) -> bool:
@@ -188,6 +198,7 @@ def _json_default(value: Any) -> Any:
 
 
 # One encoder for every answer: json.dumps with options makes a new one per call.
+_JSON_DECODE = json.JSONDecoder().decode
 _JSON = json.JSONEncoder(default=_json_default, separators=(",", ":"))
 
 

@@ -132,6 +132,91 @@ def test_grouped_writes_keep_their_order(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("timeout_s", "retries", "key", "error"),
+    [
+        (None, None, None, None),
+        (2.5, None, None, None),
+        (None, 0, None, None),
+        (None, None, "k", None),
+        (None, None, None, {"kind": "task_error", "type": "ValueError", "message": "no"}),
+    ],
+)
+def test_a_sync_runs_row_written_with_its_outcome_is_whole_whichever_insert_writes_it(
+    tmp_path: Path, timeout_s: float | None, retries: int | None, key: str | None, error: dict[str, Any] | None
+) -> None:
+    """The lean insert (no timeout, retries, key or error) leaves those columns NULL: the row reads
+    back as the full insert's does, every column compared."""
+    store = RunStore(tmp_path / "runs.db")
+    now = time.time()
+    run = Run(
+        id="r1",
+        task="add",
+        payload=b"\x92\x90\x80",
+        timeout_s=timeout_s,
+        retries=retries,
+        created_at=now,
+        expires_at=now + 60,
+        idempotency_key=key,
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+    )
+    run.started_at = now + 0.001
+    run.stored = False
+    status, result = ("failed", None) if error else ("succeeded", b"\x2a")
+    store.stage_finish(run, status, 1, result, error, now + 0.002, now + 60)
+    lean = timeout_s is None and retries is None and key is None and error is None
+    assert store._staged[0][0].startswith("INSERT INTO runs (id, task, payload, status,") is lean
+    assert store.flush() is None
+    row = store._db.execute("SELECT * FROM runs").fetchall()
+    assert row == [
+        (
+            "r1",
+            "add",
+            b"\x92\x90\x80",
+            timeout_s,
+            retries,
+            status,
+            result,
+            None if error is None else json.dumps(error),
+            1,
+            now,
+            now + 0.001,
+            now + 0.002,
+            now + 60,
+            key,
+            run.traceparent,
+        )
+    ]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{}",
+        b'{"a": [1, 2.5, "\xc3\xa9"]}',
+        "\ufeff{}".encode(),
+        "{}".encode("utf-16"),
+        '{"x": 1}'.encode("utf-32-le"),
+        b"{",
+        b"",
+        b"\xff{}",
+        b'{"a": NaN}',
+        b"[1]",
+    ],
+)
+def test_json_bodies_read_as_json_loads_reads_them(raw: bytes) -> None:
+    """bodies._json_loads takes UTF-8 the short way: the same value, or the same error, as json.loads."""
+    try:
+        expected: Any = json.loads(raw)
+    except ValueError as exc:
+        with pytest.raises(type(exc)) as caught:
+            bodies._json_loads(raw)
+        assert str(caught.value) == str(exc)
+        return
+    assert bodies._json_loads(raw) == expected
+
+
 class _Sink:
     """The pod's RunEvents and CatalogEvents, hearing nothing of interest here."""
 

@@ -281,14 +281,13 @@ class Runs:
             # The caller is still waiting for its first answer and nothing ran: tell it to come back.
             run.rejected = True
             self._forget(run)
+            metrics.RUNS_REJECTED.labels(run.task).inc()
             if not run.stored:  # nothing on disk to take back
                 run.done.set()
-                metrics.RUNS_REJECTED.labels(run.task).inc()
                 return
             self.store.stage_delete(run)
             self.store.after_commit(lambda _error: run.done.set())
             self.store.flush_soon()
-            metrics.RUNS_REJECTED.labels(run.task).inc()
             return
         run.pod, run.wire_id, run.status = None, None, "queued"
         run.requeues += 1

@@ -141,54 +141,30 @@ class RunStore:
     ) -> None:
         """`run`'s outcome, staged before it is set on `run` (runs.py sets it once this is written).
         A run with no row yet (`run.stored` false, runs.py) gets one, outcome and all, in one statement."""
-        lean = error is None and run.timeout_s is None and run.retries is None and run.idempotency_key is None
-        if not run.stored and lean:
-            # The usual sync run: its NULL columns are left out, to their default. Binding 11
-            # parameters, not 15, is about 1.3 µs less per row (60,000-row table, 40 rows a commit).
-            self._staged.append(
-                (
-                    _INSERT_FINISHED_LEAN,
-                    (
-                        run.id,
-                        run.task,
-                        run.payload,
-                        status,
-                        result,
-                        attempts,
-                        run.created_at,
-                        run.started_at,
-                        finished_at,
-                        expires_at,
-                        run.traceparent,
-                    ),
-                    True,
-                )
-            )
-            return
         if not run.stored:
-            self._staged.append(
-                (
-                    _INSERT_FINISHED,
-                    (
-                        run.id,
-                        run.task,
-                        run.payload,
-                        run.timeout_s,
-                        run.retries,
-                        status,
-                        result,
-                        None if error is None else json.dumps(error),
-                        attempts,
-                        run.created_at,
-                        run.started_at,
-                        finished_at,
-                        expires_at,
-                        run.idempotency_key,
-                        run.traceparent,
-                    ),
-                    True,
-                )
+            row = (
+                run.id,
+                run.task,
+                run.payload,
+                run.timeout_s,
+                run.retries,
+                status,
+                result,
+                None if error is None else json.dumps(error),
+                attempts,
+                run.created_at,
+                run.started_at,
+                finished_at,
+                expires_at,
+                run.idempotency_key,
+                run.traceparent,
             )
+            if error is None and run.timeout_s is None and run.retries is None and run.idempotency_key is None:
+                # The usual sync run: its NULL columns are left out, to their default. Binding 11
+                # parameters, not 15, is about 1.3 µs less per row (60,000-row table, 40 rows a commit).
+                self._staged.append((_INSERT_FINISHED_LEAN, _lean(row), True))
+            else:
+                self._staged.append((_INSERT_FINISHED, row, True))
             return
         self._staged.append(
             (
@@ -356,16 +332,31 @@ class Checkpointer:
             db.close()
 
 
-_COLUMNS = (
-    "id, task, payload, timeout_s, retries, status, result, error, attempts, created_at, started_at, finished_at,"
-    " expires_at, idempotency_key, traceparent"
-)
+_COLUMN_NAMES = [
+    "id",
+    "task",
+    "payload",
+    "timeout_s",
+    "retries",
+    "status",
+    "result",
+    "error",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "idempotency_key",
+    "traceparent",
+]
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 # A finished run's whole row (`stage_finish` of a run not stored yet).
-_INSERT_FINISHED = f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
-# The same for a run with no timeout, retries, error or key (their columns' default is NULL).
+_INSERT_FINISHED = f"INSERT INTO runs ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMN_NAMES))})"
+# The same without the columns a run with no timeout, retries, error or key leaves NULL (their default).
+_LEAN = [i for i, name in enumerate(_COLUMN_NAMES) if name not in ("timeout_s", "retries", "error", "idempotency_key")]
+_lean = operator.itemgetter(*_LEAN)
 _INSERT_FINISHED_LEAN = (
-    "INSERT INTO runs (id, task, payload, status, result, attempts, created_at, started_at, finished_at, expires_at,"
-    f" traceparent) VALUES ({', '.join('?' * 11)})"
+    f"INSERT INTO runs ({', '.join(_COLUMN_NAMES[i] for i in _LEAN)}) VALUES ({', '.join('?' * len(_LEAN))})"
 )
 # The same columns with an empty payload and no result in their place (`recent`).
 _LIGHT_COLUMNS = (

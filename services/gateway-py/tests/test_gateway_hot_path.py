@@ -17,7 +17,7 @@ from neutrino_gateway import bodies, metrics, pod
 from neutrino_gateway.api import json_success
 from neutrino_gateway.deadlines import Deadlines
 from neutrino_gateway.run import Done, Run
-from neutrino_gateway.store import RunStore
+from neutrino_gateway.store import _INSERT_FINISHED, _INSERT_FINISHED_LEAN, RunStore
 from neutrino_protocol import SubmitTask, payload
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -102,22 +102,25 @@ def test_done_wakes_its_waiters_or_lets_them_go_after_the_time_limit() -> None:
     asyncio.run(main())
 
 
+def _run(run_id: str, now: float, timeout_s: float | None = None, retries: int | None = None, **fields: Any) -> Run:
+    """A run of `add` created at `now`, kept for a minute."""
+    return Run(
+        id=run_id,
+        task="add",
+        payload=b"\x92\x90\x80",
+        timeout_s=timeout_s,
+        retries=retries,
+        created_at=now,
+        expires_at=now + 60,
+        **fields,
+    )
+
+
 def test_grouped_writes_keep_their_order(tmp_path: Path) -> None:
     """Inserts and outcomes interleaved in one transaction: each run's outcome follows its insert."""
     store = RunStore(tmp_path / "runs.db")
     now = time.time()
-    runs = [
-        Run(
-            id=f"r{i}",
-            task="add",
-            payload=b"\x92\x90\x80",
-            timeout_s=None,
-            retries=None,
-            created_at=now,
-            expires_at=now + 60,
-        )
-        for i in range(6)
-    ]
+    runs = [_run(f"r{i}", now) for i in range(6)]
     for run in runs[:3]:
         store.stage_insert(run)
     for run in runs[:2]:
@@ -149,23 +152,14 @@ def test_a_sync_runs_row_written_with_its_outcome_is_whole_whichever_insert_writ
     back as the full insert's does, every column compared."""
     store = RunStore(tmp_path / "runs.db")
     now = time.time()
-    run = Run(
-        id="r1",
-        task="add",
-        payload=b"\x92\x90\x80",
-        timeout_s=timeout_s,
-        retries=retries,
-        created_at=now,
-        expires_at=now + 60,
-        idempotency_key=key,
-        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
-    )
+    run = _run("r1", now, timeout_s=timeout_s, retries=retries, idempotency_key=key)
+    run.traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
     run.started_at = now + 0.001
     run.stored = False
     status, result = ("failed", None) if error else ("succeeded", b"\x2a")
     store.stage_finish(run, status, 1, result, error, now + 0.002, now + 60)
     lean = timeout_s is None and retries is None and key is None and error is None
-    assert store._staged[0][0].startswith("INSERT INTO runs (id, task, payload, status,") is lean
+    assert store._staged[0][0] == (_INSERT_FINISHED_LEAN if lean else _INSERT_FINISHED)
     assert store.flush() is None
     row = store._db.execute("SELECT * FROM runs").fetchall()
     assert row == [
